@@ -1,0 +1,74 @@
+"""Model registry: every network by name, with the input shape it expects.
+
+    model = models.get_model("lenet5", num_classes=10)
+    variables = model.init(rng, jnp.zeros((1, *models.input_shape("lenet5"))), train=False)
+
+Each model lives in its own file and registers itself here on import. Every model's
+`__call__(x, train: bool)` returns logits; batch-norm statistics live in the
+`batch_stats` collection and dropout draws from the `dropout` RNG stream.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import flax.linen as nn
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+  name: str
+  factory: Callable[..., nn.Module]
+  input_shape: tuple[int, int, int]  # (H, W, C) the model is built for
+  description: str = ""
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+# Files that register models; imported lazily so `import cnn_jax` stays light.
+_MODEL_MODULES = ("mlp", "lenet", "mnist_cnn", "small_convnet")
+_EXTRA_MODEL_MODULES: list[str] = []
+
+
+def register(name: str, input_shape: tuple[int, int, int], description: str = ""):
+  """Decorator (or call) that adds a model class / factory to the registry."""
+
+  def wrap(factory):
+    if name in _REGISTRY and _REGISTRY[name].factory is not factory:
+      raise ValueError(f"model {name!r} is registered twice")
+    _REGISTRY[name] = ModelSpec(name, factory, tuple(input_shape), description)
+    return factory
+
+  return wrap
+
+
+def _load_all() -> None:
+  for mod in _MODEL_MODULES + tuple(_EXTRA_MODEL_MODULES):
+    importlib.import_module(f"cnn_jax.models.{mod}")
+
+
+def names() -> list[str]:
+  """All registered model names, sorted."""
+  _load_all()
+  return sorted(_REGISTRY)
+
+
+def get_spec(name: str) -> ModelSpec:
+  _load_all()
+  if name not in _REGISTRY:
+    close = difflib.get_close_matches(name, _REGISTRY, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise KeyError(f"unknown model {name!r}.{hint} Known models: {', '.join(sorted(_REGISTRY))}")
+  return _REGISTRY[name]
+
+
+def get_model(name: str, **kwargs: Any) -> nn.Module:
+  """Build the named model; kwargs go to its constructor (e.g. num_classes=10)."""
+  return get_spec(name).factory(**kwargs)
+
+
+def input_shape(name: str) -> tuple[int, int, int]:
+  """The (H, W, C) input the named model is designed for."""
+  return get_spec(name).input_shape

@@ -1,0 +1,28 @@
+"""Multi-layer perceptron: the course's 784-128-64-10 MNIST baseline."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+
+from cnn_jax import layers
+from cnn_jax.models import register
+
+
+@register("mlp", (28, 28, 1), "784-128-64-10 MLP (109,386 parameters)")
+class MLP(nn.Module):
+  hidden: Sequence[int] = (128, 64)
+  num_classes: int = 10
+  activation: str = "relu"
+  dropout_rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    act = layers.get_activation(self.activation)
+    x = layers.Flatten(name="flatten")(x)
+    for i, width in enumerate(self.hidden):
+      x = act(nn.Dense(width, name=f"dense{i + 1}")(x))
+      if self.dropout_rate:
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return nn.Dense(self.num_classes, name="logits")(x)
