@@ -1,0 +1,199 @@
+"""Layers reproduce the course's worked examples exactly, and match scipy / numpy."""
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import signal
+
+from cnn_jax import layers
+
+
+def conv(x2d, k2d, **kw):
+  """Single-channel helper: apply Conv2D with the given kernel and no bias."""
+  x = jnp.asarray(x2d, jnp.float32)[None, :, :, None]
+  k = jnp.asarray(k2d, jnp.float32)[:, :, None, None]
+  m = layers.Conv2D(1, k.shape[:2], use_bias=False, **kw)
+  return np.asarray(m.apply({"params": {"kernel": k}}, x))[0, :, :, 0]
+
+
+def test_sharpen_kernel_top_left_is_114():
+  x = [[60, 113, 56, 139, 85], [73, 121, 54, 84, 128], [131, 99, 70, 129, 127],
+       [80, 57, 115, 69, 134], [104, 126, 123, 95, 130]]
+  k = [[0, -1, 0], [-1, 5, -1], [0, -1, 0]]
+  out = conv(x, k, padding=1)
+  assert out.shape == (5, 5)
+  assert out[0, 0] == 114
+  # The SAME padding of a 3x3 kernel at stride 1 is the same zero padding of 1.
+  np.testing.assert_array_equal(conv(x, k, padding="SAME"), out)
+
+
+def test_x_kernel_valid():
+  x = [[1, 1, 1, 0, 0], [0, 1, 1, 1, 0], [0, 0, 1, 1, 1], [0, 0, 1, 1, 0], [0, 1, 1, 0, 0]]
+  k = [[1, 0, 1], [0, 1, 0], [1, 0, 1]]
+  np.testing.assert_array_equal(conv(x, k, padding="VALID"), [[4, 3, 4], [2, 4, 3], [2, 3, 4]])
+
+
+def test_vertical_edge_detector():
+  x = np.zeros((6, 6)); x[:, :3] = 10
+  k = [[1, 0, -1]] * 3
+  out = conv(x, k)
+  np.testing.assert_array_equal(out, np.tile([0, 30, 30, 0], (4, 1)))
+
+
+def pool(cls, x2d, **kw):
+  x = jnp.asarray(x2d, jnp.float32)[None, :, :, None]
+  return np.asarray(cls(**kw).apply({}, x))[0, :, :, 0]
+
+
+def test_max_and_average_pooling():
+  np.testing.assert_array_equal(
+      pool(layers.MaxPool, [[1, 1, 2, 4], [5, 6, 7, 8], [3, 2, 1, 0], [1, 2, 3, 4]], window=2),
+      [[6, 8], [3, 4]])
+  x = [[3, 13, 17, 11], [5, 3, 1, 23], [7, 1, 2, 3], [11, 17, 1, 4]]
+  np.testing.assert_array_equal(pool(layers.MaxPool, x, window=2, strides=2), [[13, 23], [17, 4]])
+  np.testing.assert_array_equal(pool(layers.AvgPool, x, window=2), [[6, 13], [9, 2.5]])
+
+
+def test_overlapping_and_global_pooling():
+  x = np.arange(49, dtype=np.float32).reshape(7, 7)
+  out = pool(layers.MaxPool, x, window=3, strides=2)
+  assert out.shape == (3, 3)
+  np.testing.assert_array_equal(out, x[2::2, 2::2])  # increasing ramp: max is bottom-right
+  x4 = jnp.asarray(np.random.RandomState(0).randn(2, 5, 5, 3), jnp.float32)
+  np.testing.assert_allclose(layers.GlobalAvgPool().apply({}, x4), x4.mean(axis=(1, 2)), rtol=1e-6)
+  np.testing.assert_array_equal(layers.GlobalMaxPool().apply({}, x4), x4.max(axis=(1, 2)))
+
+
+def test_avg_pool_padding_excludes_zeros():
+  x = jnp.ones((1, 3, 3, 1))
+  out = layers.AvgPool(3, strides=1, padding=1).apply({}, x)
+  np.testing.assert_allclose(out, 1.0)  # padded zeros are not averaged in
+  out_incl = layers.AvgPool(3, strides=1, padding=1, count_include_pad=True).apply({}, x)
+  assert float(out_incl[0, 0, 0, 0]) == pytest.approx(4 / 9)
+
+
+@pytest.mark.parametrize("W,K,P,S,D,expected", [
+    (32, 5, 0, 1, 1, 28), (7, 3, 1, 3, 1, 3), (227, 11, 0, 4, 1, 55),
+    (28, 3, 0, 1, 2, 24), (5, 3, 1, 2, 1, 3),
+])
+def test_conv_output_size(W, K, P, S, D, expected):
+  assert layers.conv_output_size(W, K, P, S, D) == expected
+
+
+def test_conv_output_size_matches_layer_and_rejects_misfit():
+  for W, K, P, S, D in itertools.product([7, 10, 32], [1, 3, 5], [0, 1, 2], [1, 2, 3], [1, 2]):
+    if W + 2 * P < D * (K - 1) + 1:
+      with pytest.raises(ValueError):
+        layers.conv_output_size(W, K, P, S, D)
+      continue
+    m = layers.Conv2D(2, K, strides=S, padding=P, dilation=D)
+    y = jax.eval_shape(lambda x: m.init_with_output(jax.random.key(0), x)[0],
+                       jax.ShapeDtypeStruct((1, W, W, 3), jnp.float32))
+    assert y.shape[1] == layers.conv_output_size(W, K, P, S, D)
+
+
+def test_shape_error_names_the_layer():
+  m = layers.Conv2D(4, 5, name="conv_big")
+  with pytest.raises(ValueError, match="conv_big.*too small"):
+    m.init(jax.random.key(0), jnp.zeros((1, 3, 3, 1)))
+  with pytest.raises(ValueError, match="rank 4"):
+    layers.Conv2D(4, 3).init(jax.random.key(0), jnp.zeros((3, 3, 1)))
+
+
+def reference_conv(x, k, stride, pad, dilation, groups):
+  """Independent NHWC/HWIO convolution built from scipy.signal.correlate2d."""
+  (pt, pb), (pl, pr) = pad
+  xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+  kh, kw, cin_g, cout = k.shape
+  kd = np.zeros(((kh - 1) * dilation + 1, (kw - 1) * dilation + 1, cin_g, cout))
+  kd[::dilation, ::dilation] = k
+  cout_g = cout // groups
+  outs = []
+  for n in range(x.shape[0]):
+    chans = []
+    for o in range(cout):
+      g = o // cout_g
+      acc = sum(signal.correlate2d(xp[n, :, :, g * cin_g + c], kd[:, :, c, o], mode="valid")
+                for c in range(cin_g))
+      chans.append(acc[::stride, ::stride])
+    outs.append(np.stack(chans, -1))
+  return np.stack(outs)
+
+
+@pytest.mark.parametrize("padding,stride,dilation,groups", [
+    (p, s, d, g) for p in ["VALID", "SAME", "FULL", 2, ((1, 0), (0, 2))]
+    for s in [1, 2] for d in [1, 2] for g in [1, 2]])
+def test_conv_parity_with_scipy(padding, stride, dilation, groups):
+  rng = np.random.RandomState(hash((str(padding), stride, dilation, groups)) % 2**31)
+  x = rng.randn(2, 9, 8, 4).astype(np.float32)
+  m = layers.Conv2D(6, (3, 2), strides=stride, padding=padding, dilation=dilation,
+                    feature_group_count=groups)
+  params = m.init(jax.random.key(0), jnp.asarray(x))
+  y = np.asarray(m.apply(params, jnp.asarray(x)))
+  k = np.asarray(params["params"]["kernel"], np.float64)
+  b = np.asarray(params["params"]["bias"])
+  pads = layers.resolve_padding(padding, x.shape[1:3], (3, 2), (stride, stride), (dilation, dilation))
+  ref = reference_conv(x.astype(np.float64), k, stride, pads, dilation, groups) + b
+  assert y.shape == ref.shape
+  np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_full_and_same_padding_sizes():
+  x = jnp.zeros((1, 10, 10, 1))
+  for pad, stride, out in [("FULL", 1, 14), ("SAME", 1, 10), ("SAME", 3, 4), ("VALID", 1, 6)]:
+    m = layers.Conv2D(1, 5, strides=stride, padding=pad)
+    assert m.init_with_output(jax.random.key(0), x)[0].shape[1] == out, pad
+
+
+def test_activations_by_value():
+  x = jnp.array([-2.0, 0.0, 3.0])
+  np.testing.assert_allclose(layers.get_activation("relu")(x), [0, 0, 3])
+  np.testing.assert_allclose(layers.get_activation("leaky_relu")(x), [-0.02, 0, 3], rtol=1e-6)
+  np.testing.assert_allclose(layers.get_activation("elu")(x), [np.exp(-2) - 1, 0, 3], rtol=1e-6)
+  np.testing.assert_allclose(layers.get_activation("sigmoid")(x), 1 / (1 + np.exp(-np.array([-2., 0, 3]))), rtol=1e-6)
+  np.testing.assert_allclose(layers.get_activation("tanh")(x), np.tanh([-2., 0, 3]), rtol=1e-6)
+  with pytest.raises(ValueError, match="unknown activation 'relu6x'"):
+    layers.get_activation("relu6x")
+
+
+def test_maxout():
+  x = jnp.array([[1.0, 5.0, -1.0, -3.0, 2.0, 2.5]])
+  np.testing.assert_array_equal(layers.maxout(x, 2), [[5.0, -1.0, 2.5]])
+  np.testing.assert_array_equal(layers.maxout(x, 3), [[5.0, 2.5]])
+  with pytest.raises(ValueError):
+    layers.maxout(x, 4)
+  m = layers.Maxout(features=3, pieces=4)
+  v = m.init(jax.random.key(0), jnp.ones((2, 5)))
+  assert m.apply(v, jnp.ones((2, 5))).shape == (2, 3)
+
+
+def test_local_response_norm_against_loop():
+  rng = np.random.RandomState(0)
+  x = rng.randn(2, 3, 3, 7).astype(np.float32) * 3
+  n, k, alpha, beta = 5, 2.0, 1e-4, 0.75
+  ref = np.empty_like(x)
+  for c in range(7):
+    lo, hi = max(0, c - n // 2), min(7, c + n // 2 + 1)
+    ref[..., c] = x[..., c] / (k + alpha * np.sum(x[..., lo:hi] ** 2, -1)) ** beta
+  out = layers.LocalResponseNorm(size=n, alpha=alpha, beta=beta, k=k).apply({}, jnp.asarray(x))
+  np.testing.assert_allclose(out, ref, rtol=1e-5)
+  # PyTorch / Caffe scale alpha by 1/size.
+  out_t = layers.LocalResponseNorm(n, alpha * n, beta, k, alpha_per_size=True).apply({}, jnp.asarray(x))
+  np.testing.assert_allclose(out_t, ref, rtol=1e-5)
+
+
+def test_dropout_and_batchnorm_train_flag():
+  x = jnp.ones((4, 100))
+  d = layers.Dropout(0.5)
+  np.testing.assert_array_equal(d.apply({}, x, deterministic=True), x)
+  y = d.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)})
+  assert set(np.unique(np.asarray(y))) <= {0.0, 2.0}  # inverted dropout keeps the mean
+  bn = layers.BatchNorm(use_running_average=False)
+  xb = jnp.asarray(np.random.RandomState(1).randn(64, 3) * 4 + 2, jnp.float32)
+  v = bn.init(jax.random.key(0), xb)
+  y, upd = bn.apply(v, xb, mutable=["batch_stats"])
+  np.testing.assert_allclose(y.mean(0), 0, atol=1e-5)
+  np.testing.assert_allclose(y.std(0), 1, atol=1e-3)
+  np.testing.assert_allclose(upd["batch_stats"]["mean"], 0.01 * xb.mean(0), rtol=1e-4)
