@@ -1,0 +1,140 @@
+"""`cnn-jax` command line: a thin layer over the trainer and the library.
+
+  cnn-jax train   --config experiments/mnist_lenet.py[:smoke] --workdir W [--config.KEY=VALUE ...]
+  cnn-jax eval    --workdir W [--which best|latest]
+  cnn-jax summary MODEL [--input 32x32x1] [--depth 2]
+  cnn-jax prepare DATASET --raw_dir DIR [--data_dir DIR]
+  cnn-jax models
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Optional, Sequence
+
+USAGE = __doc__
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+  try:
+    return tuple(int(v) for v in text.lower().replace(",", "x").split("x"))
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a shape like 32x32x1, got {text!r}") from None
+
+
+def _train(argv: Sequence[str]) -> int:
+  from absl import flags
+  from ml_collections import config_flags
+
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "experiment config file (Python)",
+                                  flag_values=fv, lock_config=True)
+  flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and logs", flag_values=fv)
+  try:
+    fv(["cnn-jax train", *argv])
+  except flags.Error as e:
+    print(f"cnn-jax train: {e}", file=sys.stderr)
+    return 2
+  if fv.config is None or fv.workdir is None:
+    print("cnn-jax train: --config and --workdir are required", file=sys.stderr)
+    return 2
+  from cnn_jax.training import trainer
+  result = trainer.train_and_evaluate(fv.config, fv.workdir)
+  result.pop("state", None)
+  print(json.dumps(result, indent=2))
+  return 0
+
+
+def _eval(argv: Sequence[str]) -> int:
+  p = argparse.ArgumentParser("cnn-jax eval", description="Evaluate a trained run on its eval split.")
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--which", default="best", choices=["best", "latest"])
+  p.add_argument("--split", default=None, help="split to evaluate (default: the run's eval split)")
+  p.add_argument("--data_dir", default=None)
+  args = p.parse_args(argv)
+  from cnn_jax import inference
+  from cnn_jax.training import trainer
+  import jax
+  model, variables, config = inference.load(args.workdir, args.which)
+  if args.split:
+    config.dataset.eval_split = args.split
+  if args.data_dir:
+    config.dataset.data_dir = args.data_dir
+  config.dataset.max_eval_examples = None
+  s = trainer.setup(config)
+  state = s.compiled.init_state(jax.random.key(0))
+  state = state.replace(params=variables["params"],
+                        batch_stats=variables.get("batch_stats", state.batch_stats))
+  metrics = trainer.evaluate(s, state)
+  print(json.dumps({"workdir": args.workdir, "which": args.which,
+                    "split": config.dataset.eval_split, **metrics}, indent=2))
+  return 0
+
+
+def _summary(argv: Sequence[str]) -> int:
+  p = argparse.ArgumentParser("cnn-jax summary", description="Keras-style table of a model.")
+  p.add_argument("model")
+  p.add_argument("--input", type=_parse_shape, default=None, help="HxWxC, e.g. 32x32x1")
+  p.add_argument("--num_classes", type=int, default=None)
+  p.add_argument("--depth", type=int, default=1, help="how deep in the module tree to list")
+  args = p.parse_args(argv)
+  from cnn_jax import summary
+  kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
+  print(summary.summarize_by_name(args.model, args.input, args.depth, **kwargs).table())
+  return 0
+
+
+def _prepare(argv: Sequence[str]) -> int:
+  p = argparse.ArgumentParser("cnn-jax prepare",
+                              description="Prepare a tfds data set offline from its original files.")
+  p.add_argument("dataset")
+  p.add_argument("--raw_dir", default=None)
+  p.add_argument("--data_dir", default=None)
+  args = p.parse_args(argv)
+  from cnn_jax.data import input_pipeline
+  builder = input_pipeline.prepare(args.dataset, args.data_dir, args.raw_dir)
+  print(f"{args.dataset} ready in {builder.data_dir}: "
+        + ", ".join(f"{k}={v.num_examples}" for k, v in builder.info.splits.items()))
+  return 0
+
+
+def _models(argv: Sequence[str]) -> int:
+  from cnn_jax import models
+  for name in models.names():
+    spec = models.get_spec(name)
+    print(f"{name:20s} {'x'.join(map(str, spec.input_shape)):12s} {spec.description}")
+  return 0
+
+
+COMMANDS = {"train": _train, "eval": _eval, "summary": _summary, "prepare": _prepare,
+            "models": _models}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+  for noisy in ("absl", "jax._src.xla_bridge", "orbax"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+  if not argv or argv[0] in ("-h", "--help", "help"):
+    print(USAGE)
+    return 0
+  cmd = COMMANDS.get(argv[0])
+  if cmd is None:
+    print(f"cnn-jax: unknown command {argv[0]!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
+    return 2
+  try:
+    return cmd(argv[1:])
+  except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
+    if os.environ.get("CNN_JAX_DEBUG"):
+      raise
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+    print(f"cnn-jax {argv[0]}: error: {msg}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())

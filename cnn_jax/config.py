@@ -1,0 +1,102 @@
+"""Default configuration every experiment starts from, and its validation.
+
+An experiment file in experiments/ defines `get_config(arg=None)` that takes
+`base_config()` and changes what it needs; `arg="smoke"` gives a seconds-long variant.
+Every key an experiment may set exists here, so a typo is caught with a suggestion
+instead of being silently ignored.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from ml_collections import ConfigDict
+
+# Sub-configs whose keys are free-form (passed straight to a constructor).
+FREE_FORM = ("model_kwargs",)
+
+
+def base_config() -> ConfigDict:
+  c = ConfigDict()
+  c.seed = 0
+  c.model = "mnist_cnn"
+  c.model_kwargs = ConfigDict()          # extra constructor arguments for the model
+  c.model_input_shape = None             # (H, W, C); None: the registry's shape for the model
+
+  c.dataset = ConfigDict()
+  c.dataset.name = "mnist"
+  c.dataset.data_dir = None              # tfds data_dir (env CNN_JAX_DATA_DIR / TFDS_DATA_DIR)
+  c.dataset.raw_dir = None               # original files for tfds manual_dir (env CNN_JAX_RAW_DIR)
+  c.dataset.train_split = "train"
+  c.dataset.eval_split = "test"
+  c.dataset.image_size = None            # (H, W) to centre-pad / crop to, e.g. (32, 32) for LeNet
+  c.dataset.allow_download = True
+  c.dataset.max_train_examples = None    # for smoke runs
+  c.dataset.max_eval_examples = None
+
+  c.augment = ConfigDict()
+  c.augment.crop_padding = 0             # random crop after zero padding (translation)
+  c.augment.flip = False                 # random horizontal flip
+
+  c.batch_size = 128                     # global batch, over all devices and hosts
+  c.eval_batch_size = 1000
+  c.num_epochs = 10
+  c.label_smoothing = 0.0
+
+  c.optimizer = ConfigDict()
+  c.optimizer.name = "adam"              # sgd | momentum | nesterov | adam | adamw | rmsprop
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.schedule = "constant"      # constant | cosine | warmup_cosine | piecewise | onecycle | exponential
+  c.optimizer.warmup_epochs = 0.0
+  c.optimizer.end_learning_rate = 0.0
+  c.optimizer.decay_epochs = (5, 8)      # piecewise
+  c.optimizer.decay_factors = (0.1, 0.1)
+  c.optimizer.decay_rate = 0.95          # exponential, per epoch
+  c.optimizer.momentum = 0.9
+  c.optimizer.nesterov = False
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.999
+  c.optimizer.decay = 0.9                # rmsprop
+  c.optimizer.weight_decay = 0.0
+  c.optimizer.grad_clip_norm = 0.0
+  c.optimizer.accumulate_steps = 1       # gradient accumulation (optax.MultiSteps)
+
+  c.parallel = "sharded"                 # sharded (jit over a Mesh) | pmap
+
+  c.log_every_steps = 50
+  c.eval_every_epochs = 1
+  c.checkpoint_every_steps = 0           # 0: only at the end of each epoch
+  c.keep_checkpoints = 3
+  c.best_metric = "accuracy"             # eval metric that picks the best checkpoint
+  c.async_checkpointing = True
+  c.restore_from = None                  # start a new run from another run's weights
+  c.skip_nonfinite_steps = False         # skip NaN / inf steps instead of stopping
+  c.progress_bar = True
+  return c
+
+
+def _check_keys(cfg: Any, ref: Any, prefix: str) -> None:
+  for key in cfg.keys():
+    path = f"{prefix}{key}"
+    if key not in ref:
+      close = difflib.get_close_matches(key, list(ref.keys()), n=3)
+      hint = f" Did you mean {', '.join(prefix + c for c in close)}?" if close else ""
+      raise KeyError(f"unknown config key {path!r}.{hint}")
+    if key in FREE_FORM:
+      continue
+    if isinstance(cfg[key], ConfigDict) and isinstance(ref[key], ConfigDict):
+      _check_keys(cfg[key], ref[key], path + ".")
+
+
+def validate(config: ConfigDict) -> ConfigDict:
+  """Raise a clear error for unknown keys or impossible values; return the config."""
+  _check_keys(config, base_config(), "")
+  if not isinstance(config.batch_size, int) or config.batch_size <= 0:
+    raise ValueError(f"batch_size must be a positive integer, got {config.batch_size!r}")
+  if not isinstance(config.eval_batch_size, int) or config.eval_batch_size <= 0:
+    raise ValueError(f"eval_batch_size must be a positive integer, got {config.eval_batch_size!r}")
+  if config.num_epochs <= 0:
+    raise ValueError(f"num_epochs must be positive, got {config.num_epochs}")
+  if config.parallel not in ("sharded", "pmap"):
+    raise ValueError(f"parallel must be 'sharded' or 'pmap', got {config.parallel!r}")
+  return config

@@ -1,0 +1,1 @@
+"""Input pipelines: tfds data sources, batching, on-device preprocessing and augmentation."""

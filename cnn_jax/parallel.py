@@ -1,0 +1,98 @@
+"""Data parallelism: one training loop, two ways to spread it over devices.
+
+* ``sharded`` (default): `jax.jit` over a 1-D ("data",) device `Mesh`. The batch is
+  sharded along its first axis, the state is replicated, and XLA inserts the gradient
+  all-reduce. The mesh is built with `jax.make_mesh` so a later "model" axis can be
+  added without touching the loop.
+* ``pmap``: `jax.pmap` over the local devices with axis name "batch". The state goes
+  in with `in_axes=None` and comes back with `out_axes=None` (replicated, no manual
+  replicate / unreplicate); `train_step` averages gradients, metrics and batch-norm
+  statistics with `lax.pmean`.
+
+Both call the same `steps.train_step` / `steps.eval_step`.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+PMAP_AXIS = "batch"
+DATA_AXIS = "data"
+MODES = ("sharded", "pmap")
+
+
+def make_mesh(devices: Any = None) -> Mesh:
+  """A 1-D mesh over all (global) devices with the single axis "data"."""
+  devices = jax.devices() if devices is None else devices
+  return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def check_batch_size(global_batch: int, what: str = "batch_size") -> int:
+  """Per-process batch; errors if the device count does not divide the global batch."""
+  if global_batch <= 0:
+    raise ValueError(f"{what} must be a positive integer, got {global_batch}")
+  n_dev, n_proc = jax.device_count(), jax.process_count()
+  if global_batch % n_dev:
+    raise ValueError(
+        f"{what}={global_batch} is not divisible by the {n_dev} devices; use a multiple of "
+        f"{n_dev} (e.g. {max(n_dev, global_batch // n_dev * n_dev)}).")
+  return global_batch // n_proc
+
+
+@dataclass
+class Compiled:
+  """The compiled pieces the loop needs, whatever the parallel mode."""
+  mode: str
+  init_state: Callable[[jax.Array], Any]
+  train_step: Callable[[Any, dict], tuple[Any, dict]]
+  eval_step: Callable[[Any, dict], dict]
+  put_batch: Callable[[dict], dict]
+  state_sharding: Any
+
+
+def compile_steps(mode: str, init_fn: Callable[[jax.Array], Any], train_fn: Callable,
+                  eval_fn: Callable, mesh: Mesh | None = None) -> Compiled:
+  """Compile init / train / eval for `mode`.
+
+  train_fn(state, batch, axis_name=...) and eval_fn(state, batch, axis_name=...) are the
+  pure steps with everything else bound.
+  """
+  if mode == "sharded":
+    mesh = mesh or make_mesh()
+    replicated = NamedSharding(mesh, P())
+    batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
+    abstract = jax.eval_shape(init_fn, jax.random.key(0))
+    state_sharding = jax.tree_util.tree_map(lambda _: replicated, abstract)
+    init = jax.jit(init_fn, out_shardings=state_sharding)
+    train = jax.jit(functools.partial(train_fn, axis_name=None),
+                    in_shardings=(state_sharding, batch_sharding),
+                    out_shardings=(state_sharding, replicated), donate_argnums=0)
+    evaluate = jax.jit(functools.partial(eval_fn, axis_name=None),
+                       in_shardings=(state_sharding, batch_sharding), out_shardings=replicated)
+
+    def put_batch(batch):
+      return {k: jax.make_array_from_process_local_data(batch_sharding, v)
+              for k, v in batch.items()}
+
+    return Compiled(mode, init, train, evaluate, put_batch, state_sharding)
+
+  if mode == "pmap":
+    n_local = jax.local_device_count()
+    init = jax.jit(init_fn)
+    train = jax.pmap(functools.partial(train_fn, axis_name=PMAP_AXIS), axis_name=PMAP_AXIS,
+                     in_axes=(None, 0), out_axes=(None, None))
+    evaluate = jax.pmap(functools.partial(eval_fn, axis_name=PMAP_AXIS), axis_name=PMAP_AXIS,
+                        in_axes=(None, 0), out_axes=None)
+
+    def put_batch(batch):
+      return {k: v.reshape((n_local, v.shape[0] // n_local) + v.shape[1:])
+              for k, v in batch.items()}
+
+    return Compiled(mode, init, train, evaluate, put_batch, None)
+
+  raise ValueError(f"unknown parallel mode {mode!r}; choose one of {MODES}")

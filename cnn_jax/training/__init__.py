@@ -1,0 +1,1 @@
+"""Training: train state, optimizers, losses, pure train / eval steps and the loop."""

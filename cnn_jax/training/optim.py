@@ -1,0 +1,72 @@
+"""Optimizers and learning-rate schedules from optax, chosen by config."""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import optax
+from ml_collections import ConfigDict
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "piecewise", "onecycle", "exponential")
+
+
+def make_schedule(cfg: ConfigDict, steps_per_epoch: int, num_epochs: int) -> optax.Schedule:
+  """Learning-rate schedule over the whole run; epochs in the config become steps."""
+  lr = cfg.learning_rate
+  total = max(1, steps_per_epoch * num_epochs)
+  warmup = int(cfg.get("warmup_epochs", 0) * steps_per_epoch)
+  name = cfg.get("schedule", "constant")
+  if name == "constant":
+    sched = optax.constant_schedule(lr)
+    if warmup:
+      sched = optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), sched], [warmup])
+    return sched
+  if name in ("cosine", "warmup_cosine"):
+    return optax.warmup_cosine_decay_schedule(0.0 if warmup else lr, lr, warmup, total,
+                                              end_value=cfg.get("end_learning_rate", 0.0))
+  if name == "piecewise":
+    boundaries = {int(e * steps_per_epoch): s for e, s in
+                  zip(cfg.get("decay_epochs", (num_epochs // 2, 3 * num_epochs // 4)),
+                      cfg.get("decay_factors", (0.1, 0.1)))}
+    return optax.piecewise_constant_schedule(lr, boundaries)
+  if name == "onecycle":
+    return optax.cosine_onecycle_schedule(total, lr)
+  if name == "exponential":
+    return optax.exponential_decay(lr, steps_per_epoch, cfg.get("decay_rate", 0.95))
+  raise ValueError(f"unknown schedule {name!r}; choose one of {SCHEDULES}")
+
+
+def _decay_mask(params: Any) -> Any:
+  """Weight decay on kernels only, not on biases or batch-norm scales (ndim > 1)."""
+  return jax.tree_util.tree_map(lambda p: p.ndim > 1, params)
+
+
+def make_optimizer(cfg: ConfigDict, steps_per_epoch: int, num_epochs: int
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """Build the optax transformation described by `cfg` (config.optimizer)."""
+  sched = make_schedule(cfg, steps_per_epoch, num_epochs)
+  name = cfg.name
+  wd = cfg.get("weight_decay", 0.0)
+  if name == "adamw":
+    tx = optax.adamw(sched, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999),
+                     weight_decay=wd, mask=_decay_mask)
+  else:
+    if name == "sgd":
+      base = optax.sgd(sched)
+    elif name in ("momentum", "nesterov"):
+      base = optax.sgd(sched, momentum=cfg.get("momentum", 0.9),
+                       nesterov=name == "nesterov" or cfg.get("nesterov", False))
+    elif name == "adam":
+      base = optax.adam(sched, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999))
+    elif name == "rmsprop":
+      base = optax.rmsprop(sched, decay=cfg.get("decay", 0.9), momentum=cfg.get("momentum", 0.0))
+    else:
+      raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
+    # Classic L2 weight decay: added to the gradient before the update rule.
+    tx = optax.chain(optax.add_decayed_weights(wd, _decay_mask), base) if wd else base
+  if cfg.get("grad_clip_norm"):
+    tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
+  if cfg.get("accumulate_steps", 1) > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=cfg.accumulate_steps)
+  return tx, sched

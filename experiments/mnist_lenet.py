@@ -1,0 +1,25 @@
+"""LeNet-5 (LeCun et al. 1998) on MNIST padded to 32x32.
+
+  cnn-jax train --config experiments/mnist_lenet.py --workdir workdirs/mnist_lenet
+"""
+from cnn_jax.config import base_config
+
+
+def get_config(arg=None):
+  c = base_config()
+  c.model = "lenet5"
+  c.dataset.name = "mnist"
+  c.dataset.image_size = (32, 32)
+  c.batch_size = 128
+  c.num_epochs = 15
+  c.optimizer.name = "adam"
+  c.optimizer.learning_rate = 2e-3
+  c.optimizer.schedule = "cosine"
+  c.optimizer.warmup_epochs = 0.5
+  if arg == "smoke":
+    c.num_epochs = 1
+    c.dataset.max_train_examples = 512
+    c.dataset.max_eval_examples = 300
+    c.batch_size = 64
+    c.eval_batch_size = 128
+  return c
