@@ -35,8 +35,10 @@ def _train(argv: Sequence[str]) -> int:
   flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and logs", flag_values=fv)
   try:
     fv(["cnn-jax train", *argv])
-  except flags.Error as e:
-    print(f"cnn-jax train: {e}", file=sys.stderr)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    # ml_collections reports an unknown --config.KEY with a "Did you mean" hint.
+    msg = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'")
+    print(f"cnn-jax train: invalid flags: {msg}", file=sys.stderr)
     return 2
   if fv.config is None or fv.workdir is None:
     print("cnn-jax train: --config and --workdir are required", file=sys.stderr)

@@ -100,3 +100,13 @@ def validate(config: ConfigDict) -> ConfigDict:
   if config.parallel not in ("sharded", "pmap"):
     raise ValueError(f"parallel must be 'sharded' or 'pmap', got {config.parallel!r}")
   return config
+
+
+def smoke_variant(c: ConfigDict) -> ConfigDict:
+  """Shrink an experiment to a seconds-long run that exercises every code path."""
+  c.num_epochs = 1
+  c.dataset.max_train_examples = 512
+  c.dataset.max_eval_examples = 300
+  c.batch_size = 64
+  c.eval_batch_size = 128
+  return c

@@ -2,7 +2,7 @@
 
   cnn-jax train --config experiments/mnist_lenet.py --workdir workdirs/mnist_lenet
 """
-from cnn_jax.config import base_config
+from cnn_jax.config import base_config, smoke_variant
 
 
 def get_config(arg=None):
@@ -17,9 +17,5 @@ def get_config(arg=None):
   c.optimizer.schedule = "cosine"
   c.optimizer.warmup_epochs = 0.5
   if arg == "smoke":
-    c.num_epochs = 1
-    c.dataset.max_train_examples = 512
-    c.dataset.max_eval_examples = 300
-    c.batch_size = 64
-    c.eval_batch_size = 128
+    smoke_variant(c)
   return c

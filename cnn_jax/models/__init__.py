@@ -28,7 +28,8 @@ class ModelSpec:
 _REGISTRY: dict[str, ModelSpec] = {}
 
 # Files that register models; imported lazily so `import cnn_jax` stays light.
-_MODEL_MODULES = ("mlp", "lenet", "mnist_cnn", "small_convnet")
+_MODEL_MODULES = ("mlp", "lenet", "mnist_cnn", "small_convnet", "alexnet", "zfnet", "vgg",
+                  "googlenet", "resnet", "darknet")
 _EXTRA_MODEL_MODULES: list[str] = []
 
 

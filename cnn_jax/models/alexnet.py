@@ -1,0 +1,133 @@
+"""AlexNet: torchvision's single-tower layout and the 2012 paper's original network.
+
+`alexnet` is torchvision's `alexnet` (from "One weird trick", Krizhevsky 2014): 64-192-
+384-256-256 filters, no LRN, an adaptive average pool to 6x6 and dropout-4096-4096-1000,
+61,100,840 parameters at 224x224x3, so torchvision's ImageNet weights load into it
+(cnn_jax.weights.torch_import).
+
+`alexnet_original` is the network of Krizhevsky, Sutskever & Hinton (2012) on 227x227x3
+(the size that makes 11x11/4 give the paper's 55x55): 96-256-384-384-256 filters, local
+response normalization (k=2, n=5, alpha=1e-4, beta=0.75) after conv1 and conv2,
+overlapping 3x3/2 max pools and dropout 0.5 in the first two FC layers. The paper splits
+conv2/4/5 over two GPUs; here every conv sees all input channels (one tower), so conv2
+has 5*5*96*256 + 256 = 614,656 parameters rather than half that.
+
+`AdaptiveAvgPool` (torch's AdaptiveAvgPool2d) lives here and is shared by VGG and
+GoogLeNet.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from cnn_jax import layers
+from cnn_jax.models import register
+
+
+def _adaptive_pool_1d(x: jax.Array, axis: int, out: int) -> jax.Array:
+  size = x.shape[axis]
+  if size % out == 0:  # equal, disjoint windows: one reshape
+    k = size // out
+    shape = x.shape[:axis] + (out, k) + x.shape[axis + 1:]
+    return jnp.mean(x.reshape(shape), axis=axis + 1)
+  # torch: window i covers [floor(i*size/out), ceil((i+1)*size/out)).
+  pieces = []
+  for i in range(out):
+    lo, hi = (i * size) // out, -(-((i + 1) * size) // out)
+    pieces.append(jnp.mean(jax.lax.slice_in_dim(x, lo, hi, axis=axis), axis=axis, keepdims=True))
+  return jnp.concatenate(pieces, axis=axis)
+
+
+def adaptive_avg_pool(x: jax.Array, output_size: Union[int, Sequence[int]]) -> jax.Array:
+  """torch.nn.AdaptiveAvgPool2d on NHWC input: any H x W -> output_size, exactly as torch.
+
+  Rectangle means are separable, so pooling H then W gives torch's result.
+  """
+  oh, ow = (output_size, output_size) if isinstance(output_size, int) else output_size
+  return _adaptive_pool_1d(_adaptive_pool_1d(x, 1, oh), 2, ow)
+
+
+class AdaptiveAvgPool(nn.Module):
+  """Average-pool any spatial size to `output_size` (identity when it already matches)."""
+  output_size: Union[int, Sequence[int]] = 1
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return adaptive_avg_pool(x, self.output_size)
+
+
+def ceil_mode_padding(size: int, window: int, stride: int, pad: int = 0) -> tuple[int, int]:
+  """(low, high) padding that makes a VALID pool behave like torch's ceil_mode=True.
+
+  torch drops a last window that would start in the right padding, so the output is
+  ceil((size + 2*pad - window) / stride) + 1, minus one in that case.
+  """
+  out = math.ceil((size + 2 * pad - window) / stride) + 1
+  if (out - 1) * stride >= size + pad:
+    out -= 1
+  return (pad, max((out - 1) * stride + window - size - pad, pad))
+
+
+@register("alexnet", (224, 224, 3), "AlexNet, torchvision layout (61,100,840 parameters)")
+class AlexNet(nn.Module):
+  """torchvision AlexNet; with include_top=False returns the 6x6x256 pooled features."""
+  num_classes: int = 1000
+  dropout_rate: float = 0.5
+  include_top: bool = True
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    x = nn.relu(layers.Conv2D(64, 11, strides=4, padding=2, name="conv1")(x))   # 55x55x64
+    x = layers.MaxPool(3, 2, name="pool1")(x)                                     # 27x27
+    x = nn.relu(layers.Conv2D(192, 5, padding=2, name="conv2")(x))              # 27x27x192
+    x = layers.MaxPool(3, 2, name="pool2")(x)                                     # 13x13
+    x = nn.relu(layers.Conv2D(384, 3, padding=1, name="conv3")(x))              # 13x13x384
+    x = nn.relu(layers.Conv2D(256, 3, padding=1, name="conv4")(x))
+    x = nn.relu(layers.Conv2D(256, 3, padding=1, name="conv5")(x))
+    x = layers.MaxPool(3, 2, name="pool5")(x)                                     # 6x6x256
+    x = AdaptiveAvgPool(6, name="avgpool")(x)
+    if not self.include_top:
+      return x
+    x = layers.Flatten(name="flatten")(x)                                         # 9216 (HWC)
+    x = nn.Dropout(self.dropout_rate, deterministic=not train, name="dropout6")(x)
+    x = nn.relu(nn.Dense(4096, name="fc6")(x))
+    x = nn.Dropout(self.dropout_rate, deterministic=not train, name="dropout7")(x)
+    x = nn.relu(nn.Dense(4096, name="fc7")(x))
+    return nn.Dense(self.num_classes, name="head")(x)
+
+
+@register("alexnet_original", (227, 227, 3),
+          "AlexNet as in Krizhevsky et al. 2012: LRN, overlapping pools, one tower")
+class AlexNetOriginal(nn.Module):
+  """The 2012 paper's network, 62,378,344 parameters at 1000 classes."""
+  num_classes: int = 1000
+  dropout_rate: float = 0.5
+  include_top: bool = True
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    def lrn(name):
+      return layers.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0, name=name)
+
+    x = nn.relu(layers.Conv2D(96, 11, strides=4, name="conv1")(x))             # 55x55x96
+    x = lrn("norm1")(x)
+    x = layers.MaxPool(3, 2, name="pool1")(x)                                     # 27x27x96
+    x = nn.relu(layers.Conv2D(256, 5, padding=2, name="conv2")(x))              # 27x27x256
+    x = lrn("norm2")(x)
+    x = layers.MaxPool(3, 2, name="pool2")(x)                                     # 13x13x256
+    x = nn.relu(layers.Conv2D(384, 3, padding=1, name="conv3")(x))              # 13x13x384
+    x = nn.relu(layers.Conv2D(384, 3, padding=1, name="conv4")(x))              # 13x13x384
+    x = nn.relu(layers.Conv2D(256, 3, padding=1, name="conv5")(x))              # 13x13x256
+    x = layers.MaxPool(3, 2, name="pool5")(x)                                     # 6x6x256
+    if not self.include_top:
+      return x
+    x = layers.Flatten(name="flatten")(x)                                         # 9216
+    x = nn.relu(nn.Dense(4096, name="fc6")(x))
+    x = nn.Dropout(self.dropout_rate, deterministic=not train, name="dropout6")(x)
+    x = nn.relu(nn.Dense(4096, name="fc7")(x))
+    x = nn.Dropout(self.dropout_rate, deterministic=not train, name="dropout7")(x)
+    return nn.Dense(self.num_classes, name="head")(x)

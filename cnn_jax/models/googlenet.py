@@ -1,0 +1,143 @@
+"""GoogLeNet / Inception v1 (Szegedy et al. 2014), torchvision's layout.
+
+Every conv is torchvision's BasicConv2d: conv without bias, batch norm (eps 0.001),
+relu. As in torchvision, the "5x5" branch of each inception block uses a 3x3 kernel (a
+known quirk of the weights torchvision ported), and the max pools round up (ceil_mode).
+6,624,904 parameters without the auxiliary heads, 13,004,888 with them.
+
+torchvision's `transform_input` (re-normalizing ImageNet-normalized input to the
+original Inception preprocessing) is not part of the model: feed whatever
+normalization the weights were trained with.
+
+With `aux_logits=True` the two auxiliary classifiers (after inception4a and 4d) are
+built, and in training mode the model returns (logits, aux1_logits, aux2_logits).
+"""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from cnn_jax import layers
+from cnn_jax.models import register
+from cnn_jax.models.alexnet import AdaptiveAvgPool, ceil_mode_padding
+
+
+class BasicConv(nn.Module):
+  """conv (no bias) -> BN(eps=1e-3) -> relu, named conv / bn like torchvision."""
+  features: int
+  kernel_size: int = 1
+  strides: int = 1
+  padding: int = 0
+  bn_axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    x = layers.Conv2D(self.features, self.kernel_size, strides=self.strides,
+                      padding=self.padding, use_bias=False, name="conv")(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-3,
+                     axis_name=self.bn_axis_name, name="bn")(x)
+    return nn.relu(x)
+
+
+def _ceil_max_pool(x: jax.Array, window: int, stride: int, pad: int = 0) -> jax.Array:
+  pads = [ceil_mode_padding(s, window, stride, pad) for s in x.shape[1:3]]
+  return nn.max_pool(x, (window, window), (stride, stride), pads)
+
+
+class Inception(nn.Module):
+  """Four parallel branches concatenated on channels: 1x1 | 1x1-3x3 | 1x1-3x3 | pool-1x1."""
+  ch1x1: int
+  ch3x3red: int
+  ch3x3: int
+  ch5x5red: int
+  ch5x5: int
+  pool_proj: int
+  bn_axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    conv = lambda f, k, name: BasicConv(f, k, padding=k // 2, bn_axis_name=self.bn_axis_name,  # noqa: E731
+                                        name=name)
+    b1 = conv(self.ch1x1, 1, "branch1")(x, train)
+    b2 = conv(self.ch3x3red, 1, "branch2_0")(x, train)
+    b2 = conv(self.ch3x3, 3, "branch2_1")(b2, train)
+    b3 = conv(self.ch5x5red, 1, "branch3_0")(x, train)
+    b3 = conv(self.ch5x5, 3, "branch3_1")(b3, train)  # 3x3, as torchvision
+    b4 = _ceil_max_pool(x, 3, 1, 1)
+    b4 = conv(self.pool_proj, 1, "branch4_1")(b4, train)
+    return jnp.concatenate([b1, b2, b3, b4], axis=-1)
+
+
+class InceptionAux(nn.Module):
+  """Auxiliary classifier: 4x4 avg pool, 1x1 conv 128, FC 1024, dropout 0.7, FC."""
+  num_classes: int
+  dropout_rate: float = 0.7
+  bn_axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    x = AdaptiveAvgPool(4)(x)
+    x = BasicConv(128, 1, bn_axis_name=self.bn_axis_name, name="conv")(x, train)
+    x = x.reshape((x.shape[0], -1))
+    x = nn.relu(nn.Dense(1024, name="fc1")(x))
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return nn.Dense(self.num_classes, name="fc2")(x)
+
+
+# (ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj) per block, from the paper's Table 1.
+INCEPTION_CONFIG = {
+    "inception3a": (64, 96, 128, 16, 32, 32),
+    "inception3b": (128, 128, 192, 32, 96, 64),
+    "inception4a": (192, 96, 208, 16, 48, 64),
+    "inception4b": (160, 112, 224, 24, 64, 64),
+    "inception4c": (128, 128, 256, 24, 64, 64),
+    "inception4d": (112, 144, 288, 32, 64, 64),
+    "inception4e": (256, 160, 320, 32, 128, 128),
+    "inception5a": (256, 160, 320, 32, 128, 128),
+    "inception5b": (384, 192, 384, 48, 128, 128),
+}
+
+
+@register("googlenet", (224, 224, 3), "GoogLeNet / Inception v1, torchvision layout (BN)")
+class GoogLeNet(nn.Module):
+  num_classes: int = 1000
+  aux_logits: bool = False
+  dropout_rate: float = 0.2
+  include_top: bool = True
+  bn_axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False
+               ) -> Union[jax.Array, tuple[jax.Array, jax.Array, jax.Array]]:
+    ax = self.bn_axis_name
+    inception = lambda name: Inception(*INCEPTION_CONFIG[name], bn_axis_name=ax, name=name)  # noqa: E731
+    x = BasicConv(64, 7, strides=2, padding=3, bn_axis_name=ax, name="conv1")(x, train)  # 112
+    x = _ceil_max_pool(x, 3, 2)                                                             # 56
+    x = BasicConv(64, 1, bn_axis_name=ax, name="conv2")(x, train)
+    x = BasicConv(192, 3, padding=1, bn_axis_name=ax, name="conv3")(x, train)
+    x = _ceil_max_pool(x, 3, 2)                                                             # 28
+    x = inception("inception3a")(x, train)                                                  # 256
+    x = inception("inception3b")(x, train)                                                  # 480
+    x = _ceil_max_pool(x, 3, 2)                                                             # 14
+    x = inception("inception4a")(x, train)                                                  # 512
+    want_aux = self.aux_logits and (train or self.is_initializing())
+    aux1 = InceptionAux(self.num_classes, bn_axis_name=ax, name="aux1")(x, train) if want_aux else None
+    x = inception("inception4b")(x, train)
+    x = inception("inception4c")(x, train)
+    x = inception("inception4d")(x, train)                                                  # 528
+    aux2 = InceptionAux(self.num_classes, bn_axis_name=ax, name="aux2")(x, train) if want_aux else None
+    x = inception("inception4e")(x, train)                                                  # 832
+    x = _ceil_max_pool(x, 2, 2)                                                             # 7
+    x = inception("inception5a")(x, train)
+    x = inception("inception5b")(x, train)                                                  # 7x7x1024
+    if not self.include_top:
+      return x
+    x = jnp.mean(x, axis=(1, 2))
+    x = nn.Dropout(self.dropout_rate, deterministic=not train, name="dropout")(x)
+    logits = nn.Dense(self.num_classes, name="head")(x)
+    if self.aux_logits and train:
+      return logits, aux1, aux2
+    return logits

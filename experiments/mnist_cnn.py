@@ -1,0 +1,21 @@
+"""The course's MNIST CNN (conv16-pool-conv24-pool-fc64-dropout-fc10).
+
+  cnn-jax train --config experiments/mnist_cnn.py --workdir workdirs/mnist_cnn
+"""
+from cnn_jax.config import base_config, smoke_variant
+
+
+def get_config(arg=None):
+  c = base_config()
+  c.model = "mnist_cnn"
+  c.dataset.name = "mnist"
+  c.batch_size = 128
+  c.num_epochs = 15
+  c.optimizer.name = "adam"
+  c.optimizer.learning_rate = 2e-3
+  c.optimizer.schedule = "cosine"
+  c.optimizer.warmup_epochs = 0.5
+  c.augment.crop_padding = 2          # random shifts of up to 2 pixels
+  if arg == "smoke":
+    smoke_variant(c)
+  return c

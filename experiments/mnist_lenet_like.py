@@ -1,0 +1,22 @@
+"""The Keras "LeNet-5-like" convnet (81,194 parameters) on MNIST padded to 32x32.
+
+  cnn-jax train --config experiments/mnist_lenet_like.py --workdir workdirs/mnist_lenet_like
+"""
+from cnn_jax.config import base_config, smoke_variant
+
+
+def get_config(arg=None):
+  c = base_config()
+  c.model = "lenet_like"
+  c.dataset.name = "mnist"
+  c.dataset.image_size = (32, 32)
+  c.batch_size = 128
+  c.num_epochs = 15
+  c.optimizer.name = "adam"
+  c.optimizer.learning_rate = 2e-3
+  c.optimizer.schedule = "cosine"
+  c.optimizer.warmup_epochs = 0.5
+  c.augment.crop_padding = 2
+  if arg == "smoke":
+    smoke_variant(c)
+  return c

@@ -1,0 +1,153 @@
+"""The training loop: determinism, overfitting, eval masking, optimizers, metrics files."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from ml_collections import ConfigDict
+
+from cnn_jax.data.input_pipeline import Split, eval_batches, train_batches
+from cnn_jax.training import losses, optim, trainer
+from cnn_jax.training.metric_writers import read_metrics
+from helpers import random_split, tiny_config
+
+
+def leaves_equal(a, b):
+  return all(np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(a),
+                                                  jax.tree_util.tree_leaves(b)))
+
+
+def test_same_seed_same_result_and_files(tmp_path):
+  train, test = random_split(256), random_split(100, seed=1)
+  cfg = tiny_config(num_epochs=2)
+  r1 = trainer.train_and_evaluate(cfg, str(tmp_path / "a"), train, test)
+  r2 = trainer.train_and_evaluate(cfg, str(tmp_path / "b"), train, test)
+  assert r1["final_step"] == 2 * (256 // 32)
+  assert leaves_equal(r1["state"].params, r2["state"].params)
+  cfg3 = tiny_config(num_epochs=2, seed=1)
+  r3 = trainer.train_and_evaluate(cfg3, str(tmp_path / "c"), train, test)
+  assert not leaves_equal(r1["state"].params, r3["state"].params)
+  # metrics.jsonl, TensorBoard events, config and both checkpoint kinds are written
+  lines = read_metrics(str(tmp_path / "a"))
+  assert any("train/loss" in l for l in lines) and any("eval/accuracy" in l for l in lines)
+  assert os.listdir(tmp_path / "a" / "tensorboard")
+  assert json.load(open(tmp_path / "a" / "config.json"))["model"] == "mnist_cnn"
+  assert sorted(os.listdir(tmp_path / "a" / "checkpoints")) == ["16", "8"]
+  assert os.listdir(tmp_path / "a" / "best")
+
+
+def test_eval_counts_every_example_once(tmp_path):
+  # 100 examples with eval batch 48: two full batches and one padded batch of 4.
+  train, test = random_split(64), random_split(100, seed=3)
+  r = trainer.train_and_evaluate(tiny_config(), str(tmp_path), train, test)
+  assert r["eval"]["num_examples"] == 100
+  # Recompute the accuracy directly, without batching or padding.
+  s = trainer.setup(tiny_config(), train, test)
+  state = r["state"]
+  x = s.preprocess(jnp.asarray(test.images), jax.random.key(0), False)
+  logits = s.model.apply({"params": state.params}, x, train=False)
+  acc = float(jnp.mean(jnp.argmax(logits, -1) == test.labels))
+  assert r["eval"]["accuracy"] == pytest.approx(acc, abs=1e-6)
+
+
+def test_overfits_a_small_batch(tmp_path):
+  data = random_split(64, seed=5)
+  data = Split(data.images, np.random.RandomState(0).randint(0, 10, 64).astype(np.int32), 10)
+  cfg = tiny_config(num_epochs=60, batch_size=64, eval_batch_size=64, log_every_steps=60)
+  cfg.model_kwargs.dropout_rate = 0.0
+  r = trainer.train_and_evaluate(cfg, str(tmp_path), data, data)
+  assert r["eval"]["accuracy"] == 1.0  # random labels memorised
+
+
+def test_learns_a_learnable_task(tmp_path):
+  train, test = random_split(512), random_split(200, seed=9)
+  r = trainer.train_and_evaluate(tiny_config("mlp", num_epochs=3), str(tmp_path), train, test)
+  assert r["eval"]["accuracy"] > 0.9
+
+
+def test_batches_fixed_shape_and_seeded():
+  data = random_split(100)
+  a = list(train_batches(data, 32, seed=0, epoch=0))
+  b = list(train_batches(data, 32, seed=0, epoch=0))
+  c = list(train_batches(data, 32, seed=0, epoch=1))
+  assert len(a) == 3 and all(x["image"].shape == (32, 28, 28, 1) for x in a)
+  assert all(np.array_equal(x["label"], y["label"]) for x, y in zip(a, b))
+  assert not all(np.array_equal(x["label"], y["label"]) for x, y in zip(a, c))
+  resumed = list(train_batches(data, 32, seed=0, epoch=0, start_step=2))
+  assert np.array_equal(resumed[0]["image"], a[2]["image"])
+  ev = list(eval_batches(data, 32))
+  assert [int(x["mask"].sum()) for x in ev] == [32, 32, 32, 4]
+
+
+def test_cross_entropy_and_topk_by_hand():
+  logits = jnp.array([[2.0, 1.0, 0.1]])
+  p = np.exp([2.0, 1.0, 0.1]) / np.exp([2.0, 1.0, 0.1]).sum()
+  assert float(losses.cross_entropy(logits, jnp.array([0]))[0]) == pytest.approx(-np.log(p[0]), rel=1e-6)
+  smoothed = (1 - 0.3) * np.eye(3)[0] + 0.3 / 3
+  assert float(losses.cross_entropy(logits, jnp.array([0]), 0.3)[0]) == pytest.approx(
+      -(smoothed * np.log(p)).sum(), rel=1e-6)
+  logits = jnp.array([[0.1, 0.5, 0.2, 0.9, 0.3, 0.0, 0.8]])
+  assert float(losses.topk_correct(logits, jnp.array([1]), 1)[0]) == 0.0
+  assert float(losses.topk_correct(logits, jnp.array([1]), 3)[0]) == 1.0  # 0.9, 0.8, 0.5
+  assert float(losses.topk_correct(logits, jnp.array([4]), 3)[0]) == 0.0
+
+
+def test_schedules_by_value():
+  c = ConfigDict(dict(learning_rate=0.1, schedule="warmup_cosine", warmup_epochs=1,
+                      end_learning_rate=0.0))
+  s = optim.make_schedule(c, steps_per_epoch=10, num_epochs=5)
+  assert float(s(0)) == 0.0 and float(s(10)) == pytest.approx(0.1)
+  assert float(s(30)) == pytest.approx(0.05, rel=1e-5) and float(s(50)) == pytest.approx(0.0, abs=1e-7)
+  c = ConfigDict(dict(learning_rate=0.1, schedule="piecewise", decay_epochs=(2, 4),
+                      decay_factors=(0.1, 0.5)))
+  s = optim.make_schedule(c, 10, 5)
+  assert [float(s(t)) for t in (19, 20, 39, 40)] == pytest.approx([0.1, 0.01, 0.01, 0.005])
+  c = ConfigDict(dict(learning_rate=1.0, schedule="onecycle"))
+  s = optim.make_schedule(c, 10, 10)
+  vals = np.array([float(s(t)) for t in range(100)])
+  assert vals.argmax() == 30 and vals.max() == pytest.approx(1.0, rel=1e-3) and vals[0] < 0.1
+  with pytest.raises(ValueError, match="unknown schedule"):
+    optim.make_schedule(ConfigDict(dict(learning_rate=1.0, schedule="linearr")), 1, 1)
+
+
+@pytest.mark.parametrize("name", optim.OPTIMIZERS)
+def test_every_optimizer_reduces_a_quadratic(name):
+  c = ConfigDict(dict(name=name, learning_rate=0.05, schedule="constant", momentum=0.9,
+                      weight_decay=1e-4, nesterov=False, b1=0.9, b2=0.999, decay=0.9))
+  tx, _ = optim.make_optimizer(c, 10, 1)
+  params = {"w": jnp.ones((3, 3)), "b": jnp.ones(3)}
+  loss = lambda p: sum(jnp.sum(x ** 2) for x in jax.tree_util.tree_leaves(p))
+  state = tx.init(params)
+  start = loss(params)
+  for _ in range(20):
+    updates, state = tx.update(jax.grad(loss)(params), state, params)
+    params = optax.apply_updates(params, updates)
+  assert loss(params) < 0.5 * start
+
+
+def test_sgd_weight_decay_is_l2_on_kernels_only():
+  c = ConfigDict(dict(name="sgd", learning_rate=0.1, schedule="constant", weight_decay=0.5))
+  tx, _ = optim.make_optimizer(c, 1, 1)
+  params = {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}
+  zero = jax.tree_util.tree_map(jnp.zeros_like, params)
+  updates, _ = tx.update(zero, tx.init(params), params)
+  np.testing.assert_allclose(updates["kernel"], -0.1 * 0.5)  # -lr * wd * w
+  np.testing.assert_allclose(updates["bias"], 0.0)
+
+
+def test_gradient_accumulation_equals_big_batch(tmp_path):
+  train = random_split(64)
+  big = tiny_config("mlp", batch_size=64, eval_batch_size=64)
+  acc = tiny_config("mlp", batch_size=16, eval_batch_size=64)
+  acc.optimizer.accumulate_steps = 4
+  big.optimizer.name = acc.optimizer.name = "sgd"
+  big.optimizer.learning_rate = acc.optimizer.learning_rate = 0.1
+  rb = trainer.train_and_evaluate(big, str(tmp_path / "b"), train, train)
+  # The same 64 examples in 4 micro-batches of 16: MultiSteps averages their gradients.
+  ra = trainer.train_and_evaluate(acc, str(tmp_path / "a"), train, train)
+  for x, y in zip(jax.tree_util.tree_leaves(rb["state"].params),
+                  jax.tree_util.tree_leaves(ra["state"].params)):
+    np.testing.assert_allclose(x, y, atol=1e-5)
