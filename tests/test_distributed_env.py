@@ -342,3 +342,21 @@ def test_sbatch_without_signal_does_not_requeue(tmp_path):
   assert out.returncode == 0, out.stdout + out.stderr
   assert "trainer: finished" in out.stdout
   assert not (tmp_path / "scontrol.log").exists()
+
+
+# ---------------------------------------------------------------------- initialize() itself
+
+def test_initialize_single_process_is_a_no_op():
+  from cnn_jax import distributed
+  assert distributed.initialize({}, environ={}) is None
+  assert distributed.initialize({"cluster": "none"}, environ={"SLURM_JOB_ID": "1"}) is None
+  assert distributed.is_main_process()
+
+
+def test_initialize_after_backend_start_is_a_clear_error():
+  import jax
+  from cnn_jax import distributed
+  jax.devices()  # the backend is up: too late for jax.distributed.initialize
+  cfg = {"coordinator_address": "127.0.0.1:1", "num_processes": 2, "process_id": 1}
+  with pytest.raises(RuntimeError, match="before any JAX computation"):
+    distributed.initialize(cfg, environ={})
