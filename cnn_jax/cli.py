@@ -33,13 +33,16 @@ def _train(argv: Sequence[str]) -> int:
   config_flags.DEFINE_config_file("config", None, "experiment config file (Python)",
                                   flag_values=fv, lock_config=True)
   flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and logs", flag_values=fv)
+  saved_argv, sys.argv = sys.argv, ["cnn-jax train", *argv]  # config_flags reads sys.argv too
   try:
-    fv(["cnn-jax train", *argv])
+    fv(sys.argv)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
     # ml_collections reports an unknown --config.KEY with a "Did you mean" hint.
     msg = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'")
     print(f"cnn-jax train: invalid flags: {msg}", file=sys.stderr)
     return 2
+  finally:
+    sys.argv = saved_argv
   if fv.config is None or fv.workdir is None:
     print("cnn-jax train: --config and --workdir are required", file=sys.stderr)
     return 2

@@ -11,6 +11,7 @@ import difflib
 from typing import Any
 
 from ml_collections import ConfigDict
+from ml_collections.config_dict import placeholder
 
 # Sub-configs whose keys are free-form (passed straight to a constructor).
 FREE_FORM = ("model_kwargs",)
@@ -21,18 +22,18 @@ def base_config() -> ConfigDict:
   c.seed = 0
   c.model = "mnist_cnn"
   c.model_kwargs = ConfigDict()          # extra constructor arguments for the model
-  c.model_input_shape = None             # (H, W, C); None: the registry's shape for the model
+  c.model_input_shape = placeholder(tuple)             # (H, W, C); None: the registry's shape for the model
 
   c.dataset = ConfigDict()
   c.dataset.name = "mnist"
-  c.dataset.data_dir = None              # tfds data_dir (env CNN_JAX_DATA_DIR / TFDS_DATA_DIR)
-  c.dataset.raw_dir = None               # original files for tfds manual_dir (env CNN_JAX_RAW_DIR)
+  c.dataset.data_dir = placeholder(str)              # tfds data_dir (env CNN_JAX_DATA_DIR / TFDS_DATA_DIR)
+  c.dataset.raw_dir = placeholder(str)               # original files for tfds manual_dir (env CNN_JAX_RAW_DIR)
   c.dataset.train_split = "train"
   c.dataset.eval_split = "test"
-  c.dataset.image_size = None            # (H, W) to centre-pad / crop to, e.g. (32, 32) for LeNet
+  c.dataset.image_size = placeholder(tuple)            # (H, W) to centre-pad / crop to, e.g. (32, 32) for LeNet
   c.dataset.allow_download = True
-  c.dataset.max_train_examples = None    # for smoke runs
-  c.dataset.max_eval_examples = None
+  c.dataset.max_train_examples = placeholder(int)    # for smoke runs
+  c.dataset.max_eval_examples = placeholder(int)
 
   c.augment = ConfigDict()
   c.augment.crop_padding = 0             # random crop after zero padding (translation)
@@ -69,7 +70,7 @@ def base_config() -> ConfigDict:
   c.keep_checkpoints = 3
   c.best_metric = "accuracy"             # eval metric that picks the best checkpoint
   c.async_checkpointing = True
-  c.restore_from = None                  # start a new run from another run's weights
+  c.restore_from = placeholder(str)                  # start a new run from another run's weights
   c.skip_nonfinite_steps = False         # skip NaN / inf steps instead of stopping
   c.progress_bar = True
   return c

@@ -124,10 +124,12 @@ def load_split(name: str, split: str, data_dir: Optional[str] = None,
   """
   import tensorflow_datasets as tfds
   builder = prepare(name, data_dir, raw_dir, allow_download)
-  if split not in builder.info.splits and "[" not in split:
-    raise ValueError(f"data set {name!r} has no split {split!r}; it has {list(builder.info.splits)}")
   sub = tfds.even_splits(split, process_count)[process_index] if process_count > 1 else split
-  source = tfds.data_source(name, split=sub, data_dir=default_data_dir(data_dir))
+  try:
+    source = tfds.data_source(name, split=sub, data_dir=default_data_dir(data_dir))
+  except (ValueError, KeyError) as e:
+    raise ValueError(f"cannot read split {split!r} of {name!r} (it has "
+                     f"{list(builder.info.splits) or 'unknown splits'}): {e}") from e
   n = len(source) if max_examples is None else min(len(source), max_examples)
   records = [source[i] for i in range(n)]
   images = np.stack([np.asarray(r["image"]) for r in records]).astype(np.uint8)

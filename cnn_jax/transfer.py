@@ -1,0 +1,188 @@
+"""Transfer learning: new heads, frozen subtrees, and a synthetic localization task.
+
+    model, variables = replace_head(model, variables, num_classes=10, rng=key)
+    tx = freeze(optax.sgd(0.01, 0.9), variables["params"], ["conv1", "bn1", "layer1"])
+    ... after each step: batch_stats = restore_frozen(new_stats, old_stats, prefixes)
+
+Freezing has two halves. Gradients: `freeze` wraps an optimizer with
+`optax.multi_transform`, sending frozen leaves to `optax.set_to_zero()`, so their
+parameters stay bit-identical (and their optimizer state is empty). Batch-norm
+statistics are not parameters: a train-mode forward pass still updates the running
+averages of frozen BN layers (and normalizes with batch statistics). Either
+`restore_frozen` the frozen subtrees of `batch_stats` after each step (what
+`frozen_train_step` does), or run the frozen part in inference mode, as Keras does for
+`trainable=False` BN layers (heads.Localizer(frozen_backbone=True)).
+
+Paths are '/'-joined module names, e.g. 'layer1_0/bn1/scale'; a prefix matches whole
+components, so 'layer1' freezes 'layer1' and everything below it but not 'layer10'.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import traverse_util
+
+PyTree = Any
+
+
+# ------------------------------------------------------------------------ heads
+def replace_head(model: nn.Module, variables: PyTree, num_classes: int, rng: jax.Array,
+                 head_name: str = "head", input_shape: Optional[Sequence[int]] = None,
+                 **model_kwargs: Any) -> tuple[nn.Module, PyTree]:
+  """Clone `model` with `num_classes` outputs and re-initialize only its head.
+
+  Every other variable (params and batch_stats) is copied unchanged. The new head's
+  kernel is drawn with LeCun normal and its bias set to zero (flax's Dense/Conv default);
+  shapes come from jax.eval_shape, so no full initialization is run. input_shape (H, W,
+  C) defaults to the registered input shape of the model's class; pass it for others.
+  """
+  new_model = model.clone(num_classes=num_classes, **model_kwargs)
+  if input_shape is None:
+    input_shape = _guess_input_shape(model)
+  x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+  shapes = jax.eval_shape(
+      lambda x: new_model.init({"params": jax.random.key(0), "dropout": jax.random.key(0)}, x,
+                               train=False), x)
+  flat_old = traverse_util.flatten_dict(_to_dict(variables))
+  flat_new = traverse_util.flatten_dict(_to_dict(shapes))
+  out = {}
+  for path, sds in flat_new.items():
+    in_head = len(path) > 1 and path[1] == head_name
+    if not in_head and path in flat_old:
+      if flat_old[path].shape != sds.shape:
+        raise ValueError(f"{'/'.join(path)}: shape {flat_old[path].shape} in the old model, "
+                         f"{sds.shape} in the new one; only the head may change")
+      out[path] = flat_old[path]
+    elif path[-1] == "kernel":
+      rng, sub = jax.random.split(rng)
+      out[path] = nn.initializers.lecun_normal()(sub, sds.shape, sds.dtype)
+    elif path[-1] == "bias":
+      out[path] = jnp.zeros(sds.shape, sds.dtype)
+    else:
+      raise ValueError(f"don't know how to initialize new variable {'/'.join(path)}")
+  return new_model, traverse_util.unflatten_dict(out)
+
+
+def _guess_input_shape(model: nn.Module) -> tuple[int, ...]:
+  from cnn_jax import models
+  for name in models.names():
+    spec = models.get_spec(name)
+    try:
+      if isinstance(model, type(spec.factory())):
+        return spec.input_shape
+    except TypeError:
+      continue
+  raise ValueError("pass input_shape=(H, W, C): the model is not a registered one")
+
+
+def _to_dict(tree: PyTree) -> dict:
+  return flax.core.unfreeze(tree) if isinstance(tree, flax.core.FrozenDict) else tree
+
+
+# ------------------------------------------------------------------- freezing
+def _is_frozen(path: tuple[str, ...], prefixes: Sequence[str]) -> bool:
+  joined = "/".join(path)
+  return any(joined == p or joined.startswith(p.rstrip("/") + "/") for p in prefixes)
+
+
+def freeze_mask(params: PyTree, frozen_prefixes: Iterable[str]) -> PyTree:
+  """A pytree like `params` with True on leaves under one of `frozen_prefixes`."""
+  prefixes = list(frozen_prefixes)
+  flat = traverse_util.flatten_dict(_to_dict(params))
+  mask = {path: _is_frozen(path, prefixes) for path in flat}
+  unused = [p for p in prefixes if not any(_is_frozen(path, [p]) for path in flat)]
+  if unused:
+    raise ValueError(f"frozen prefixes match no parameter: {unused}")
+  return traverse_util.unflatten_dict(mask)
+
+
+def all_but(params: PyTree, trainable_prefixes: Iterable[str]) -> list[str]:
+  """Top-level module names not in `trainable_prefixes`: freeze everything but these."""
+  keep = set(trainable_prefixes)
+  return [k for k in params if k not in keep]
+
+
+def freeze(tx: optax.GradientTransformation, params: PyTree,
+           frozen_prefixes: Iterable[str]) -> optax.GradientTransformation:
+  """`tx` for trainable leaves, zero updates (and no state) for frozen ones."""
+  labels = jax.tree_util.tree_map(lambda f: "frozen" if f else "trainable",
+                                  freeze_mask(params, frozen_prefixes))
+  return optax.multi_transform({"trainable": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+def restore_frozen(new: PyTree, old: PyTree, frozen_prefixes: Iterable[str]) -> PyTree:
+  """`new` with every leaf under a frozen prefix taken from `old` (e.g. batch_stats)."""
+  prefixes = list(frozen_prefixes)
+  flat_new = traverse_util.flatten_dict(_to_dict(new))
+  flat_old = traverse_util.flatten_dict(_to_dict(old))
+  return traverse_util.unflatten_dict(
+      {k: flat_old[k] if _is_frozen(k, prefixes) else v for k, v in flat_new.items()})
+
+
+def frozen_train_step(apply_fn: Callable[..., Any], tx: optax.GradientTransformation,
+                      loss_fn: Callable[[Any, Any], tuple[jax.Array, dict]],
+                      frozen_prefixes: Sequence[str]) -> Callable:
+  """A jittable step (params, batch_stats, opt_state, x, y, rng) -> (..., metrics).
+
+  loss_fn(model_output, y) -> (loss, metrics). Frozen batch statistics are restored
+  after the forward pass, so frozen subtrees come out bit-identical.
+  """
+
+  def step(params, batch_stats, opt_state, x, y, rng):
+    def loss(p):
+      out, upd = apply_fn({"params": p, "batch_stats": batch_stats}, x, train=True,
+                          rngs={"dropout": rng}, mutable=["batch_stats"])
+      value, metrics = loss_fn(out, y)
+      return value, (metrics, upd.get("batch_stats", batch_stats))
+
+    (_, (metrics, new_stats)), grads = jax.value_and_grad(loss, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    new_stats = restore_frozen(new_stats, batch_stats, frozen_prefixes)
+    return params, new_stats, opt_state, metrics
+
+  return step
+
+
+# --------------------------------------------------- synthetic shapes data set
+SHAPE_NAMES = ("square", "circle", "triangle")
+
+
+def make_shapes(num: int, size: int = 32, seed: int = 0, min_frac: float = 0.3,
+                max_frac: float = 0.7, noise: float = 0.15) -> dict[str, np.ndarray]:
+  """One filled square, circle or triangle per image on a noisy background.
+
+  Returns {'image': (num, size, size, 3) float32 in about [0, 1], 'label': (num,) int32
+  (0 square, 1 circle, 2 triangle), 'box': (num, 4) float32 normalized (cx, cy, w, h)
+  of the shape's bounding box}. Colours are random but always differ from the
+  background by at least 0.3 in brightness, so shape is the only cue to the class.
+  """
+  rs = np.random.RandomState(seed)
+  yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+  images = np.empty((num, size, size, 3), np.float32)
+  labels = rs.randint(0, 3, num).astype(np.int32)
+  boxes = np.empty((num, 4), np.float32)
+  for i in range(num):
+    s = rs.uniform(min_frac, max_frac) * size
+    x0, y0 = rs.uniform(0, size - s), rs.uniform(0, size - s)
+    u, v = (xx - x0) / s, (yy - y0) / s  # shape coordinates in [0, 1]
+    if labels[i] == 0:
+      m = (u >= 0) & (u <= 1) & (v >= 0) & (v <= 1)
+    elif labels[i] == 1:
+      m = (u - 0.5) ** 2 + (v - 0.5) ** 2 <= 0.25
+    else:  # apex at the top centre, base along the bottom
+      m = (v <= 1) & (np.abs(u - 0.5) <= 0.5 * v)
+    bg = rs.uniform(0, 1, 3).astype(np.float32)
+    fg = np.clip(bg + rs.choice([-1, 1]) * rs.uniform(0.3, 0.6, 3), 0, 1)
+    if abs(fg.mean() - bg.mean()) < 0.25:  # guarantee contrast
+      fg = np.where(bg.mean() > 0.5, bg - 0.5, bg + 0.5).clip(0, 1)
+    img = np.where(m[..., None], fg, bg) + rs.normal(0, noise, (size, size, 3))
+    images[i] = img
+    boxes[i] = [(x0 + s / 2) / size, (y0 + s / 2) / size, s / size, s / size]
+  return {"image": images, "label": labels, "box": boxes}

@@ -1,0 +1,71 @@
+"""tfds input pipeline on mock data, offline errors, preprocessing."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from cnn_jax import cli
+from cnn_jax.data import augment, input_pipeline
+from cnn_jax.training import trainer
+from helpers import tiny_config
+
+
+def test_one_training_run_on_tfds_mock_data(tmp_path):
+  cfg = tiny_config("lenet5", **{"dataset.image_size": (32, 32)})
+  with tfds.testing.mock_data(num_examples=70):
+    r = trainer.train_and_evaluate(cfg, str(tmp_path))
+  assert r["final_step"] == 70 // 32
+  assert r["eval"]["num_examples"] == 70
+
+
+def test_split_shards_cover_each_example_once(tmp_path):
+  # A real (tiny) array_record data set: the mock source ignores split slicing.
+  tfds.testing.DummyMnist(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
+  load = lambda **kw: input_pipeline.load_split("dummy_mnist", "train", data_dir=str(tmp_path), **kw)
+  parts = [load(process_index=i, process_count=3) for i in range(3)]
+  whole = load()
+  assert [len(p) for p in parts] == [7, 7, 6] and len(whole) == 20
+  np.testing.assert_array_equal(np.concatenate([p.images for p in parts]), whole.images)
+  np.testing.assert_array_equal(np.concatenate([p.labels for p in parts]), whole.labels)
+
+
+def test_unprepared_data_set_says_which_files_to_put_where(tmp_path):
+  with pytest.raises(input_pipeline.DatasetUnavailableError) as e:
+    input_pipeline.prepare("mnist", data_dir=str(tmp_path), raw_dir=str(tmp_path / "raw"))
+  msg = str(e.value)
+  assert "train-images-idx3-ubyte.gz" in msg and str(tmp_path / "raw") in msg
+  with pytest.raises(input_pipeline.DatasetUnavailableError, match="raw_dir"):
+    input_pipeline.prepare("fashion_mnist", data_dir=str(tmp_path), allow_download=False)
+
+
+def test_unknown_data_set_name():
+  with pytest.raises(ValueError, match="Did you mean: mnist"):
+    input_pipeline.prepare("mnistt")
+
+
+def test_cli_train_reports_missing_data(tmp_path, capsys, monkeypatch):
+  monkeypatch.delenv("CNN_JAX_RAW_DIR", raising=False)
+  rc = cli.main(["train", "--config", "experiments/mnist_mlp.py:smoke", "--workdir",
+                 str(tmp_path / "w"), f"--config.dataset.data_dir={tmp_path}",
+                 "--config.dataset.allow_download=False"])
+  assert rc == 1
+  assert "t10k-labels-idx1-ubyte.gz" in capsys.readouterr().err
+
+
+def test_pad_normalize_and_augment():
+  pre = augment.make_preprocess_fn((32, 32), (0.5,), (0.5,))
+  imgs = jnp.full((2, 28, 28, 1), 255, jnp.uint8)
+  x = pre(imgs, jax.random.key(0), False)
+  assert x.shape == (2, 32, 32, 1)
+  assert float(x[0, 0, 0, 0]) == -1.0 and float(x[0, 2, 2, 0]) == 1.0  # pad 2 px of black
+  img = jnp.arange(16, dtype=jnp.float32).reshape(1, 4, 4, 1)
+  crops = augment.random_crop(jax.random.key(1), jnp.tile(img, (64, 1, 1, 1)), 1)
+  # every crop is the image shifted by at most one pixel: its centre pixel comes from img's 3x3 core
+  assert crops.shape == (64, 4, 4, 1)
+  assert set(np.asarray(crops[:, 1, 1, 0]).tolist()) <= {0., 1., 2., 4., 5., 6., 8., 9., 10.}
+  assert len(set(np.asarray(crops[:, 1, 1, 0]).tolist())) > 3
+  flips = augment.random_flip_left_right(jax.random.key(2), jnp.tile(img, (32, 1, 1, 1)))
+  flipped = np.asarray(flips[:, 0, 0, 0] == 3.0)
+  assert 0 < flipped.sum() < 32
+  np.testing.assert_array_equal(flips[flipped.argmax()], img[0, :, ::-1])
