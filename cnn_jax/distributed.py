@@ -461,10 +461,9 @@ def initialize(config_dist: Any = None,
   """
   global _INITIALIZED_WITH
   import jax
-  from jax._src import distributed as jax_distributed
 
   environ = os.environ if environ is None else environ
-  if jax_distributed.global_state.client is not None:
+  if jax.distributed.is_initialized():
     return _INITIALIZED_WITH
   args = resolve_distributed_env(config_dist, environ, on_tpu_vm=_tpu_chips_present())
   if args is None:
