@@ -104,3 +104,8 @@ def restore(manager: ocp.CheckpointManager, template: TrainState, step: Optional
       state=ocp.args.StandardRestore(abstract_tree(template, shardings)),
       meta=ocp.args.JsonRestore()))
   return tree_to_state(template, restored["state"]), restored["meta"]
+
+
+def read_meta(manager: ocp.CheckpointManager, step: int) -> dict:
+  """Only the JSON item of a step (config, epoch, metrics): cheap, and no template needed."""
+  return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]

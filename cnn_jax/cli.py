@@ -46,8 +46,14 @@ def _train(argv: Sequence[str]) -> int:
   if fv.config is None or fv.workdir is None:
     print("cnn-jax train: --config and --workdir are required", file=sys.stderr)
     return 2
+  from cnn_jax import distributed
   from cnn_jax.training import trainer
-  result = trainer.train_and_evaluate(fv.config, fv.workdir)
+  distributed.initialize(fv.config.get("distributed"))  # before anything touches the devices
+  try:
+    result = trainer.train_and_evaluate(fv.config, fv.workdir)
+  except trainer.Preempted as e:
+    print(f"cnn-jax train: {e}", file=sys.stderr)
+    return e.exit_code
   result.pop("state", None)
   print(json.dumps(result, indent=2))
   return 0
@@ -133,7 +139,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 2
   try:
     return cmd(argv[1:])
-  except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
+  except (ValueError, KeyError, FileNotFoundError, RuntimeError, FloatingPointError,
+          MemoryError) as e:
     if os.environ.get("CNN_JAX_DEBUG"):
       raise
     msg = e.args[0] if isinstance(e, KeyError) and e.args else e

@@ -64,6 +64,17 @@ def base_config() -> ConfigDict:
 
   c.parallel = "sharded"                 # sharded (jit over a Mesh) | pmap
 
+  # Multi-host start-up (see cnn_jax/distributed.py); every key may stay unset: the
+  # SLURM / TPU environment is detected, and one process needs nothing.
+  c.distributed = ConfigDict()
+  c.distributed.cluster = "auto"         # auto | none | slurm | tpu | jax
+  c.distributed.coordinator_address = placeholder(str)
+  c.distributed.coordinator_port = placeholder(int)
+  c.distributed.num_processes = placeholder(int)
+  c.distributed.process_id = placeholder(int)
+  c.distributed.local_device_ids = placeholder(str)
+  c.distributed.initialization_timeout = 300
+
   c.log_every_steps = 50
   c.eval_every_epochs = 1
   c.checkpoint_every_steps = 0           # 0: only at the end of each epoch

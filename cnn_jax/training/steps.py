@@ -63,7 +63,8 @@ def train_step(state: TrainState, batch: Batch, *, preprocess: PreprocessFn,
   new_state = state.apply_gradients(grads=grads, batch_stats=new_stats)
   metrics["grad_norm"] = _global_norm(grads)
   if skip_nonfinite:
-    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+    finite = (jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+              & jnp.isfinite(_global_norm(new_state.params)))
     new_state = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new_state,
                                        state.replace(step=state.step + 1))
     metrics["skipped"] = 1.0 - finite.astype(jnp.float32)

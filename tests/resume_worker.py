@@ -1,0 +1,54 @@
+"""A training run in its own process, for the kill / signal tests.
+
+  python resume_worker.py WORKDIR OUT.npz [--slow SECONDS]
+
+Trains mnist_cnn on a fixed synthetic data set, checkpointing every 3 steps, and
+writes the final parameters and eval metrics to OUT.npz. --slow sleeps before each
+batch so that the test can interrupt it mid-epoch.
+"""
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, os.path.dirname(__file__))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from cnn_jax.data import input_pipeline  # noqa: E402
+from cnn_jax.training import trainer  # noqa: E402
+from helpers import random_split, tiny_config  # noqa: E402
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("workdir")
+  p.add_argument("out")
+  p.add_argument("--slow", type=float, default=0.0)
+  args = p.parse_args()
+  if args.slow:
+    real = input_pipeline.train_batches
+
+    def slow_batches(*a, **kw):
+      for b in real(*a, **kw):
+        time.sleep(args.slow)
+        yield b
+
+    input_pipeline.train_batches = slow_batches
+  cfg = tiny_config("mnist_cnn", num_epochs=2, checkpoint_every_steps=3, log_every_steps=4)
+  cfg.augment.crop_padding = 2  # augmentation and dropout: both must replay exactly
+  train, test = random_split(512, seed=0), random_split(100, seed=1)
+  try:
+    r = trainer.train_and_evaluate(cfg, args.workdir, train, test)
+  except trainer.Preempted as e:
+    print(e, flush=True)
+    sys.exit(e.exit_code)
+  flat = {"/".join(str(k) for k in path): np.asarray(v)
+          for path, v in jax.tree_util.tree_flatten_with_path(r["state"].params)[0]}
+  np.savez(args.out, **flat, **{f"eval_{k}": v for k, v in r["eval"].items()})
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,243 @@
+"""A run that is killed, interrupted, poisoned or fed bad input loses nothing and says why."""
+import errno
+import json
+import glob
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from cnn_jax import checkpoint as ckpt_lib
+from cnn_jax import cli, config as config_lib, inference, parallel
+from cnn_jax.data.input_pipeline import Split
+from cnn_jax.training import trainer
+from helpers import random_split, tiny_config
+
+WORKER = os.path.join(os.path.dirname(__file__), "resume_worker.py")
+
+
+def run_worker(workdir, out, slow=0.0):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.getcwd())
+  return subprocess.Popen([sys.executable, WORKER, str(workdir), str(out), "--slow", str(slow)],
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_step(workdir, min_step, proc, timeout=120):
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    steps = [int(os.path.basename(d)) for d in glob.glob(f"{workdir}/checkpoints/*")
+             if os.path.basename(d).isdigit()]
+    if steps and max(steps) >= min_step:
+      return max(steps)
+    if proc.poll() is not None:
+      raise AssertionError(f"worker ended early:\n{proc.stdout.read()}")
+    time.sleep(0.05)
+  proc.kill()
+  raise AssertionError("worker made no checkpoint in time")
+
+
+def load_npz(path):
+  with np.load(path) as f:
+    return {k: f[k] for k in f.files}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  d = tmp_path_factory.mktemp("full")
+  p = run_worker(d / "w", d / "out.npz")
+  out, _ = p.communicate(timeout=300)
+  assert p.returncode == 0, out
+  return load_npz(d / "out.npz")
+
+
+def assert_same_run(a, b):
+  assert a.keys() == b.keys()
+  diffs = {k: float(np.max(np.abs(a[k] - b[k]))) for k in a}
+  assert all(d == 0.0 for d in diffs.values()), diffs  # bit for bit
+
+
+def test_sigkill_mid_epoch_then_resume_is_bit_exact(tmp_path, uninterrupted):
+  p = run_worker(tmp_path / "w", tmp_path / "out.npz", slow=0.05)
+  step = wait_for_step(tmp_path / "w", 6, p)
+  p.send_signal(signal.SIGKILL)
+  p.wait(timeout=30)
+  assert step % 16 != 0  # 16 steps per epoch: the kill came mid-epoch
+  p = run_worker(tmp_path / "w", tmp_path / "out.npz")
+  out, _ = p.communicate(timeout=300)
+  assert p.returncode == 0, out
+  assert_same_run(load_npz(tmp_path / "out.npz"), uninterrupted)
+
+
+def test_sigterm_checkpoints_flushes_and_exits_143(tmp_path, uninterrupted):
+  p = run_worker(tmp_path / "w", tmp_path / "out.npz", slow=0.05)
+  wait_for_step(tmp_path / "w", 3, p)
+  p.send_signal(signal.SIGTERM)
+  out, _ = p.communicate(timeout=60)
+  assert p.returncode == 128 + signal.SIGTERM, out
+  assert "received SIGTERM: saved a checkpoint at step" in out
+  saved = int(out.split("at step ")[1].split()[0])
+  assert os.path.isdir(tmp_path / "w" / "checkpoints" / str(saved))
+  assert "train/loss" in open(tmp_path / "w" / "metrics.jsonl").read()
+  p = run_worker(tmp_path / "w", tmp_path / "out.npz")
+  out, _ = p.communicate(timeout=300)
+  assert p.returncode == 0, out
+  assert_same_run(load_npz(tmp_path / "out.npz"), uninterrupted)
+
+
+def test_corrupt_latest_checkpoint_is_reported_and_skipped(tmp_path, caplog):
+  train, test = random_split(128), random_split(40, seed=1)
+  cfg = tiny_config(num_epochs=1, checkpoint_every_steps=1, keep_checkpoints=3)
+  trainer.train_and_evaluate(cfg, str(tmp_path), train, test)
+  ckdir = tmp_path / "checkpoints"
+  assert sorted(os.listdir(ckdir)) == ["2", "3", "4"]
+  for f in glob.glob(f"{ckdir}/4/state/**/*", recursive=True):  # damage step 4's arrays
+    if os.path.isfile(f) and os.path.getsize(f) > 0:
+      open(f, "wb").close()
+  cfg.num_epochs = 2
+  with caplog.at_level(logging.ERROR):
+    r = trainer.train_and_evaluate(cfg, str(tmp_path), train, test)
+  assert f"{ckdir}/4 is corrupt or incomplete" in caplog.text
+  assert glob.glob(f"{ckdir}/corrupt-4-*")  # kept for inspection, not deleted
+  assert r["final_step"] == 8
+  # Resumed from step 3: equal to a run that was never damaged.
+  clean = trainer.train_and_evaluate(cfg, str(tmp_path / "clean"), train, test)
+  for a, b in zip(jax.tree_util.tree_leaves(r["state"].params),
+                  jax.tree_util.tree_leaves(clean["state"].params)):
+    np.testing.assert_array_equal(a, b)
+
+
+def nan_config(**kw):
+  cfg = tiny_config("mlp", num_epochs=3, log_every_steps=1, **kw)
+  cfg.optimizer.name = "sgd"
+  cfg.optimizer.schedule = "piecewise"
+  cfg.optimizer.learning_rate = 0.01
+  cfg.optimizer.decay_epochs = (1,)
+  cfg.optimizer.decay_factors = (1e38,)  # epoch 2 blows up
+  return cfg
+
+
+def test_nan_loss_stops_and_names_the_last_good_checkpoint(tmp_path):
+  train = random_split(128)
+  with pytest.raises(trainer.NonFiniteLossError) as e:
+    trainer.train_and_evaluate(nan_config(), str(tmp_path), train, train)
+  msg = str(e.value)
+  assert "by step 5" in msg or "by step 6" in msg, msg
+  assert f"{tmp_path}/checkpoints/4" in msg and "last finite loss" in msg
+  tree, meta, step = inference.load_checkpoint(str(tmp_path), "latest")
+  assert step == 4 and all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(tree["params"]))
+
+
+def test_nan_steps_can_be_skipped(tmp_path):
+  train = random_split(128)
+  r = trainer.train_and_evaluate(nan_config(skip_nonfinite_steps=True), str(tmp_path), train, train)
+  assert r["final_step"] == 12
+  assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(r["state"].params))
+  skipped = [l["train/skipped"] for l in map(json.loads, open(tmp_path / "metrics.jsonl")) if "train/skipped" in l]
+  assert sum(skipped) >= 1
+
+
+@pytest.mark.parametrize("shape,match", [((32, 32, 1), "expects 28x28x1 images but mnist/train gives 32x32x1"),
+                                         ((28, 28, 3), "expects 28x28x1 images")])
+def test_wrong_image_shape_is_reported_before_compiling(tmp_path, shape, match):
+  data = random_split(64, shape=shape)
+  with pytest.raises(ValueError, match=match):
+    trainer.train_and_evaluate(tiny_config(), str(tmp_path), data, data)
+
+
+def test_labels_outside_the_classes(tmp_path):
+  data = random_split(64)
+  bad = Split(data.images, data.labels + 5, 10)
+  with pytest.raises(ValueError, match=r"labels in \[5, 14\] but the model has 10 classes"):
+    trainer.train_and_evaluate(tiny_config(), str(tmp_path), bad, data)
+
+
+def test_unknown_config_keys_suggest_the_closest(capsys, tmp_path):
+  cfg = tiny_config()
+  cfg.optimizer.learnig_rate = 0.1
+  with pytest.raises(KeyError, match="optimizer.learning_rate"):
+    config_lib.validate(cfg)
+  rc = cli.main(["train", "--config", "experiments/mnist_cnn.py:smoke", "--workdir", str(tmp_path),
+                 "--config.batch_sise=3"])
+  assert rc == 2 and 'Did you mean "batch_size"' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("batch", [0, -4])
+def test_bad_batch_sizes(tmp_path, batch):
+  with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+    trainer.train_and_evaluate(tiny_config(batch_size=batch), str(tmp_path), random_split(64),
+                               random_split(64))
+
+
+def test_batch_not_divisible_by_devices(monkeypatch):
+  monkeypatch.setattr(jax, "device_count", lambda: 8)
+  with pytest.raises(ValueError, match="batch_size=100 is not divisible by the 8 devices"):
+    parallel.check_batch_size(100)
+  assert parallel.check_batch_size(96) == 96
+
+
+def test_unwritable_or_full_workdir(tmp_path, monkeypatch):
+  blocker = tmp_path / "file"
+  blocker.write_text("x")
+  with pytest.raises(RuntimeError, match="is not writable"):
+    trainer.probe_workdir(str(blocker / "run"))
+  monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 10, 1024))
+  with pytest.raises(RuntimeError, match="has 0 MiB free but one checkpoint needs about"):
+    trainer.train_and_evaluate(tiny_config(), str(tmp_path / "w"), random_split(64), random_split(64))
+
+
+def test_failed_save_mid_run_keeps_training(tmp_path, monkeypatch, caplog):
+  real = ckpt_lib.Checkpoints.save
+  calls = []
+
+  def flaky(self, state, meta, force=False):
+    calls.append(meta["step"])
+    if len(calls) == 1:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return real(self, state, meta, force)
+
+  monkeypatch.setattr(ckpt_lib.Checkpoints, "save", flaky)
+  with caplog.at_level(logging.ERROR):
+    r = trainer.train_and_evaluate(tiny_config(num_epochs=2), str(tmp_path), random_split(64),
+                                   random_split(64))
+  assert "saving the latest checkpoint at step 2 failed" in caplog.text
+  assert "No space left on device" in caplog.text
+  assert r["final_step"] == 4 and sorted(os.listdir(tmp_path / "checkpoints")) == ["4"]
+
+
+def test_resume_with_changed_model_is_refused_and_restore_from_works(tmp_path):
+  train = random_split(64)
+  r = trainer.train_and_evaluate(tiny_config("mlp"), str(tmp_path / "a"), train, train)
+  with pytest.raises(ValueError, match="model: saved 'mlp', now 'mnist_cnn'.*restore_from"):
+    trainer.train_and_evaluate(tiny_config("mnist_cnn"), str(tmp_path / "a"), train, train)
+  cfg = tiny_config("mlp", restore_from=str(tmp_path / "a"))
+  cfg.optimizer.name, cfg.optimizer.learning_rate = "sgd", 0.0
+  r2 = trainer.train_and_evaluate(cfg, str(tmp_path / "b"), train, train)
+  for a, b in zip(jax.tree_util.tree_leaves(r["state"].params),
+                  jax.tree_util.tree_leaves(r2["state"].params)):
+    np.testing.assert_array_equal(a, b)
+  assert r2["eval"]["accuracy"] == r["eval"]["accuracy"]
+
+
+def test_load_for_inference_and_eval_cli(tmp_path, capsys):
+  train = random_split(64)
+  r = trainer.train_and_evaluate(tiny_config(), str(tmp_path), train, train)
+  model, variables, cfg = inference.load(str(tmp_path))
+  assert "opt_state" not in variables and cfg.model == "mnist_cnn"
+  x = np.random.RandomState(0).randn(3, 28, 28, 1).astype(np.float32)
+  np.testing.assert_allclose(model.apply(variables, x, train=False),
+                             r["state"].apply_fn({"params": r["state"].params}, x, train=False),
+                             rtol=1e-6)
+
+
+def test_oom_message_names_batch_and_model():
+  err = trainer._oom_hint(RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 9GiB"),
+                          tiny_config("mnist_cnn", batch_size=512))
+  assert isinstance(err, MemoryError)
+  assert "batch_size=512 of model 'mnist_cnn'" in str(err) and "accumulate_steps=4" in str(err)
