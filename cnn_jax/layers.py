@@ -6,7 +6,7 @@ cross-correlation, as in every deep-learning framework.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import flax.linen as nn
 import jax
@@ -267,8 +267,38 @@ class LocalResponseNorm(nn.Module):
     return x / jnp.power(self.k + alpha * summed, self.beta)
 
 
+class Dropout(nn.Module):
+  """Inverted dropout whose masks do not depend on how the batch is split over devices.
+
+  Under `jax.pmap` with `axis_name`, each device draws the mask of the *global* batch
+  and keeps its own slice, so 8 devices drop exactly the units 1 device would (the
+  jit / Mesh path gets this for free). Without axis_name it is `flax.linen.Dropout`.
+  """
+  rate: float
+  deterministic: Optional[bool] = None
+  axis_name: Optional[str] = None
+  rng_collection: str = "dropout"
+
+  @nn.compact
+  def __call__(self, x: Array, deterministic: Optional[bool] = None) -> Array:
+    deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+    if deterministic or self.rate == 0.0:
+      return x
+    if self.rate == 1.0:
+      return jnp.zeros_like(x)
+    keep = 1.0 - self.rate
+    rng = self.make_rng(self.rng_collection)
+    if self.axis_name is None:
+      mask = jax.random.bernoulli(rng, keep, x.shape)
+    else:
+      n_dev = lax.psum(1, self.axis_name)
+      idx = lax.axis_index(self.axis_name)
+      full = jax.random.bernoulli(rng, keep, (n_dev * x.shape[0],) + x.shape[1:])
+      mask = lax.dynamic_slice_in_dim(full, idx * x.shape[0], x.shape[0])
+    return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
 BatchNorm = nn.BatchNorm
-Dropout = nn.Dropout
 Dense = nn.Dense
 
 __all__ = [

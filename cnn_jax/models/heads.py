@@ -72,6 +72,8 @@ def box_iou(a: Array, b: Array, box_format: str = "cxcywh") -> Array:
 class Localizer(nn.Module):
   """Backbone features -> (class logits (N, num_classes), boxes (N, 4) in [0, 1]).
 
+  pooling='avg' averages a feature map over space (any input size); 'flatten' keeps
+  where things are, which the box regressor needs on a small backbone (fixed size).
   frozen_backbone=True runs the backbone in inference mode (BN uses and keeps its
   running statistics, no dropout), which is what freezing a pretrained feature
   extractor should mean; pair it with transfer.freeze_mask to stop its gradients.
@@ -79,6 +81,7 @@ class Localizer(nn.Module):
   backbone: nn.Module
   num_classes: int
   box_format: str = "cxcywh"
+  pooling: str = "avg"
   hidden: int = 0
   frozen_backbone: bool = False
 
@@ -88,7 +91,12 @@ class Localizer(nn.Module):
       raise ValueError(f"box_format must be 'cxcywh' or 'xyxy', got {self.box_format!r}")
     f = self.backbone(x, train=train and not self.frozen_backbone)
     if f.ndim == 4:
-      f = jnp.mean(f, axis=(1, 2))
+      if self.pooling == "avg":
+        f = jnp.mean(f, axis=(1, 2))
+      elif self.pooling == "flatten":
+        f = f.reshape((f.shape[0], -1))
+      else:
+        raise ValueError(f"pooling must be 'avg' or 'flatten', got {self.pooling!r}")
     if self.hidden:
       f = nn.relu(nn.Dense(self.hidden, name="hidden")(f))
     logits = nn.Dense(self.num_classes, name="head")(f)

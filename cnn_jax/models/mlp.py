@@ -1,7 +1,7 @@
 """Multi-layer perceptron: the course's 784-128-64-10 MNIST baseline."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -16,6 +16,7 @@ class MLP(nn.Module):
   num_classes: int = 10
   activation: str = "relu"
   dropout_rate: float = 0.0
+  axis_name: Optional[str] = None  # pmap axis: dropout masks independent of device count
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -24,5 +25,5 @@ class MLP(nn.Module):
     for i, width in enumerate(self.hidden):
       x = act(nn.Dense(width, name=f"dense{i + 1}")(x))
       if self.dropout_rate:
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = layers.Dropout(self.dropout_rate, deterministic=not train, axis_name=self.axis_name)(x)
     return nn.Dense(self.num_classes, name="logits")(x)

@@ -1,6 +1,8 @@
 """The course's MNIST CNN: conv16 5x5, pool, conv24 5x5, pool, fc64, dropout, fc10."""
 from __future__ import annotations
 
+from typing import Optional
+
 import flax.linen as nn
 import jax
 
@@ -12,6 +14,7 @@ from cnn_jax.models import register
 class MnistCNN(nn.Module):
   num_classes: int = 10
   dropout_rate: float = 0.5
+  axis_name: Optional[str] = None  # pmap axis: dropout masks independent of device count
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -21,5 +24,6 @@ class MnistCNN(nn.Module):
     x = layers.MaxPool(2, name="pool2")(x)                # 4x4x24
     x = layers.Flatten(name="flatten")(x)                 # 384
     x = nn.relu(nn.Dense(64, name="fc1")(x))
-    x = nn.Dropout(self.dropout_rate, deterministic=not train, name="dropout")(x)
+    x = layers.Dropout(self.dropout_rate, deterministic=not train, axis_name=self.axis_name,
+                       name="dropout")(x)
     return nn.Dense(self.num_classes, name="fc2")(x)

@@ -20,11 +20,16 @@ PreprocessFn = Callable[[jax.Array, jax.Array, bool], jax.Array]
 
 
 def step_rngs(state: TrainState, axis_name: Optional[str] = None) -> tuple[jax.Array, jax.Array]:
-  """(augmentation, dropout) keys for this step: fold_in(rng, step), per device under pmap."""
+  """(augmentation, dropout) keys for this step, from fold_in(rng, step).
+
+  Under pmap the augmentation key is also folded with the device index (each device
+  augments its own images); the dropout key is not: `layers.Dropout` slices each
+  device's part of one global mask, so results do not depend on the device count.
+  """
   rng = jax.random.fold_in(state.rng, state.step)
-  if axis_name is not None:
-    rng = jax.random.fold_in(rng, lax.axis_index(axis_name))
   aug_rng, dropout_rng = jax.random.split(rng)
+  if axis_name is not None:
+    aug_rng = jax.random.fold_in(aug_rng, lax.axis_index(axis_name))
   return aug_rng, dropout_rng
 
 

@@ -56,8 +56,10 @@ def build_model(config: ConfigDict, num_classes: int):
   kwargs.setdefault("num_classes", num_classes)
   cls = models.get_spec(config.model).factory
   field_names = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
-  if config.parallel == "pmap" and "bn_axis_name" in field_names:
-    kwargs.setdefault("bn_axis_name", parallel.PMAP_AXIS)
+  if config.parallel == "pmap":  # cross-device batch norm and device-count-free dropout
+    for name in ("bn_axis_name", "axis_name"):
+      if name in field_names:
+        kwargs.setdefault(name, parallel.PMAP_AXIS)
   return models.get_model(config.model, **kwargs)
 
 
@@ -411,6 +413,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str,
         writer.close()
         ckpts.close()
         raise Preempted(signum, step, os.path.join(workdir, "checkpoints", str(step)))
+  if "eval" not in summary:  # the run had already finished: report, do not retrain
+    summary["eval"] = evaluate(s, state)
   ckpts.wait()
   ckpts.close()
   writer.flush()
