@@ -163,6 +163,13 @@ def test_summary_table_renders():
   assert "layer3_2" in table and "Total params: 271,098" in table
 
 
+def test_cli_summary(capsys):
+  cli = pytest.importorskip("cnn_jax.cli")
+  assert cli.main(["summary", "alexnet_original"]) == 0
+  out = capsys.readouterr().out
+  assert "Total params: 62,378,344" in out and "55x55x96" in out
+
+
 def test_include_top_false_returns_feature_maps():
   x = jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32)
   for name, want in [("resnet50", (2, 7, 7, 2048)), ("vgg16", (2, 7, 7, 512)),
