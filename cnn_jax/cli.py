@@ -2,6 +2,7 @@
 
   cnn-jax train   --config experiments/mnist_lenet.py[:smoke] --workdir W [--config.KEY=VALUE ...]
   cnn-jax eval    --workdir W [--which best|latest]
+  cnn-jax predict --workdir W IMAGE [IMAGE ...]   (or --model resnet50 --weights resnet50.pth)
   cnn-jax summary MODEL [--input 32x32x1] [--depth 2]
   cnn-jax prepare DATASET --raw_dir DIR [--data_dir DIR]
   cnn-jax models
@@ -85,6 +86,31 @@ def _eval(argv: Sequence[str]) -> int:
   return 0
 
 
+def _predict(argv: Sequence[str]) -> int:
+  p = argparse.ArgumentParser("cnn-jax predict",
+                              description="Top-k classes of image files, as darknet's classifier prints them.")
+  p.add_argument("images", nargs="+")
+  p.add_argument("--workdir", help="a trained run (its best checkpoint)")
+  p.add_argument("--model", help="a zoo model, with --weights")
+  p.add_argument("--weights", help="torchvision .pth state dict for --model")
+  p.add_argument("--labels", help="text file with one class name per line")
+  p.add_argument("--top", type=int, default=5)
+  args = p.parse_args(argv)
+  from cnn_jax import predict
+  if bool(args.workdir) == bool(args.model):
+    raise ValueError("give either --workdir W or --model NAME --weights FILE")
+  predictor = (predict.from_workdir(args.workdir) if args.workdir
+               else predict.from_weights(args.model, args.weights))
+  names = predict.read_labels(args.labels) if args.labels else predictor.class_names
+  for path in args.images:
+    top, seconds = predictor.top_k(path, args.top)
+    print(f"{path}: predicted in {seconds:.4f} seconds")
+    for idx, prob in top:
+      name = names[idx] if names and idx < len(names) else str(idx)
+      print(f"{100 * prob:6.2f}%: {name}")
+  return 0
+
+
 def _summary(argv: Sequence[str]) -> int:
   p = argparse.ArgumentParser("cnn-jax summary", description="Keras-style table of a model.")
   p.add_argument("model")
@@ -120,7 +146,7 @@ def _models(argv: Sequence[str]) -> int:
   return 0
 
 
-COMMANDS = {"train": _train, "eval": _eval, "summary": _summary, "prepare": _prepare,
+COMMANDS = {"train": _train, "eval": _eval, "predict": _predict, "summary": _summary, "prepare": _prepare,
             "models": _models}
 
 

@@ -228,7 +228,8 @@ def test_resume_with_changed_model_is_refused_and_restore_from_works(tmp_path):
 def test_load_for_inference_and_eval_cli(tmp_path, capsys):
   train = random_split(64)
   r = trainer.train_and_evaluate(tiny_config(), str(tmp_path), train, train)
-  model, variables, cfg = inference.load(str(tmp_path))
+  import cnn_jax
+  model, variables, cfg = cnn_jax.load(str(tmp_path))
   assert "opt_state" not in variables and cfg.model == "mnist_cnn"
   x = np.random.RandomState(0).randn(3, 28, 28, 1).astype(np.float32)
   np.testing.assert_allclose(model.apply(variables, x, train=False),
