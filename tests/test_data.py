@@ -1,4 +1,6 @@
 """tfds input pipeline on mock data, offline errors, preprocessing."""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -69,3 +71,26 @@ def test_pad_normalize_and_augment():
   flipped = np.asarray(flips[:, 0, 0, 0] == 3.0)
   assert 0 < flipped.sum() < 32
   np.testing.assert_array_equal(flips[flipped.argmax()], img[0, :, ::-1])
+
+
+SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets")
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "fashion_mnist")),
+                    reason="original MNIST / Fashion-MNIST files not in ../shared/datasets")
+def test_prepare_mnist_and_fashion_mnist_offline_into_one_data_dir(tmp_path):
+  # Both ship files with the same names: each must get its own extraction cache.
+  pytest.importorskip("tensorflow")
+  for name in ("mnist", "fashion_mnist"):
+    input_pipeline.prepare(name, data_dir=str(tmp_path), raw_dir=os.path.join(SHARED, name),
+                           allow_download=False)
+  mnist = input_pipeline.load_split("mnist", "test", data_dir=str(tmp_path), max_examples=10)
+  fashion = input_pipeline.load_split("fashion_mnist", "test", data_dir=str(tmp_path),
+                                      max_examples=10)
+  assert mnist.images.shape == fashion.images.shape == (10, 28, 28, 1)
+  assert not np.array_equal(mnist.images, fashion.images)
+  full_m = input_pipeline.load_split("mnist", "test", data_dir=str(tmp_path))
+  full_f = input_pipeline.load_split("fashion_mnist", "test", data_dir=str(tmp_path))
+  assert len(full_m) == len(full_f) == 10_000
+  assert np.bincount(full_m.labels).tolist()[:3] == [980, 1135, 1032]  # MNIST test class counts
+  assert np.bincount(full_f.labels).tolist() == [1000] * 10            # Fashion-MNIST: balanced

@@ -94,9 +94,13 @@ def prepare(name: str, data_dir: Optional[str] = None, raw_dir: Optional[str] = 
     if missing:
       raise DatasetUnavailableError(_missing_data_message(
           name, data_dir, raw_dir, f"missing in raw_dir: {', '.join(missing)}"))
-  config = tfds.download.DownloadConfig(manual_dir=raw_dir) if raw_dir else None
+  # A download (and extraction) cache of its own per data set: tfds names extracted files
+  # after the archive, and MNIST and Fashion-MNIST ship archives with the same names, so a
+  # shared cache silently turns Fashion-MNIST into MNIST.
+  download_dir = os.path.join(builder.data_dir_root, "downloads", name)
+  config = tfds.download.DownloadConfig(manual_dir=raw_dir)
   try:
-    builder.download_and_prepare(download_config=config)
+    builder.download_and_prepare(download_dir=download_dir, download_config=config)
   except Exception as e:  # network down, checksum mismatch, no TensorFlow, ...
     raise DatasetUnavailableError(_missing_data_message(
         name, data_dir, raw_dir, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")) from e
