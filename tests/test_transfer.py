@@ -146,6 +146,7 @@ def test_localizer_learns_shapes(optimized_xla):
   accuracy = float(jnp.mean(jnp.argmax(logits, -1) == test["label"]))
   iou = np.asarray(heads.box_iou(boxes, jnp.asarray(test["box"])))
   print(f"shapes localizer: {steps} steps in {time.time() - start:.1f}s, test accuracy "
-        f"{accuracy:.3f} (chance 0.333), mean IoU {iou.mean():.3f}, IoU>0.5 {np.mean(iou > 0.5):.3f}")
+        f"{accuracy:.3f} (chance 0.333), mean IoU {iou.mean():.3f}, "
+        f"IoU>0.5 {np.mean(iou > 0.5):.3f}")
   assert accuracy > 0.8
   assert iou.mean() > 0.5

@@ -337,8 +337,9 @@ def test_load_torchvision_pth(torch, tmp_path):
   torch.save(net.state_dict(), path)
   variables = torch_import.load_torchvision_pth(str(path), "resnet18")
   check_variables(models.get_model("resnet18"), variables, (224, 224, 3))
+  oihw = net.layer2[0].downsample[0].weight.detach().numpy()
   np.testing.assert_array_equal(variables["params"]["layer2_0"]["downsample_conv"]["kernel"],
-                                net.layer2[0].downsample[0].weight.detach().numpy().transpose(2, 3, 1, 0))
+                                oihw.transpose(2, 3, 1, 0))
   np.testing.assert_array_equal(variables["batch_stats"]["bn1"]["var"],
                                 net.bn1.running_var.numpy())
   with pytest.raises(ValueError, match="no torchvision mapping"):

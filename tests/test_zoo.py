@@ -163,6 +163,18 @@ def test_summary_table_renders():
   assert "layer3_2" in table and "Total params: 271,098" in table
 
 
+def test_googlenet_aux_outputs_in_training_only():
+  model = models.get_model("googlenet", num_classes=7, aux_logits=True)
+  x = jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
+  assert set(variables["params"]) >= {"aux1", "aux2", "head"}
+  out, _ = jax.eval_shape(
+      lambda v, x: model.apply(v, x, train=True, rngs={"dropout": jax.random.key(1)},
+                               mutable=["batch_stats"]), variables, x)
+  assert [o.shape for o in out] == [(2, 7)] * 3
+  assert jax.eval_shape(lambda v, x: model.apply(v, x), variables, x).shape == (2, 7)
+
+
 def test_cli_summary(capsys):
   cli = pytest.importorskip("cnn_jax.cli")
   assert cli.main(["summary", "alexnet_original"]) == 0

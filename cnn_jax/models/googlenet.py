@@ -59,8 +59,9 @@ class Inception(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    conv = lambda f, k, name: BasicConv(f, k, padding=k // 2, bn_axis_name=self.bn_axis_name,  # noqa: E731
-                                        name=name)
+    def conv(features: int, k: int, name: str) -> BasicConv:
+      return BasicConv(features, k, padding=k // 2, bn_axis_name=self.bn_axis_name, name=name)
+
     b1 = conv(self.ch1x1, 1, "branch1")(x, train)
     b2 = conv(self.ch3x3red, 1, "branch2_0")(x, train)
     b2 = conv(self.ch3x3, 3, "branch2_1")(b2, train)
@@ -113,26 +114,32 @@ class GoogLeNet(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False
                ) -> Union[jax.Array, tuple[jax.Array, jax.Array, jax.Array]]:
     ax = self.bn_axis_name
-    inception = lambda name: Inception(*INCEPTION_CONFIG[name], bn_axis_name=ax, name=name)  # noqa: E731
+
+    def inception(name: str) -> Inception:
+      return Inception(*INCEPTION_CONFIG[name], bn_axis_name=ax, name=name)
+
+    def aux(name: str, x: jax.Array) -> jax.Array:
+      return InceptionAux(self.num_classes, bn_axis_name=ax, name=name)(x, train)
+
     x = BasicConv(64, 7, strides=2, padding=3, bn_axis_name=ax, name="conv1")(x, train)  # 112
-    x = _ceil_max_pool(x, 3, 2)                                                             # 56
+    x = _ceil_max_pool(x, 3, 2)                                                         # 56
     x = BasicConv(64, 1, bn_axis_name=ax, name="conv2")(x, train)
     x = BasicConv(192, 3, padding=1, bn_axis_name=ax, name="conv3")(x, train)
-    x = _ceil_max_pool(x, 3, 2)                                                             # 28
-    x = inception("inception3a")(x, train)                                                  # 256
-    x = inception("inception3b")(x, train)                                                  # 480
-    x = _ceil_max_pool(x, 3, 2)                                                             # 14
-    x = inception("inception4a")(x, train)                                                  # 512
+    x = _ceil_max_pool(x, 3, 2)                                                         # 28
+    x = inception("inception3a")(x, train)                                              # 256
+    x = inception("inception3b")(x, train)                                              # 480
+    x = _ceil_max_pool(x, 3, 2)                                                         # 14
+    x = inception("inception4a")(x, train)                                              # 512
     want_aux = self.aux_logits and (train or self.is_initializing())
-    aux1 = InceptionAux(self.num_classes, bn_axis_name=ax, name="aux1")(x, train) if want_aux else None
+    aux1 = aux("aux1", x) if want_aux else None
     x = inception("inception4b")(x, train)
     x = inception("inception4c")(x, train)
-    x = inception("inception4d")(x, train)                                                  # 528
-    aux2 = InceptionAux(self.num_classes, bn_axis_name=ax, name="aux2")(x, train) if want_aux else None
-    x = inception("inception4e")(x, train)                                                  # 832
-    x = _ceil_max_pool(x, 2, 2)                                                             # 7
+    x = inception("inception4d")(x, train)                                              # 528
+    aux2 = aux("aux2", x) if want_aux else None
+    x = inception("inception4e")(x, train)                                              # 832
+    x = _ceil_max_pool(x, 2, 2)                                                         # 7
     x = inception("inception5a")(x, train)
-    x = inception("inception5b")(x, train)                                                  # 7x7x1024
+    x = inception("inception5b")(x, train)                                              # 7x7x1024
     if not self.include_top:
       return x
     x = jnp.mean(x, axis=(1, 2))

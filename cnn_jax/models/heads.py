@@ -64,7 +64,9 @@ def box_iou(a: Array, b: Array, box_format: str = "cxcywh") -> Array:
   iw = jnp.clip(jnp.minimum(a[..., 2], b[..., 2]) - jnp.maximum(a[..., 0], b[..., 0]), 0)
   ih = jnp.clip(jnp.minimum(a[..., 3], b[..., 3]) - jnp.maximum(a[..., 1], b[..., 1]), 0)
   inter = iw * ih
-  area = lambda z: jnp.clip(z[..., 2] - z[..., 0], 0) * jnp.clip(z[..., 3] - z[..., 1], 0)  # noqa: E731
+  def area(z):
+    return jnp.clip(z[..., 2] - z[..., 0], 0) * jnp.clip(z[..., 3] - z[..., 1], 0)
+
   return inter / jnp.maximum(area(a) + area(b) - inter, 1e-9)
 
 

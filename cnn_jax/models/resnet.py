@@ -145,8 +145,10 @@ class CifarBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    bn = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,  # noqa: E731
-                                   axis_name=self.bn_axis_name, name=name)
+    def bn(name: str) -> nn.BatchNorm:
+      return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                          axis_name=self.bn_axis_name, name=name)
+
     y = layers.Conv2D(self.planes, 3, self.strides, padding=1, use_bias=False, name="conv1")(x)
     y = nn.relu(bn("bn1")(y))
     y = layers.Conv2D(self.planes, 3, padding=1, use_bias=False, name="conv2")(y)
