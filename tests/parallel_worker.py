@@ -27,13 +27,12 @@ from helpers import random_split, tiny_config  # noqa: E402
 @register("parity_net", (28, 28, 1), "conv-BN-pool-dense-dropout test net")
 class ParityNet(nn.Module):
   num_classes: int = 10
-  bn_axis_name: Optional[str] = None
   axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = layers.Conv2D(8, 3, name="conv")(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, axis_name=self.bn_axis_name,
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, axis_name=self.axis_name,
                      name="bn")(x)
     x = layers.MaxPool(2, name="pool")(nn.relu(x))
     x = nn.relu(nn.Dense(32, name="fc1")(layers.Flatten()(x)))

@@ -18,7 +18,7 @@ GoogLeNet.
 from __future__ import annotations
 
 import math
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import flax.linen as nn
 import jax
@@ -76,6 +76,7 @@ def ceil_mode_padding(size: int, window: int, stride: int, pad: int = 0) -> tupl
 class AlexNet(nn.Module):
   """torchvision AlexNet; with include_top=False returns the 6x6x256 pooled features."""
   num_classes: int = 1000
+  axis_name: Optional[str] = None  # pmap axis: dropout masks independent of device count
   dropout_rate: float = 0.5
   include_top: bool = True
 
@@ -93,9 +94,11 @@ class AlexNet(nn.Module):
     if not self.include_top:
       return x
     x = layers.Flatten(name="flatten")(x)                                         # 9216 (HWC)
-    x = nn.Dropout(self.dropout_rate, deterministic=not train, name="dropout6")(x)
+    x = layers.Dropout(self.dropout_rate, deterministic=not train, axis_name=self.axis_name,
+                       name="dropout6")(x)
     x = nn.relu(nn.Dense(4096, name="fc6")(x))
-    x = nn.Dropout(self.dropout_rate, deterministic=not train, name="dropout7")(x)
+    x = layers.Dropout(self.dropout_rate, deterministic=not train, axis_name=self.axis_name,
+                       name="dropout7")(x)
     x = nn.relu(nn.Dense(4096, name="fc7")(x))
     return nn.Dense(self.num_classes, name="head")(x)
 
@@ -105,6 +108,7 @@ class AlexNet(nn.Module):
 class AlexNetOriginal(nn.Module):
   """The 2012 paper's network, 62,378,344 parameters at 1000 classes."""
   num_classes: int = 1000
+  axis_name: Optional[str] = None  # pmap axis: dropout masks independent of device count
   dropout_rate: float = 0.5
   include_top: bool = True
 
@@ -127,7 +131,9 @@ class AlexNetOriginal(nn.Module):
       return x
     x = layers.Flatten(name="flatten")(x)                                         # 9216
     x = nn.relu(nn.Dense(4096, name="fc6")(x))
-    x = nn.Dropout(self.dropout_rate, deterministic=not train, name="dropout6")(x)
+    x = layers.Dropout(self.dropout_rate, deterministic=not train, axis_name=self.axis_name,
+                       name="dropout6")(x)
     x = nn.relu(nn.Dense(4096, name="fc7")(x))
-    x = nn.Dropout(self.dropout_rate, deterministic=not train, name="dropout7")(x)
+    x = layers.Dropout(self.dropout_rate, deterministic=not train, axis_name=self.axis_name,
+                       name="dropout7")(x)
     return nn.Dense(self.num_classes, name="head")(x)

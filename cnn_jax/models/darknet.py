@@ -35,7 +35,7 @@ class Darknet19(nn.Module):
   num_classes: int = 1000
   stages: Sequence[Sequence[tuple[int, int]]] = DARKNET19_STAGES
   include_top: bool = True
-  bn_axis_name: Optional[str] = None
+  axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -45,7 +45,7 @@ class Darknet19(nn.Module):
       for i, (filters, k) in enumerate(stage, start=1):
         x = layers.Conv2D(filters, k, padding=k // 2, use_bias=False, name=f"conv{s}_{i}")(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                         axis_name=self.bn_axis_name, name=f"bn{s}_{i}")(x)
+                         axis_name=self.axis_name, name=f"bn{s}_{i}")(x)
         x = nn.leaky_relu(x, 0.1)
     if not self.include_top:
       return x

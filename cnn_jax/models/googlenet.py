@@ -31,14 +31,14 @@ class BasicConv(nn.Module):
   kernel_size: int = 1
   strides: int = 1
   padding: int = 0
-  bn_axis_name: Optional[str] = None
+  axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     x = layers.Conv2D(self.features, self.kernel_size, strides=self.strides,
                       padding=self.padding, use_bias=False, name="conv")(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-3,
-                     axis_name=self.bn_axis_name, name="bn")(x)
+                     axis_name=self.axis_name, name="bn")(x)
     return nn.relu(x)
 
 
@@ -55,12 +55,12 @@ class Inception(nn.Module):
   ch5x5red: int
   ch5x5: int
   pool_proj: int
-  bn_axis_name: Optional[str] = None
+  axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     def conv(features: int, k: int, name: str) -> BasicConv:
-      return BasicConv(features, k, padding=k // 2, bn_axis_name=self.bn_axis_name, name=name)
+      return BasicConv(features, k, padding=k // 2, axis_name=self.axis_name, name=name)
 
     b1 = conv(self.ch1x1, 1, "branch1")(x, train)
     b2 = conv(self.ch3x3red, 1, "branch2_0")(x, train)
@@ -76,15 +76,15 @@ class InceptionAux(nn.Module):
   """Auxiliary classifier: 4x4 avg pool, 1x1 conv 128, FC 1024, dropout 0.7, FC."""
   num_classes: int
   dropout_rate: float = 0.7
-  bn_axis_name: Optional[str] = None
+  axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     x = AdaptiveAvgPool(4)(x)
-    x = BasicConv(128, 1, bn_axis_name=self.bn_axis_name, name="conv")(x, train)
+    x = BasicConv(128, 1, axis_name=self.axis_name, name="conv")(x, train)
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(1024, name="fc1")(x))
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = layers.Dropout(self.dropout_rate, deterministic=not train, axis_name=self.axis_name)(x)
     return nn.Dense(self.num_classes, name="fc2")(x)
 
 
@@ -108,23 +108,23 @@ class GoogLeNet(nn.Module):
   aux_logits: bool = False
   dropout_rate: float = 0.2
   include_top: bool = True
-  bn_axis_name: Optional[str] = None
+  axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False
                ) -> Union[jax.Array, tuple[jax.Array, jax.Array, jax.Array]]:
-    ax = self.bn_axis_name
+    ax = self.axis_name
 
     def inception(name: str) -> Inception:
-      return Inception(*INCEPTION_CONFIG[name], bn_axis_name=ax, name=name)
+      return Inception(*INCEPTION_CONFIG[name], axis_name=ax, name=name)
 
     def aux(name: str, x: jax.Array) -> jax.Array:
-      return InceptionAux(self.num_classes, bn_axis_name=ax, name=name)(x, train)
+      return InceptionAux(self.num_classes, axis_name=ax, name=name)(x, train)
 
-    x = BasicConv(64, 7, strides=2, padding=3, bn_axis_name=ax, name="conv1")(x, train)  # 112
+    x = BasicConv(64, 7, strides=2, padding=3, axis_name=ax, name="conv1")(x, train)  # 112
     x = _ceil_max_pool(x, 3, 2)                                                         # 56
-    x = BasicConv(64, 1, bn_axis_name=ax, name="conv2")(x, train)
-    x = BasicConv(192, 3, padding=1, bn_axis_name=ax, name="conv3")(x, train)
+    x = BasicConv(64, 1, axis_name=ax, name="conv2")(x, train)
+    x = BasicConv(192, 3, padding=1, axis_name=ax, name="conv3")(x, train)
     x = _ceil_max_pool(x, 3, 2)                                                         # 28
     x = inception("inception3a")(x, train)                                              # 256
     x = inception("inception3b")(x, train)                                              # 480
@@ -143,7 +143,8 @@ class GoogLeNet(nn.Module):
     if not self.include_top:
       return x
     x = jnp.mean(x, axis=(1, 2))
-    x = nn.Dropout(self.dropout_rate, deterministic=not train, name="dropout")(x)
+    x = layers.Dropout(self.dropout_rate, deterministic=not train, axis_name=self.axis_name,
+                       name="dropout")(x)
     logits = nn.Dense(self.num_classes, name="head")(x)
     if self.aux_logits and train:
       return logits, aux1, aux2

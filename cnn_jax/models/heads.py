@@ -32,14 +32,14 @@ Array = jax.Array
 class TinyBackbone(nn.Module):
   """(conv3x3-BN-relu, 2x2 max pool) per width: a fast backbone for tests and demos."""
   widths: Sequence[int] = (16, 32, 64)
-  bn_axis_name: Optional[str] = None
+  axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     for i, w in enumerate(self.widths, start=1):
       x = layers.Conv2D(w, 3, padding=1, use_bias=False, name=f"conv{i}")(x)
       x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                       axis_name=self.bn_axis_name, name=f"bn{i}")(x)
+                       axis_name=self.axis_name, name=f"bn{i}")(x)
       x = layers.MaxPool(2, name=f"pool{i}")(nn.relu(x))
     return x
 

@@ -30,7 +30,7 @@ from cnn_jax.models import register
 class _BNMixin:
   def bn(self, name: str, train: bool, scale_init=nn.initializers.ones) -> nn.BatchNorm:
     return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=self.bn_epsilon,
-                        axis_name=self.bn_axis_name, scale_init=scale_init, name=name)
+                        axis_name=self.axis_name, scale_init=scale_init, name=name)
 
 
 class BasicBlock(_BNMixin, nn.Module):
@@ -40,7 +40,7 @@ class BasicBlock(_BNMixin, nn.Module):
   conv_bias: bool = False
   bn_epsilon: float = 1e-5
   zero_init_residual: bool = False
-  bn_axis_name: Optional[str] = None
+  axis_name: Optional[str] = None
   expansion = 1
 
   @nn.compact
@@ -66,7 +66,7 @@ class Bottleneck(_BNMixin, nn.Module):
   conv_bias: bool = False
   bn_epsilon: float = 1e-5
   zero_init_residual: bool = False
-  bn_axis_name: Optional[str] = None
+  axis_name: Optional[str] = None
   expansion = 4
 
   @nn.compact
@@ -96,7 +96,7 @@ class ResNet(_BNMixin, nn.Module):
   bn_epsilon: float = 1e-5
   zero_init_residual: bool = False
   include_top: bool = True
-  bn_axis_name: Optional[str] = None
+  axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -105,7 +105,7 @@ class ResNet(_BNMixin, nn.Module):
     # Max pooling after a relu: -inf padding (torch) and zero padding (Keras) agree.
     x = layers.MaxPool(3, 2, padding=1, name="maxpool")(x)
     common = dict(conv_bias=self.conv_bias, bn_epsilon=self.bn_epsilon,
-                  zero_init_residual=self.zero_init_residual, bn_axis_name=self.bn_axis_name)
+                  zero_init_residual=self.zero_init_residual, axis_name=self.axis_name)
     if self.bottleneck:
       block = functools.partial(Bottleneck, stride_on_3x3=self.stride_on_3x3, **common)
     else:
@@ -141,13 +141,13 @@ class CifarBlock(nn.Module):
   """Basic block with the paper's option A shortcut: subsample and zero-pad channels."""
   planes: int
   strides: int = 1
-  bn_axis_name: Optional[str] = None
+  axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     def bn(name: str) -> nn.BatchNorm:
       return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                          axis_name=self.bn_axis_name, name=name)
+                          axis_name=self.axis_name, name=name)
 
     y = layers.Conv2D(self.planes, 3, self.strides, padding=1, use_bias=False, name="conv1")(x)
     y = nn.relu(bn("bn1")(y))
@@ -165,7 +165,7 @@ class CifarResNet(nn.Module):
   depth: int = 20
   num_classes: int = 10
   include_top: bool = True
-  bn_axis_name: Optional[str] = None
+  axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -174,12 +174,12 @@ class CifarResNet(nn.Module):
     n = (self.depth - 2) // 6
     x = layers.Conv2D(16, 3, padding=1, use_bias=False, name="conv1")(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                     axis_name=self.bn_axis_name, name="bn1")(x)
+                     axis_name=self.axis_name, name="bn1")(x)
     x = nn.relu(x)
     for i, planes in enumerate((16, 32, 64)):
       for j in range(n):
         strides = 2 if i > 0 and j == 0 else 1
-        x = CifarBlock(planes, strides, self.bn_axis_name, name=f"layer{i + 1}_{j}")(x, train)
+        x = CifarBlock(planes, strides, self.axis_name, name=f"layer{i + 1}_{j}")(x, train)
     if not self.include_top:
       return x
     x = jnp.mean(x, axis=(1, 2))

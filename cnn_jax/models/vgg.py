@@ -38,7 +38,7 @@ class VGG(nn.Module):
   dropout_rate: float = 0.5
   avgpool_size: Optional[int] = 7
   include_top: bool = True
-  bn_axis_name: Optional[str] = None
+  axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -47,7 +47,7 @@ class VGG(nn.Module):
         x = layers.Conv2D(width, 3, padding=1, name=f"block{b}_conv{i}")(x)
         if self.batch_norm:
           x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                           axis_name=self.bn_axis_name, name=f"block{b}_bn{i}")(x)
+                           axis_name=self.axis_name, name=f"block{b}_bn{i}")(x)
         x = nn.relu(x)
       x = layers.MaxPool(2, name=f"block{b}_pool")(x)
     if self.avgpool_size is not None:
@@ -56,9 +56,11 @@ class VGG(nn.Module):
       return x
     x = layers.Flatten(name="flatten")(x)                          # 25088 (HWC order)
     x = nn.relu(nn.Dense(4096, name="fc1")(x))
-    x = nn.Dropout(self.dropout_rate, deterministic=not train, name="dropout1")(x)
+    x = layers.Dropout(self.dropout_rate, deterministic=not train, axis_name=self.axis_name,
+                       name="dropout1")(x)
     x = nn.relu(nn.Dense(4096, name="fc2")(x))
-    x = nn.Dropout(self.dropout_rate, deterministic=not train, name="dropout2")(x)
+    x = layers.Dropout(self.dropout_rate, deterministic=not train, axis_name=self.axis_name,
+                       name="dropout2")(x)
     return nn.Dense(self.num_classes, name="head")(x)
 
 

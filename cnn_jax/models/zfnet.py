@@ -25,6 +25,8 @@ ceil-mode rounding, i.e. one extra row/column at the bottom/right. The paper's
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import flax.linen as nn
 import jax
 
@@ -35,6 +37,7 @@ from cnn_jax.models import register
 @register("zfnet", (224, 224, 3), "ZFNet, Zeiler & Fergus 2013 (7x7/2 conv1)")
 class ZFNet(nn.Module):
   num_classes: int = 1000
+  axis_name: Optional[str] = None  # pmap axis: dropout masks independent of device count
   dropout_rate: float = 0.5
   include_top: bool = True
 
@@ -56,7 +59,9 @@ class ZFNet(nn.Module):
       return x
     x = layers.Flatten(name="flatten")(x)
     x = nn.relu(nn.Dense(4096, name="fc6")(x))
-    x = nn.Dropout(self.dropout_rate, deterministic=not train, name="dropout6")(x)
+    x = layers.Dropout(self.dropout_rate, deterministic=not train, axis_name=self.axis_name,
+                       name="dropout6")(x)
     x = nn.relu(nn.Dense(4096, name="fc7")(x))
-    x = nn.Dropout(self.dropout_rate, deterministic=not train, name="dropout7")(x)
+    x = layers.Dropout(self.dropout_rate, deterministic=not train, axis_name=self.axis_name,
+                       name="dropout7")(x)
     return nn.Dense(self.num_classes, name="head")(x)

@@ -57,9 +57,8 @@ def build_model(config: ConfigDict, num_classes: int):
   cls = models.get_spec(config.model).factory
   field_names = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
   if config.parallel == "pmap":  # cross-device batch norm and device-count-free dropout
-    for name in ("bn_axis_name", "axis_name"):
-      if name in field_names:
-        kwargs.setdefault(name, parallel.PMAP_AXIS)
+    if "axis_name" in field_names:
+      kwargs.setdefault("axis_name", parallel.PMAP_AXIS)
   return models.get_model(config.model, **kwargs)
 
 
