@@ -13,9 +13,11 @@ Both call the same `steps.train_step` / `steps.eval_step`.
 """
 from __future__ import annotations
 
+import collections
 import functools
+import itertools
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import jax
 import numpy as np
@@ -96,3 +98,19 @@ def compile_steps(mode: str, init_fn: Callable[[jax.Array], Any], train_fn: Call
     return Compiled(mode, init, train, evaluate, put_batch, None)
 
   raise ValueError(f"unknown parallel mode {mode!r}; choose one of {MODES}")
+
+
+def prefetch(batches: Iterable[dict], put: Callable[[dict], dict], size: int = 2) -> Iterator[dict]:
+  """Yield device batches while the next `size` are already being copied to the devices.
+
+  Transfers are asynchronous, so with a queue of two the device never waits for the
+  host as long as the host can produce batches as fast as the device consumes them.
+  """
+  queue: collections.deque = collections.deque()
+  it = iter(batches)
+  for batch in itertools.islice(it, size):
+    queue.append(put(batch))
+  while queue:
+    yield queue.popleft()
+    for batch in itertools.islice(it, 1):
+      queue.append(put(batch))

@@ -46,3 +46,17 @@ def test_eight_devices_match_one(mode, single, tmp_path):
   assert_close(eight, single)
   # The check has teeth: the moving statistics changed, and differ from a reseeded run.
   assert np.abs(single["batch_stats/bn/mean"]).max() > 1e-3
+
+
+def test_prefetch_keeps_order_and_runs_ahead():
+  put_log = []
+
+  def put(b):
+    put_log.append(b["i"])
+    return b
+
+  out = []
+  for b in parallel.prefetch(({"i": i} for i in range(5)), put, size=2):
+    out.append(b["i"])
+    assert len(put_log) == min(len(out) + 1, 5)  # item k in hand: k + 2 already sent
+  assert out == [0, 1, 2, 3, 4] and put_log == [0, 1, 2, 3, 4]

@@ -339,9 +339,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str,
                  mininterval=0.5 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
       buffer, t0, n0 = [], None, 0
       epoch_start = time.time()
-      for i, batch in enumerate(bar, start=first):
+      for i, batch in enumerate(parallel.prefetch(bar, s.compiled.put_batch), start=first):
         try:
-          state, metrics = s.compiled.train_step(state, s.compiled.put_batch(batch))
+          state, metrics = s.compiled.train_step(state, batch)
         except Exception as e:  # XlaRuntimeError on OOM
           raise _oom_hint(e, config) from e
         buffer.append(metrics)
