@@ -141,6 +141,25 @@ class Conv2D(nn.Module):
 
 
 # ------------------------------------------------------------------------ pooling
+def _tiles(window, strides, pads) -> bool:
+  """Non-overlapping windows without padding: the common 2x2 / stride 2 case."""
+  return tuple(window) == tuple(strides) and all(p == (0, 0) for p in pads)
+
+
+def _tile_view(x: Array, window: tuple[int, int]) -> Array:
+  """(N, H, W, C) -> (N, H//kh, kh, W//kw, kw, C), dropping the rows VALID pooling drops.
+
+  Pooling as a reduction over this view gives the same numbers as `reduce_window`, and
+  its gradient is a fused elementwise op instead of XLA:CPU's slow `select_and_scatter`
+  (2x faster training steps for mnist_cnn on CPU). With tied maxima the gradient is
+  shared among them rather than given to the first.
+  """
+  n, h, w, c = x.shape
+  kh, kw = window
+  x = x[:, :h - h % kh, :w - w % kw]
+  return x.reshape(n, h // kh, kh, w // kw, kw, c)
+
+
 def _pool_pads(name, x, window, strides, padding):
   pads = resolve_padding(padding, x.shape[1:3], window, strides, (1, 1))
   _check_spatial(name, x.shape[1:3], window, pads, strides, (1, 1))
@@ -158,6 +177,8 @@ class MaxPool(nn.Module):
     window = _pair(self.window)
     strides = _pair(self.strides) if self.strides is not None else window
     pads = _pool_pads(self.name or "MaxPool", x, window, strides, self.padding)
+    if _tiles(window, strides, pads):
+      return jnp.max(_tile_view(x, window), axis=(2, 4))
     return nn.max_pool(x, window, strides, pads)
 
 
@@ -173,6 +194,8 @@ class AvgPool(nn.Module):
     window = _pair(self.window)
     strides = _pair(self.strides) if self.strides is not None else window
     pads = _pool_pads(self.name or "AvgPool", x, window, strides, self.padding)
+    if _tiles(window, strides, pads):
+      return jnp.mean(_tile_view(x, window), axis=(2, 4))
     return nn.avg_pool(x, window, strides, pads, count_include_pad=self.count_include_pad)
 
 

@@ -197,3 +197,17 @@ def test_dropout_and_batchnorm_train_flag():
   np.testing.assert_allclose(y.mean(0), 0, atol=1e-5)
   np.testing.assert_allclose(y.std(0), 1, atol=1e-3)
   np.testing.assert_allclose(upd["batch_stats"]["mean"], 0.01 * xb.mean(0), rtol=1e-4)
+
+
+@pytest.mark.parametrize("size,window", [(12, 2), (13, 2), (9, 3), (7, 2)])
+def test_tiled_pooling_matches_reduce_window(size, window):
+  x = jnp.asarray(np.random.RandomState(size).randn(2, size, size + 1, 3), jnp.float32)
+  import flax.linen as nn
+  np.testing.assert_array_equal(layers.MaxPool(window).apply({}, x),
+                                nn.max_pool(x, (window, window), (window, window)))
+  np.testing.assert_allclose(layers.AvgPool(window).apply({}, x),
+                             nn.avg_pool(x, (window, window), (window, window)), rtol=1e-6)
+  # Without ties both gradients route to the same (unique) maxima.
+  g = jax.grad(lambda x: layers.MaxPool(window).apply({}, x).sum())(x)
+  g_ref = jax.grad(lambda x: nn.max_pool(x, (window, window), (window, window)).sum())(x)
+  np.testing.assert_array_equal(g, g_ref)
