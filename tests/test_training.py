@@ -151,3 +151,10 @@ def test_gradient_accumulation_equals_big_batch(tmp_path):
   for x, y in zip(jax.tree_util.tree_leaves(rb["state"].params),
                   jax.tree_util.tree_leaves(ra["state"].params)):
     np.testing.assert_allclose(x, y, atol=1e-5)
+
+
+def test_eval_batches_can_pad_to_an_agreed_count():
+  data = random_split(10)
+  batches = list(eval_batches(data, 4, num_batches=5))
+  assert [int(b["mask"].sum()) for b in batches] == [4, 4, 2, 0, 0]
+  assert all(b["image"].shape == (4, 28, 28, 1) for b in batches)

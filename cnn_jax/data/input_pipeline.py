@@ -169,17 +169,23 @@ def train_batches(data: Split, batch_size: int, seed: int, epoch: int,
     yield {"image": data.images[idx], "label": data.labels[idx]}
 
 
-def eval_batches(data: Split, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-  """All examples in order; the last batch is padded and `mask` marks real examples."""
+def eval_batches(data: Split, batch_size: int, num_batches: Optional[int] = None
+                 ) -> Iterator[dict[str, np.ndarray]]:
+  """All examples in order; the last batch is padded and `mask` marks real examples.
+
+  num_batches (at least what the data needs) pads with fully masked batches, so that
+  every process of a multi-host job runs the same number of eval steps.
+  """
   n = len(data)
-  for start in range(0, n, batch_size):
-    stop = min(start + batch_size, n)
+  needed = -(-n // batch_size)
+  for b in range(max(needed, num_batches or 0)):
+    start, stop = min(b * batch_size, n), min((b + 1) * batch_size, n)
     real = stop - start
     images, labels = data.images[start:stop], data.labels[start:stop]
-    mask = np.ones(batch_size, np.float32)
+    mask = np.zeros(batch_size, np.float32)
+    mask[:real] = 1
     if real < batch_size:
       pad = batch_size - real
-      images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
-      labels = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
-      mask[real:] = 0
+      images = np.concatenate([images, np.zeros((pad,) + data.images.shape[1:], data.images.dtype)])
+      labels = np.concatenate([labels, np.zeros((pad,), data.labels.dtype)])
     yield {"image": images, "label": labels, "mask": mask}

@@ -87,6 +87,14 @@ def check_input(config: ConfigDict, data_shape: tuple[int, int, int], data: inpu
                      "--config.model_kwargs.num_classes or fix the labels.")
 
 
+def agree(value: int, reduce: Any) -> int:
+  """The same integer on every process: reduce (min / max) over all processes' values."""
+  if jax.process_count() == 1:
+    return value
+  from jax.experimental import multihost_utils
+  return int(reduce(np.asarray(multihost_utils.process_allgather(np.int32(value))).tolist()))
+
+
 def setup(config: ConfigDict, train_data: Optional[input_pipeline.Split] = None,
           eval_data: Optional[input_pipeline.Split] = None) -> Setup:
   """Validate the config, load data, build model / optimizer and compile the steps."""
@@ -109,7 +117,9 @@ def setup(config: ConfigDict, train_data: Optional[input_pipeline.Split] = None,
   mean, std = input_pipeline.NORMALIZATION.get(ds.name, ((0.5,), (0.5,)))
   preprocess = augment.make_preprocess_fn(config.dataset.image_size, mean, std,
                                           config.augment.crop_padding, config.augment.flip)
-  spe = input_pipeline.steps_per_epoch(len(train_data), per_process_batch)
+  # Processes may hold a few examples more or less (even_splits): all take the smallest
+  # number of steps, or a collective would wait forever for the one that stopped.
+  spe = agree(input_pipeline.steps_per_epoch(len(train_data), per_process_batch), min)
   # The optimizer counts updates: with accumulation, one update every k micro-batches.
   tx, schedule = optim.make_optimizer(config.optimizer, spe, config.num_epochs)
   model = build_model(config, num_classes)
@@ -128,7 +138,8 @@ def evaluate(s: Setup, state: TrainState) -> dict[str, float]:
   """Loss / top-1 / top-5 over every example of this process's eval split."""
   per_process = s.config.eval_batch_size // jax.process_count()
   totals: dict[str, float] = {}
-  for batch in input_pipeline.eval_batches(s.eval_data, per_process):
+  num_batches = agree(-(-len(s.eval_data) // per_process), max)
+  for batch in input_pipeline.eval_batches(s.eval_data, per_process, num_batches):
     sums = jax.device_get(s.compiled.eval_step(state, s.compiled.put_batch(batch)))
     for k, v in sums.items():
       totals[k] = totals.get(k, 0.0) + float(v)
