@@ -19,8 +19,10 @@ def _manager(workdir: str, which: str) -> ocp.CheckpointManager:
   if not os.path.isdir(path):
     raise FileNotFoundError(f"no {which} checkpoints in {workdir} (looked for {path}); "
                             "train first with `cnn-jax train --workdir ...`")
-  return ocp.CheckpointManager(path, item_names=("state", "meta"),
-                               options=ocp.CheckpointManagerOptions(create=False, read_only=True))
+  return ocp.CheckpointManager(
+      path, item_handlers={"state": ocp.StandardCheckpointHandler(),
+                           "meta": ocp.JsonCheckpointHandler()},
+      options=ocp.CheckpointManagerOptions(create=False, read_only=True))
 
 
 def load_checkpoint(workdir: str, which: str = "best", step: Optional[int] = None
@@ -32,7 +34,12 @@ def load_checkpoint(workdir: str, which: str = "best", step: Optional[int] = Non
   step = mngr.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"the {which} checkpoint directory of {workdir} holds no step")
-  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+  # Restore onto this process's first device whatever mesh the run was saved from, so a
+  # checkpoint of 8 GPUs (or 2 hosts) loads on a laptop.
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                                  mngr.item_metadata(step)["state"])
+  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
                                                         meta=ocp.args.JsonRestore()))
   mngr.close()
   return restored["state"], restored["meta"], step
