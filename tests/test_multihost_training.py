@@ -11,13 +11,12 @@ import socket
 import subprocess
 import sys
 
-import numpy as np
+import jax
 import pytest
 import tensorflow_datasets as tfds
 
 from cnn_jax import inference
 from cnn_jax.training import trainer
-from helpers import tiny_config
 
 
 def free_port():
@@ -62,7 +61,7 @@ def test_two_processes_train_together(tmp_path):
   cfg.dataset.data_dir = data_dir
   cfg.distributed.num_processes = None
   s = trainer.setup(cfg)
-  state = s.compiled.init_state(__import__("jax").random.key(0)).replace(params=variables["params"])
+  state = s.compiled.init_state(jax.random.key(0)).replace(params=variables["params"])
   single = trainer.evaluate(s, state)
   assert single["num_examples"] == 20
   assert single["accuracy"] == pytest.approx(outs[0]["eval"]["accuracy"], abs=1e-6)

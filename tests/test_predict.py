@@ -1,5 +1,4 @@
 """cnn-jax predict on image files, from a trained run."""
-import numpy as np
 from PIL import Image
 
 from cnn_jax import cli

@@ -100,7 +100,7 @@ def setup(config: ConfigDict, train_data: Optional[input_pipeline.Split] = None,
   """Validate the config, load data, build model / optimizer and compile the steps."""
   config_lib.validate(config)
   per_process_batch = parallel.check_batch_size(config.batch_size)
-  per_process_eval = parallel.check_batch_size(config.eval_batch_size, "eval_batch_size")
+  parallel.check_batch_size(config.eval_batch_size, "eval_batch_size")
   ds = config.dataset
   load = functools.partial(input_pipeline.load_split, ds.name, data_dir=ds.data_dir,
                            raw_dir=ds.raw_dir, process_index=jax.process_index(),
@@ -129,7 +129,6 @@ def setup(config: ConfigDict, train_data: Optional[input_pipeline.Split] = None,
                                skip_nonfinite=config.skip_nonfinite_steps)
   eval_fn = functools.partial(steps.eval_step, preprocess=preprocess)
   compiled = parallel.compile_steps(config.parallel, init_fn, train_fn, eval_fn)
-  del per_process_eval
   return Setup(config, model, input_shape, num_classes, preprocess, train_data, eval_data,
                spe, compiled, schedule)
 
