@@ -206,7 +206,7 @@ def _all_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
 
 
-def probe_workdir(workdir: str, min_free_bytes: int = 0) -> None:
+def probe_workdir(workdir: str) -> None:
   """Fail at start-up, not at the first save, when the work directory is not writable."""
   try:
     os.makedirs(workdir, exist_ok=True)
@@ -219,10 +219,14 @@ def probe_workdir(workdir: str, min_free_bytes: int = 0) -> None:
   except OSError as e:
     raise RuntimeError(f"work directory {workdir} is not writable ({e.strerror}); choose another "
                        "--workdir or free space / fix permissions") from e
+
+
+def check_free_space(workdir: str, needed_bytes: int) -> None:
+  """A checkpoint needs room for a new step while the previous one still exists."""
   free = shutil.disk_usage(workdir).free
-  if free < min_free_bytes:
+  if free < needed_bytes:
     raise RuntimeError(f"work directory {workdir} has {free / 2**20:.0f} MiB free but one checkpoint "
-                       f"needs about {min_free_bytes / 2**20:.0f} MiB; free space or choose another --workdir")
+                       f"needs about {needed_bytes / 2**20:.0f} MiB; free space or choose another --workdir")
 
 
 # Config keys that change the shapes or meaning of a saved state: resuming with a different
@@ -301,12 +305,12 @@ def train_and_evaluate(config: ConfigDict, workdir: str,
   NonFiniteLossError when the loss stops being finite (unless skip_nonfinite_steps).
   """
   workdir = os.path.abspath(workdir)
-  probe_workdir(workdir)
+  probe_workdir(workdir)  # before loading data: a bad --workdir fails in a second
   s = setup(config, train_data, eval_data)
   is_main = jax.process_index() == 0
   state = s.compiled.init_state(jax.random.key(config.seed))
   state_bytes = sum(x.nbytes for x in jax.tree_util.tree_leaves(ckpt_lib.state_to_tree(state)))
-  probe_workdir(workdir, min_free_bytes=2 * state_bytes)
+  check_free_space(workdir, 2 * state_bytes)
   ckpts = ckpt_lib.Checkpoints(workdir, keep=config.keep_checkpoints,
                                best_metric=config.best_metric,
                                async_save=config.async_checkpointing)
