@@ -137,7 +137,7 @@ def main() -> None:
            "jax_compile_s": compile_s, "relative_logit_diff": parity}
     results.append(row)
     print(json.dumps(row), flush=True)
-    del km, variables
+    km = variables = None  # free this model before building the next
     keras.backend.clear_session()
 
   print(f"\nbatch {args.batch}, 224x224x3, float32, {os.cpu_count()} CPUs "

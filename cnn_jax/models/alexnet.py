@@ -60,6 +60,27 @@ class AdaptiveAvgPool(nn.Module):
     return adaptive_avg_pool(x, self.output_size)
 
 
+def fc_classifier(x: jax.Array, num_classes: int, *, train: bool, dropout_rate: float,
+                  axis_name: Optional[str], names: Sequence[str] = ("fc6", "fc7"),
+                  dropout_names: Sequence[str] = ("dropout6", "dropout7"),
+                  dropout_first: bool = False, width: int = 4096) -> jax.Array:
+  """The 4096-4096-classes head of AlexNet, ZFNet and VGG, called inside a compact method.
+
+  Each hidden layer is Dense -> ReLU -> Dropout (the papers, Keras), or Dropout -> Dense ->
+  ReLU with `dropout_first` (torchvision's AlexNet); the last Dense is always `head`.
+  Layer names are the importers' (cnn_jax.weights): keep them.
+  """
+  for name, drop_name in zip(names, dropout_names):
+    drop = layers.Dropout(dropout_rate, deterministic=not train, axis_name=axis_name,
+                          name=drop_name)
+    if dropout_first:
+      x = drop(x)
+    x = nn.relu(nn.Dense(width, name=name)(x))
+    if not dropout_first:
+      x = drop(x)
+  return nn.Dense(num_classes, name="head")(x)
+
+
 def ceil_mode_padding(size: int, window: int, stride: int, pad: int = 0) -> tuple[int, int]:
   """(low, high) padding that makes a VALID pool behave like torch's ceil_mode=True.
 
@@ -94,13 +115,8 @@ class AlexNet(nn.Module):
     if not self.include_top:
       return x
     x = layers.Flatten(name="flatten")(x)                                         # 9216 (HWC)
-    x = layers.Dropout(self.dropout_rate, deterministic=not train, axis_name=self.axis_name,
-                       name="dropout6")(x)
-    x = nn.relu(nn.Dense(4096, name="fc6")(x))
-    x = layers.Dropout(self.dropout_rate, deterministic=not train, axis_name=self.axis_name,
-                       name="dropout7")(x)
-    x = nn.relu(nn.Dense(4096, name="fc7")(x))
-    return nn.Dense(self.num_classes, name="head")(x)
+    return fc_classifier(x, self.num_classes, train=train, dropout_rate=self.dropout_rate,
+                         axis_name=self.axis_name, dropout_first=True)
 
 
 @register("alexnet_original", (227, 227, 3),
@@ -130,10 +146,5 @@ class AlexNetOriginal(nn.Module):
     if not self.include_top:
       return x
     x = layers.Flatten(name="flatten")(x)                                         # 9216
-    x = nn.relu(nn.Dense(4096, name="fc6")(x))
-    x = layers.Dropout(self.dropout_rate, deterministic=not train, axis_name=self.axis_name,
-                       name="dropout6")(x)
-    x = nn.relu(nn.Dense(4096, name="fc7")(x))
-    x = layers.Dropout(self.dropout_rate, deterministic=not train, axis_name=self.axis_name,
-                       name="dropout7")(x)
-    return nn.Dense(self.num_classes, name="head")(x)
+    return fc_classifier(x, self.num_classes, train=train, dropout_rate=self.dropout_rate,
+                         axis_name=self.axis_name)

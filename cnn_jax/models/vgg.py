@@ -19,7 +19,7 @@ import jax
 
 from cnn_jax import layers
 from cnn_jax.models import register
-from cnn_jax.models.alexnet import AdaptiveAvgPool
+from cnn_jax.models.alexnet import AdaptiveAvgPool, fc_classifier
 
 # Filters per conv, one tuple per block (configurations A, B, D, E of the paper).
 VGG_CONFIGS: dict[int, tuple[tuple[int, ...], ...]] = {
@@ -55,13 +55,9 @@ class VGG(nn.Module):
     if not self.include_top:
       return x
     x = layers.Flatten(name="flatten")(x)                          # 25088 (HWC order)
-    x = nn.relu(nn.Dense(4096, name="fc1")(x))
-    x = layers.Dropout(self.dropout_rate, deterministic=not train, axis_name=self.axis_name,
-                       name="dropout1")(x)
-    x = nn.relu(nn.Dense(4096, name="fc2")(x))
-    x = layers.Dropout(self.dropout_rate, deterministic=not train, axis_name=self.axis_name,
-                       name="dropout2")(x)
-    return nn.Dense(self.num_classes, name="head")(x)
+    return fc_classifier(x, self.num_classes, train=train, dropout_rate=self.dropout_rate,
+                         axis_name=self.axis_name, names=("fc1", "fc2"),
+                         dropout_names=("dropout1", "dropout2"))
 
 
 def _variant(depth: int, bn: bool):

@@ -32,6 +32,7 @@ import jax
 
 from cnn_jax import layers
 from cnn_jax.models import register
+from cnn_jax.models.alexnet import fc_classifier
 
 
 @register("zfnet", (224, 224, 3), "ZFNet, Zeiler & Fergus 2013 (7x7/2 conv1)")
@@ -58,10 +59,5 @@ class ZFNet(nn.Module):
     if not self.include_top:
       return x
     x = layers.Flatten(name="flatten")(x)
-    x = nn.relu(nn.Dense(4096, name="fc6")(x))
-    x = layers.Dropout(self.dropout_rate, deterministic=not train, axis_name=self.axis_name,
-                       name="dropout6")(x)
-    x = nn.relu(nn.Dense(4096, name="fc7")(x))
-    x = layers.Dropout(self.dropout_rate, deterministic=not train, axis_name=self.axis_name,
-                       name="dropout7")(x)
-    return nn.Dense(self.num_classes, name="head")(x)
+    return fc_classifier(x, self.num_classes, train=train, dropout_rate=self.dropout_rate,
+                         axis_name=self.axis_name)

@@ -418,7 +418,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str,
         if is_main:
           tqdm.write(f"epoch {epoch + 1}: eval loss {ev['loss']:.4f} accuracy {ev['accuracy']:.4f} "
                      f"top5 {ev['top5_accuracy']:.4f} ({int(ev['num_examples'])} examples, "
-                     f"{time.time() - epoch_start:.1f}s)", file=sys.stderr)
+                     f"epoch took {time.time() - epoch_start:.1f}s)", file=sys.stderr)
       save("latest", meta)
       signum = signals.raised()
       if signum and epoch + 1 < config.num_epochs:
