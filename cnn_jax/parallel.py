@@ -2,8 +2,9 @@
 
 * ``sharded`` (default): `jax.jit` over a 1-D ("data",) device `Mesh`. The batch is
   sharded along its first axis, the state is replicated, and XLA inserts the gradient
-  all-reduce. The mesh is built with `jax.make_mesh` so a later "model" axis can be
-  added without touching the loop.
+  all-reduce. The loop only ever names the "data" axis (batch `P("data")`, state
+  `P()`), so a later "model" axis is a second mesh dimension plus parameter specs,
+  without touching the loop.
 * ``pmap``: `jax.pmap` over the local devices with axis name "batch". The state goes
   in with `in_axes=None` and comes back with `out_axes=None` (replicated, no manual
   replicate / unreplicate); `train_step` averages gradients, metrics and batch-norm
