@@ -78,6 +78,12 @@ def test_batches_fixed_shape_and_seeded():
   assert not all(np.array_equal(x["label"], y["label"]) for x, y in zip(a, c))
   resumed = list(train_batches(data, 32, seed=0, epoch=0, start_step=2))
   assert np.array_equal(resumed[0]["image"], a[2]["image"])
+  # A process holding an example more than the others (tfds.even_splits) takes only the
+  # agreed number of steps, or the others would wait in a collective forever.
+  agreed = list(train_batches(random_split(96), 32, seed=0, epoch=0, num_steps=2))
+  assert len(agreed) == 2
+  with pytest.raises(ValueError, match="only 3 batches"):
+    list(train_batches(data, 32, seed=0, epoch=0, num_steps=4))
   ev = list(eval_batches(data, 32))
   assert [int(x["mask"].sum()) for x in ev] == [32, 32, 32, 4]
 

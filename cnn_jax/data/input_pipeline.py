@@ -160,11 +160,21 @@ def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(num_examples)
 
 
-def train_batches(data: Split, batch_size: int, seed: int, epoch: int,
-                  start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
-  """Shuffled fixed-shape batches of one epoch, starting at `start_step` (for resume)."""
+def train_batches(data: Split, batch_size: int, seed: int, epoch: int, start_step: int = 0,
+                  num_steps: Optional[int] = None) -> Iterator[dict[str, np.ndarray]]:
+  """Shuffled fixed-shape batches of one epoch, starting at `start_step` (for resume).
+
+  num_steps (default: all full batches of `data`) is the epoch length every process of a
+  multi-host job agreed on: one holding an example more must not take a step more.
+  """
+  available = steps_per_epoch(len(data), batch_size)
+  if num_steps is None:
+    num_steps = available
+  elif num_steps > available:
+    raise ValueError(f"num_steps={num_steps} but {len(data)} examples give only {available} "
+                     f"batches of {batch_size}")
   order = epoch_permutation(len(data), seed, epoch)
-  for step in range(start_step, steps_per_epoch(len(data), batch_size)):
+  for step in range(start_step, num_steps):
     idx = np.sort(order[step * batch_size:(step + 1) * batch_size])
     yield {"image": data.images[idx], "label": data.labels[idx]}
 

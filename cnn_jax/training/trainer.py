@@ -346,7 +346,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str,
   with _SignalFlag() as signals:
     for epoch in range(start_step // s.steps_per_epoch, config.num_epochs):
       first = max(0, start_step - epoch * s.steps_per_epoch)
-      batches = input_pipeline.train_batches(s.train_data, per_process, config.seed, epoch, first)
+      batches = input_pipeline.train_batches(s.train_data, per_process, config.seed, epoch, first,
+                                             num_steps=s.steps_per_epoch)
       bar = tqdm(batches, total=s.steps_per_epoch, initial=first,
                  desc=f"epoch {epoch + 1}/{config.num_epochs}",
                  disable=not (is_main and config.progress_bar), file=sys.stderr,
