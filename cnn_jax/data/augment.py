@@ -44,11 +44,6 @@ def random_flip_left_right(rng: jax.Array, images: jax.Array) -> jax.Array:
   return jnp.where(flip, images[:, :, ::-1], images)
 
 
-def random_translate(rng: jax.Array, images: jax.Array, max_shift: int) -> jax.Array:
-  """Shift each image by up to `max_shift` pixels, filling with zeros (MNIST-friendly)."""
-  return random_crop(rng, images, max_shift) if max_shift else images
-
-
 def make_preprocess_fn(image_size: Optional[Sequence[int]], mean: Sequence[float],
                        std: Sequence[float], crop_padding: int = 0, flip: bool = False
                        ) -> Callable[[jax.Array, jax.Array, bool], jax.Array]:

@@ -93,10 +93,3 @@ def eval_step(state: TrainState, batch: Batch, *, preprocess: PreprocessFn,
   if axis_name is not None:
     sums = lax.psum(sums, axis_name)
   return sums
-
-
-def predict_step(state: TrainState, images: jax.Array, preprocess: PreprocessFn) -> jax.Array:
-  """Class probabilities for a batch of uint8 images."""
-  logits = state.apply_fn(variables_of(state), preprocess(images, jax.random.key(0), False),
-                          train=False)
-  return jax.nn.softmax(logits)

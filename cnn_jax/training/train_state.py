@@ -1,7 +1,7 @@
 """The train state: everything a run needs to continue, as one pytree."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import flax
 import flax.linen as nn
@@ -38,6 +38,3 @@ def variables_of(state: TrainState) -> dict[str, Any]:
   if state.batch_stats:
     v["batch_stats"] = state.batch_stats
   return v
-
-
-ApplyFn = Callable[..., Any]
