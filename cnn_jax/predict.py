@@ -9,8 +9,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
 
 @dataclass
 class Predictor:
@@ -25,7 +23,7 @@ class Predictor:
     h, w, c = self.input_shape
     try:
       img = Image.open(path)
-    except (OSError, FileNotFoundError) as e:
+    except OSError as e:  # missing, unreadable or not an image
       raise ValueError(f"cannot read image {path}: {e}") from e
     img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
     arr = np.asarray(img, np.uint8)
@@ -55,7 +53,7 @@ def from_workdir(workdir: str) -> Predictor:
   from cnn_jax import inference, models
   from cnn_jax.data import augment, input_pipeline
   model, variables, config = inference.load(workdir)
-  mean, std = input_pipeline.NORMALIZATION.get(config.dataset.name, ((0.5,), (0.5,)))
+  mean, std = input_pipeline.normalization(config.dataset.name)
   shape = tuple(config.model_input_shape or models.input_shape(config.model))
   pre = augment.make_preprocess_fn(None, mean, std)
   names = None
@@ -70,7 +68,7 @@ def from_workdir(workdir: str) -> Predictor:
 def from_weights(model_name: str, weights: str) -> Predictor:
   """A zoo model with a torchvision state dict (ImageNet normalization)."""
   from cnn_jax import models
-  from cnn_jax.data import augment
+  from cnn_jax.data import augment, input_pipeline
   from cnn_jax.weights import check_variables, torch_import
   if not weights:
     raise ValueError("--model needs --weights FILE (a torchvision .pth state dict)")
@@ -78,7 +76,7 @@ def from_weights(model_name: str, weights: str) -> Predictor:
   shape = models.input_shape(model_name)
   variables = torch_import.load_torchvision_pth(weights, model_name)
   check_variables(model, variables, shape)
-  pre = augment.make_preprocess_fn(None, IMAGENET_MEAN, IMAGENET_STD)
+  pre = augment.make_preprocess_fn(None, *input_pipeline.IMAGENET_MEAN_STD)
   return Predictor(_jit_probs(model, variables, pre), shape, None)
 
 

@@ -30,14 +30,22 @@ RAW_FILES = {
     "cifar10": ["cifar-10-binary.tar.gz"],
 }
 
+# ImageNet's per-channel mean / std: what torchvision / Keras "torch"-mode weights expect.
+IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
 # Per-channel mean / std of the training split (pixel values scaled to [0, 1]).
 NORMALIZATION = {
     "mnist": ((0.1307,), (0.3081,)),
     "fashion_mnist": ((0.2860,), (0.3530,)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "imagenette": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "imagenet2012": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "imagenette": IMAGENET_MEAN_STD,
+    "imagenet2012": IMAGENET_MEAN_STD,
 }
+
+
+def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """(mean, std) per channel for data set `name`; 0.5 / 0.5 for one without statistics here."""
+  return NORMALIZATION.get(name, ((0.5,), (0.5,)))
 
 
 class DatasetUnavailableError(RuntimeError):

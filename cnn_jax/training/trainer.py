@@ -114,7 +114,7 @@ def setup(config: ConfigDict, train_data: Optional[input_pipeline.Split] = None,
   check_input(config, input_shape, train_data, num_classes, ds.train_split)
   check_input(config, input_shape, eval_data, num_classes, ds.eval_split)
 
-  mean, std = input_pipeline.NORMALIZATION.get(ds.name, ((0.5,), (0.5,)))
+  mean, std = input_pipeline.normalization(ds.name)
   preprocess = augment.make_preprocess_fn(config.dataset.image_size, mean, std,
                                           config.augment.crop_padding, config.augment.flip)
   # Processes may hold a few examples more or less (even_splits): all take the smallest

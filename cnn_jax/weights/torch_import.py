@@ -17,10 +17,10 @@ from typing import Any, Mapping, Union
 
 import numpy as np
 
+from cnn_jax.data.input_pipeline import IMAGENET_MEAN_STD
+from cnn_jax.models.vgg import VGG_CONFIGS
 from cnn_jax.weights import fc_from_chw, nest
 
-_VGG_DEPTH_BLOCKS = {11: (1, 1, 2, 2, 2), 13: (2, 2, 2, 2, 2), 16: (2, 2, 3, 3, 3),
-                     19: (2, 2, 4, 4, 4)}
 _ALEXNET = {"features.0": "conv1", "features.3": "conv2", "features.6": "conv3",
             "features.8": "conv4", "features.10": "conv5", "classifier.1": "fc6",
             "classifier.4": "fc7", "classifier.6": "head"}
@@ -37,8 +37,8 @@ def _vgg_names(arch: str) -> dict[str, str]:
   m = re.fullmatch(r"vgg(\d+)(_bn)?", arch)
   depth, bn = int(m.group(1)), bool(m.group(2))
   names, idx = {}, 0
-  for b, n in enumerate(_VGG_DEPTH_BLOCKS[depth], start=1):
-    for i in range(1, n + 1):
+  for b, widths in enumerate(VGG_CONFIGS[depth], start=1):
+    for i in range(1, len(widths) + 1):
       names[f"features.{idx}"] = f"block{b}_conv{i}"
       idx += 1
       if bn:
@@ -119,5 +119,5 @@ def googlenet_transform_input(x: Union[np.ndarray, Any]) -> Any:
   Maps ImageNet-normalized NHWC input to the (x - 0.5) / 0.5 normalization the
   original Inception weights expect; torchvision does this inside the model.
   """
-  mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+  mean, std = (np.array(v) for v in IMAGENET_MEAN_STD)
   return x * (std / 0.5).astype(np.float32) + ((mean - 0.5) / 0.5).astype(np.float32)
