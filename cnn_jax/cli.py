@@ -77,9 +77,7 @@ def _eval(argv: Sequence[str]) -> int:
     config.dataset.data_dir = args.data_dir
   config.dataset.max_eval_examples = None
   s = trainer.setup(config)
-  state = s.compiled.init_state(jax.random.key(0))
-  state = state.replace(params=variables["params"],
-                        batch_stats=variables.get("batch_stats", state.batch_stats))
+  state = trainer.with_variables(s.compiled.init_state(jax.random.key(0)), variables)
   metrics = trainer.evaluate(s, state)
   print(json.dumps({"workdir": args.workdir, "which": args.which,
                     "split": config.dataset.eval_split, **metrics}, indent=2))

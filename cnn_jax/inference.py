@@ -10,7 +10,6 @@ import orbax.checkpoint as ocp
 from ml_collections import ConfigDict
 
 
-
 def _manager(workdir: str, which: str) -> ocp.CheckpointManager:
   sub = {"best": "best", "latest": "checkpoints"}.get(which)
   if sub is None:
@@ -45,13 +44,17 @@ def load_checkpoint(workdir: str, which: str = "best", step: Optional[int] = Non
   return restored["state"], restored["meta"], step
 
 
-def load_variables(workdir: str, which: str = "best") -> dict[str, Any]:
-  """params and batch_stats only (the optimizer state is dropped)."""
-  tree, _, _ = load_checkpoint(workdir, which)
+def _variables(tree: dict[str, Any]) -> dict[str, Any]:
+  """The model variables of a restored state tree: params and batch_stats, as numpy."""
   variables = {"params": tree["params"]}
   if tree.get("batch_stats"):
     variables["batch_stats"] = tree["batch_stats"]
   return jax.tree_util.tree_map(np.asarray, variables)
+
+
+def load_variables(workdir: str, which: str = "best") -> dict[str, Any]:
+  """params and batch_stats only (the optimizer state is dropped)."""
+  return _variables(load_checkpoint(workdir, which)[0])
 
 
 def load(workdir: str, which: str = "best") -> tuple[Any, dict[str, Any], ConfigDict]:
@@ -60,8 +63,5 @@ def load(workdir: str, which: str = "best") -> tuple[Any, dict[str, Any], Config
   tree, meta, _ = load_checkpoint(workdir, which)
   config = ConfigDict(meta["config"])
   config.parallel = "sharded"  # inference runs without pmap's cross-device batch norm
-  variables = {"params": tree["params"]}
-  if tree.get("batch_stats"):
-    variables["batch_stats"] = tree["batch_stats"]
   model = trainer.build_model(config, int(meta["num_classes"]))
-  return model, jax.tree_util.tree_map(np.asarray, variables), config
+  return model, _variables(tree), config

@@ -444,9 +444,13 @@ def _meta(s: Setup, epoch: int, step: int) -> dict[str, Any]:
           "input_shape": list(s.input_shape), "config": json.loads(s.config.to_json_best_effort())}
 
 
-def load_weights_into(state: TrainState, workdir: str) -> TrainState:
-  """params / batch_stats of another run's latest checkpoint, fresh optimizer state."""
-  from cnn_jax import inference
-  variables = inference.load_variables(workdir)
+def with_variables(state: TrainState, variables: dict[str, Any]) -> TrainState:
+  """`state` with the params (and batch_stats, if any) of `variables`; the rest unchanged."""
   return state.replace(params=variables["params"],
                        batch_stats=variables.get("batch_stats", state.batch_stats))
+
+
+def load_weights_into(state: TrainState, workdir: str) -> TrainState:
+  """params / batch_stats of another run's best checkpoint, fresh optimizer state."""
+  from cnn_jax import inference
+  return with_variables(state, inference.load_variables(workdir))
