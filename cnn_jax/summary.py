@@ -74,8 +74,7 @@ def summarize(model: nn.Module, input_shape: Sequence[int], model_name: str = ""
   depth: how deep in the module tree to list rows (1 = the model's direct children).
   """
   x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
-  rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
-  variables = jax.eval_shape(lambda r, x: model.init(r, x, train=False), rngs, x)
+  variables = models.abstract_variables(model, input_shape)
   params = variables.get("params", {})
   other = {k: v for k, v in variables.items() if k != "params"}
 

@@ -28,6 +28,8 @@ import numpy as np
 import optax
 from flax import traverse_util
 
+from cnn_jax import models
+
 PyTree = Any
 
 
@@ -45,10 +47,7 @@ def replace_head(model: nn.Module, variables: PyTree, num_classes: int, rng: jax
   new_model = model.clone(num_classes=num_classes, **model_kwargs)
   if input_shape is None:
     input_shape = _guess_input_shape(model)
-  x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
-  shapes = jax.eval_shape(
-      lambda x: new_model.init({"params": jax.random.key(0), "dropout": jax.random.key(0)}, x,
-                               train=False), x)
+  shapes = models.abstract_variables(new_model, input_shape)
   flat_old = traverse_util.flatten_dict(_to_dict(variables))
   flat_new = traverse_util.flatten_dict(_to_dict(shapes))
   out = {}
@@ -70,7 +69,6 @@ def replace_head(model: nn.Module, variables: PyTree, num_classes: int, rng: jax
 
 
 def _guess_input_shape(model: nn.Module) -> tuple[int, ...]:
-  from cnn_jax import models
   for name in models.names():
     spec = models.get_spec(name)
     try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import importlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 
@@ -73,3 +73,15 @@ def get_model(name: str, **kwargs: Any) -> nn.Module:
 def input_shape(name: str) -> tuple[int, int, int]:
   """The (H, W, C) input the named model is designed for."""
   return get_spec(name).input_shape
+
+
+def abstract_variables(model: nn.Module, input_shape: Sequence[int]) -> dict[str, Any]:
+  """What `model.init` makes for one (H, W, C) input, as ShapeDtypeStructs.
+
+  jax.eval_shape: the shapes of every variable without computing (or allocating) any.
+  """
+  import jax
+  import jax.numpy as jnp
+  x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+  rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
+  return jax.eval_shape(lambda r, x: model.init(r, x, train=False), rngs, x)

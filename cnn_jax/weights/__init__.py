@@ -17,19 +17,16 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 from flax import traverse_util
+
+from cnn_jax import models
 
 
 def check_variables(model: nn.Module, variables: dict[str, Any],
                     input_shape: Sequence[int]) -> None:
   """Raise ValueError listing every missing, unexpected or mis-shaped variable."""
-  x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
-  want = jax.eval_shape(
-      lambda x: model.init({"params": jax.random.key(0), "dropout": jax.random.key(0)}, x,
-                           train=False), x)
-  want = traverse_util.flatten_dict(dict(want), sep="/")
+  want = traverse_util.flatten_dict(dict(models.abstract_variables(model, input_shape)), sep="/")
   got = traverse_util.flatten_dict(dict(variables), sep="/")
   problems = [f"missing {k} {v.shape}" for k, v in want.items() if k not in got]
   problems += [f"unexpected {k} {got[k].shape}" for k in got if k not in want]
