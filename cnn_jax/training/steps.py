@@ -47,10 +47,7 @@ def train_step(state: TrainState, batch: Batch, *, preprocess: PreprocessFn,
   has_bn = bool(state.batch_stats)
 
   def loss_fn(params):
-    variables = {"params": params}
-    if has_bn:
-      variables["batch_stats"] = state.batch_stats
-    out = state.apply_fn(variables, images, train=True, rngs={"dropout": dropout_rng},
+    out = state.apply_fn({**variables_of(state), "params": params}, images, train=True, rngs={"dropout": dropout_rng},
                          mutable=["batch_stats"] if has_bn else False)
     logits, updates = out if has_bn else (out, {})
     loss = losses.cross_entropy(logits, labels, label_smoothing).mean()
