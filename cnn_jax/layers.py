@@ -321,11 +321,22 @@ class Dropout(nn.Module):
     return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 
+def batch_norm(train: bool, axis_name: Optional[str] = None, epsilon: float = 1e-5,
+               name: Optional[str] = None, **kwargs: Any) -> nn.BatchNorm:
+  """The zoo's batch norm: batch statistics when training, running averages otherwise.
+
+  Running averages move as torch's (momentum 0.1, i.e. flax's 0.9); under pmap the batch
+  statistics are averaged over `axis_name`, so every device normalizes the same way.
+  """
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=epsilon,
+                      axis_name=axis_name, name=name, **kwargs)
+
+
 BatchNorm = nn.BatchNorm
 Dense = nn.Dense
 
 __all__ = [
     "conv_output_size", "resolve_padding", "Conv2D", "MaxPool", "AvgPool", "GlobalAvgPool",
     "GlobalMaxPool", "Flatten", "maxout", "Maxout", "get_activation", "ACTIVATIONS",
-    "LocalResponseNorm", "BatchNorm", "Dropout", "Dense"
+    "LocalResponseNorm", "BatchNorm", "batch_norm", "Dropout", "Dense"
 ]

@@ -44,8 +44,7 @@ class Darknet19(nn.Module):
         x = layers.MaxPool(2, name=f"pool{s - 1}")(x)
       for i, (filters, k) in enumerate(stage, start=1):
         x = layers.Conv2D(filters, k, padding=k // 2, use_bias=False, name=f"conv{s}_{i}")(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                         axis_name=self.axis_name, name=f"bn{s}_{i}")(x)
+        x = layers.batch_norm(train, self.axis_name, name=f"bn{s}_{i}")(x)
         x = nn.leaky_relu(x, 0.1)
     if not self.include_top:
       return x

@@ -37,8 +37,7 @@ class BasicConv(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     x = layers.Conv2D(self.features, self.kernel_size, strides=self.strides,
                       padding=self.padding, use_bias=False, name="conv")(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-3,
-                     axis_name=self.axis_name, name="bn")(x)
+    x = layers.batch_norm(train, self.axis_name, epsilon=1e-3, name="bn")(x)
     return nn.relu(x)
 
 

@@ -38,8 +38,7 @@ class TinyBackbone(nn.Module):
   def __call__(self, x: Array, train: bool = False) -> Array:
     for i, w in enumerate(self.widths, start=1):
       x = layers.Conv2D(w, 3, padding=1, use_bias=False, name=f"conv{i}")(x)
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                       axis_name=self.axis_name, name=f"bn{i}")(x)
+      x = layers.batch_norm(train, self.axis_name, name=f"bn{i}")(x)
       x = layers.MaxPool(2, name=f"pool{i}")(nn.relu(x))
     return x
 

@@ -29,8 +29,8 @@ from cnn_jax.models import register
 
 class _BNMixin:
   def bn(self, name: str, train: bool, scale_init=nn.initializers.ones) -> nn.BatchNorm:
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=self.bn_epsilon,
-                        axis_name=self.axis_name, scale_init=scale_init, name=name)
+    return layers.batch_norm(train, self.axis_name, self.bn_epsilon, name=name,
+                             scale_init=scale_init)
 
 
 class BasicBlock(_BNMixin, nn.Module):
@@ -145,14 +145,10 @@ class CifarBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    def bn(name: str) -> nn.BatchNorm:
-      return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                          axis_name=self.axis_name, name=name)
-
     y = layers.Conv2D(self.planes, 3, self.strides, padding=1, use_bias=False, name="conv1")(x)
-    y = nn.relu(bn("bn1")(y))
+    y = nn.relu(layers.batch_norm(train, self.axis_name, name="bn1")(y))
     y = layers.Conv2D(self.planes, 3, padding=1, use_bias=False, name="conv2")(y)
-    y = bn("bn2")(y)
+    y = layers.batch_norm(train, self.axis_name, name="bn2")(y)
     if self.strides != 1 or x.shape[-1] != self.planes:
       x = x[:, ::self.strides, ::self.strides, :]
       extra = self.planes - x.shape[-1]
@@ -173,9 +169,7 @@ class CifarResNet(nn.Module):
       raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {self.depth}")
     n = (self.depth - 2) // 6
     x = layers.Conv2D(16, 3, padding=1, use_bias=False, name="conv1")(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                     axis_name=self.axis_name, name="bn1")(x)
-    x = nn.relu(x)
+    x = nn.relu(layers.batch_norm(train, self.axis_name, name="bn1")(x))
     for i, planes in enumerate((16, 32, 64)):
       for j in range(n):
         strides = 2 if i > 0 and j == 0 else 1

@@ -46,8 +46,7 @@ class VGG(nn.Module):
       for i, width in enumerate(widths, start=1):
         x = layers.Conv2D(width, 3, padding=1, name=f"block{b}_conv{i}")(x)
         if self.batch_norm:
-          x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                           axis_name=self.axis_name, name=f"block{b}_bn{i}")(x)
+          x = layers.batch_norm(train, self.axis_name, name=f"block{b}_bn{i}")(x)
         x = nn.relu(x)
       x = layers.MaxPool(2, name=f"block{b}_pool")(x)
     if self.avgpool_size is not None:
