@@ -189,11 +189,7 @@ class _SignalFlag:
 
   def raised(self) -> Optional[int]:
     """The signal, agreed on by every process (any one of them seeing it counts)."""
-    if jax.process_count() == 1:
-      return self.signum
-    from jax.experimental import multihost_utils
-    seen = multihost_utils.process_allgather(np.int32(self.signum or 0))
-    return int(np.max(seen)) or None
+    return agree(self.signum or 0, max) or None
 
 
 def _mean_metrics(buffer: list[dict]) -> dict[str, float]:
@@ -343,96 +339,88 @@ def train_and_evaluate(config: ConfigDict, workdir: str,
   per_process = config.batch_size // jax.process_count()
   last_finite: tuple[int, Optional[float]] = (start_step, None)
   train_time, train_images = 0.0, 0
-  with _SignalFlag() as signals:
-    for epoch in range(start_step // s.steps_per_epoch, config.num_epochs):
-      first = max(0, start_step - epoch * s.steps_per_epoch)
-      batches = input_pipeline.train_batches(s.train_data, per_process, config.seed, epoch, first,
-                                             num_steps=s.steps_per_epoch)
-      bar = tqdm(batches, total=s.steps_per_epoch, initial=first,
-                 desc=f"epoch {epoch + 1}/{config.num_epochs}",
-                 disable=not (is_main and config.progress_bar), file=sys.stderr,
-                 mininterval=0.5 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
-      buffer, t0, n0 = [], None, 0
-      epoch_start = time.time()
-      for i, batch in enumerate(parallel.prefetch(bar, s.compiled.put_batch), start=first):
-        try:
-          state, metrics = s.compiled.train_step(state, batch)
-        except Exception as e:  # XlaRuntimeError on OOM
-          raise _oom_hint(e, config) from e
-        buffer.append(metrics)
-        step = epoch * s.steps_per_epoch + i + 1
-        if t0 is None:  # exclude the first step (compilation) from throughput
-          jax.block_until_ready(metrics)
-          t0, n0 = time.time(), 0
-        else:
-          n0 += config.batch_size
-        end_of_epoch = i + 1 == s.steps_per_epoch
-        due_log = step % config.log_every_steps == 0 or end_of_epoch
-        due_ckpt = bool(config.checkpoint_every_steps) and step % config.checkpoint_every_steps == 0
-        signum = signals.raised() if (jax.process_count() == 1 or due_log) else None
-        if not (due_log or due_ckpt or signum):
-          continue
-        m = _mean_metrics(buffer)
-        buffer = []
-        if not config.skip_nonfinite_steps and not (
-            math.isfinite(m["loss"]) and bool(_all_finite(state.params))):
-          ckpts.wait()
-          good = ckpts.latest_step()
-          writer.close()
-          ckpts.close()
-          raise NonFiniteLossError(
-              f"loss became {m['loss']} by step {step} (last finite loss {last_finite[1]} at step "
-              f"{last_finite[0]}). Last good checkpoint: "
-              f"{os.path.join(workdir, 'checkpoints', str(good)) if good is not None else 'none'}."
-              " Lower the learning rate, set --config.optimizer.grad_clip_norm, or skip such steps "
-              "with --config.skip_nonfinite_steps=True.")
-        last_finite = (step, m["loss"])
-        if due_log:
-          elapsed = time.time() - t0
-          m["images_per_sec"] = n0 / elapsed if elapsed > 0 and n0 else 0.0
-          m["learning_rate"] = float(s.schedule(step))
-          writer.write(step, m, "train")
-          bar.set_postfix(loss=f"{m['loss']:.4f}", acc=f"{m['accuracy']:.4f}",
-                          img_s=f"{m['images_per_sec']:.0f}")
-        if (due_ckpt or signum) and not end_of_epoch:
-          save("latest", _meta(s, epoch, step))
-        if signum and not end_of_epoch:
-          bar.close()
-          ckpts.wait()
-          writer.flush()
-          writer.close()
-          ckpts.close()
+  try:
+    with _SignalFlag() as signals:
+      for epoch in range(start_step // s.steps_per_epoch, config.num_epochs):
+        first = max(0, start_step - epoch * s.steps_per_epoch)
+        batches = input_pipeline.train_batches(s.train_data, per_process, config.seed, epoch, first,
+                                               num_steps=s.steps_per_epoch)
+        bar = tqdm(batches, total=s.steps_per_epoch, initial=first,
+                   desc=f"epoch {epoch + 1}/{config.num_epochs}",
+                   disable=not (is_main and config.progress_bar), file=sys.stderr,
+                   mininterval=0.5 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
+        buffer, t0, n0 = [], None, 0
+        epoch_start = time.time()
+        for i, batch in enumerate(parallel.prefetch(bar, s.compiled.put_batch), start=first):
+          try:
+            state, metrics = s.compiled.train_step(state, batch)
+          except Exception as e:  # XlaRuntimeError on OOM
+            raise _oom_hint(e, config) from e
+          buffer.append(metrics)
+          step = epoch * s.steps_per_epoch + i + 1
+          if t0 is None:  # exclude the first step (compilation) from throughput
+            jax.block_until_ready(metrics)
+            t0, n0 = time.time(), 0
+          else:
+            n0 += config.batch_size
+          end_of_epoch = i + 1 == s.steps_per_epoch
+          due_log = step % config.log_every_steps == 0 or end_of_epoch
+          due_ckpt = bool(config.checkpoint_every_steps) and step % config.checkpoint_every_steps == 0
+          signum = signals.raised() if (jax.process_count() == 1 or due_log) else None
+          if not (due_log or due_ckpt or signum):
+            continue
+          m = _mean_metrics(buffer)
+          buffer = []
+          if not config.skip_nonfinite_steps and not (
+              math.isfinite(m["loss"]) and bool(_all_finite(state.params))):
+            ckpts.wait()
+            good = ckpts.latest_step()
+            raise NonFiniteLossError(
+                f"loss became {m['loss']} by step {step} (last finite loss {last_finite[1]} at step "
+                f"{last_finite[0]}). Last good checkpoint: "
+                f"{os.path.join(workdir, 'checkpoints', str(good)) if good is not None else 'none'}."
+                " Lower the learning rate, set --config.optimizer.grad_clip_norm, or skip such steps "
+                "with --config.skip_nonfinite_steps=True.")
+          last_finite = (step, m["loss"])
+          if due_log:
+            elapsed = time.time() - t0
+            m["images_per_sec"] = n0 / elapsed if elapsed > 0 and n0 else 0.0
+            m["learning_rate"] = float(s.schedule(step))
+            writer.write(step, m, "train")
+            bar.set_postfix(loss=f"{m['loss']:.4f}", acc=f"{m['accuracy']:.4f}",
+                            img_s=f"{m['images_per_sec']:.0f}")
+          if (due_ckpt or signum) and not end_of_epoch:
+            save("latest", _meta(s, epoch, step))
+          if signum and not end_of_epoch:
+            bar.close()
+            raise Preempted(signum, step, os.path.join(workdir, "checkpoints", str(step)))
+        jax.block_until_ready(state)
+        bar.close()
+        if t0 is not None:
+          train_time += time.time() - t0
+          train_images += n0
+        step = (epoch + 1) * s.steps_per_epoch
+        meta = _meta(s, epoch + 1, step)
+        if (epoch + 1) % config.eval_every_epochs == 0 or epoch + 1 == config.num_epochs:
+          ev = evaluate(s, state)
+          writer.write(step, ev, "eval")
+          meta["eval"] = ev
+          save("best", meta, ev)
+          summary["eval"] = ev
+          if is_main:
+            tqdm.write(f"epoch {epoch + 1}: eval loss {ev['loss']:.4f} accuracy {ev['accuracy']:.4f} "
+                       f"top5 {ev['top5_accuracy']:.4f} ({int(ev['num_examples'])} examples, "
+                       f"epoch took {time.time() - epoch_start:.1f}s)", file=sys.stderr)
+        save("latest", meta)
+        signum = signals.raised()
+        if signum and epoch + 1 < config.num_epochs:
           raise Preempted(signum, step, os.path.join(workdir, "checkpoints", str(step)))
-      jax.block_until_ready(state)
-      bar.close()
-      if t0 is not None:
-        train_time += time.time() - t0
-        train_images += n0
-      step = (epoch + 1) * s.steps_per_epoch
-      meta = _meta(s, epoch + 1, step)
-      if (epoch + 1) % config.eval_every_epochs == 0 or epoch + 1 == config.num_epochs:
-        ev = evaluate(s, state)
-        writer.write(step, ev, "eval")
-        meta["eval"] = ev
-        save("best", meta, ev)
-        summary["eval"] = ev
-        if is_main:
-          tqdm.write(f"epoch {epoch + 1}: eval loss {ev['loss']:.4f} accuracy {ev['accuracy']:.4f} "
-                     f"top5 {ev['top5_accuracy']:.4f} ({int(ev['num_examples'])} examples, "
-                     f"epoch took {time.time() - epoch_start:.1f}s)", file=sys.stderr)
-      save("latest", meta)
-      signum = signals.raised()
-      if signum and epoch + 1 < config.num_epochs:
-        ckpts.wait()
-        writer.close()
-        ckpts.close()
-        raise Preempted(signum, step, os.path.join(workdir, "checkpoints", str(step)))
-  if "eval" not in summary:  # the run had already finished: report, do not retrain
-    summary["eval"] = evaluate(s, state)
-  ckpts.wait()
-  ckpts.close()
-  writer.flush()
-  writer.close()
+    if "eval" not in summary:  # the run had already finished: report, do not retrain
+      summary["eval"] = evaluate(s, state)
+  finally:  # whatever ended the run, pending async saves commit and the logs are flushed
+    ckpts.wait()
+    ckpts.close()
+    writer.close()
   summary["train_images_per_sec"] = train_images / train_time if train_time else None
   summary["final_step"] = int(jax.device_get(state.step))
   summary["state"] = state
