@@ -1,24 +1,37 @@
-"""Orbax checkpoints of the train state, its input position and its config.
+"""Orbax checkpoints: save, restore, set corrupt steps aside, and load for inference.
 
 Two `orbax.checkpoint.CheckpointManager`s per work directory:
   <workdir>/checkpoints  the latest `keep` steps, for resuming;
-  <workdir>/best         the single best one by an eval metric, for inference.
+  <workdir>/best         the single best one by a validation metric, for inference.
 Each step directory holds the state arrays ("state") and a JSON item ("meta") with the
-config, epoch and metrics. Orbax commits a step atomically (it writes to a temporary
-directory and renames it), so a crash never leaves a step that looks complete, and old
-steps are deleted only after a newer one has been committed.
+config, epoch, data shape and metrics. Orbax commits a step atomically (it writes to a
+temporary directory and renames it), so a crash never leaves a step that looks
+complete, and old steps are deleted only after a newer one has been committed.
+
+Paths are `etils.epath` paths, so a work directory may be local or remote (gs://...).
+This is the only module that reads checkpoints: training resumes with
+`restore_latest_good`, inference loads with `load_checkpoint`.
 """
 from __future__ import annotations
 
-import os
-from typing import Any, Optional
+import json
+import logging
+import time
+from typing import Any, Optional, Union
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+from ml_collections import ConfigDict
 
+from cnn_jax import parallel
 from cnn_jax.training.train_state import TrainState
 
+log = logging.getLogger("cnn_jax")
+PathLike = Union[str, epath.Path]
 STATE_FIELDS = ("step", "params", "batch_stats", "opt_state", "rng")
+SUBDIRS = {"latest": "checkpoints", "best": "best"}
 
 
 def state_to_tree(state: TrainState) -> dict[str, Any]:
@@ -45,21 +58,26 @@ def abstract_tree(state: TrainState, shardings: Any = None) -> Any:
 
 
 class Checkpoints:
-  """Latest-K and best-1 checkpoint managers for one work directory."""
+  """Latest-K and best-1 checkpoint managers for one work directory.
 
-  def __init__(self, workdir: str, keep: int = 3, best_metric: Optional[str] = "accuracy",
+  best_mode 'max' keeps the step with the largest `best_metric` (accuracy), 'min' the
+  smallest (loss); see `config.best_mode`.
+  """
+
+  def __init__(self, workdir: PathLike, keep: int = 3, best_metric: Optional[str] = "accuracy",
                best_mode: str = "max", async_save: bool = True):
-    workdir = os.path.abspath(workdir)
-    self.workdir = workdir
+    if best_mode not in ("max", "min"):
+      raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
+    self.workdir = epath.Path(workdir)
     item_names = ("state", "meta")
     self.latest = ocp.CheckpointManager(
-        os.path.join(workdir, "checkpoints"), item_names=item_names,
+        self.workdir / SUBDIRS["latest"], item_names=item_names,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                              enable_async_checkpointing=async_save))
     self.best = None
     if best_metric:
       self.best = ocp.CheckpointManager(
-          os.path.join(workdir, "best"), item_names=item_names,
+          self.workdir / SUBDIRS["best"], item_names=item_names,
           options=ocp.CheckpointManagerOptions(
               max_to_keep=1, create=True, best_fn=lambda m: m[best_metric],
               best_mode=best_mode, enable_async_checkpointing=async_save))
@@ -82,6 +100,9 @@ class Checkpoints:
 
   def latest_step(self) -> Optional[int]:
     return self.latest.latest_step()
+
+  def step_path(self, step: Optional[int]) -> str:
+    return str(self.workdir / SUBDIRS["latest"] / str(step)) if step is not None else "none"
 
   def wait(self) -> None:
     self.latest.wait_until_finished()
@@ -109,3 +130,132 @@ def restore(manager: ocp.CheckpointManager, template: TrainState, step: Optional
 def read_meta(manager: ocp.CheckpointManager, step: int) -> dict:
   """Only the JSON item of a step (config, epoch, metrics): cheap, and no template needed."""
   return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+
+# Config keys that change the shapes or meaning of a saved state: resuming with a different
+# value would silently mix two runs.
+SHAPE_KEYS = ("model", "model_kwargs", "model_input_shape", "dataset.name", "dataset.image_size",
+              "optimizer.name", "optimizer.accumulate_steps", "optimizer.nesterov", "freeze",
+              "skip_nonfinite_steps")
+
+
+def config_conflicts(saved: dict, config: ConfigDict) -> list[str]:
+  """Shape-affecting keys whose values differ between a saved run and `config`."""
+  new = json.loads(config.to_json_best_effort())
+  out = []
+  for key in SHAPE_KEYS:
+    a, b = saved, new
+    for part in key.split("."):
+      a = a.get(part) if isinstance(a, dict) else None
+      b = b.get(part) if isinstance(b, dict) else None
+    if a != b and not (key in ("freeze", "skip_nonfinite_steps") and not a and not b):
+      out.append(f"{key}: saved {a!r}, now {b!r}")
+  return out
+
+
+def restore_latest_good(ckpts: Checkpoints, template: TrainState, config: ConfigDict
+                        ) -> Optional[TrainState]:
+  """Restore the newest checkpoint that every process can load; set broken ones aside.
+
+  The saved config is compared with `config` first, so a run with another model is
+  refused (its checkpoints untouched) instead of being mistaken for a corrupt one.
+  All processes of a multi-host job vote on each step (`parallel.agree`): a step one
+  of them cannot read is set aside by all, and all restore the same older step.
+  """
+  for step in sorted(ckpts.latest.all_steps(), reverse=True):
+    error: Optional[Exception] = None
+    try:
+      meta = read_meta(ckpts.latest, step)
+    except Exception as e:  # noqa: BLE001 - missing / truncated meta: a broken step
+      error = e
+    if parallel.agree(error is None, min):
+      conflicts = config_conflicts(meta["config"], config)
+      if conflicts:
+        ckpts.close()
+        raise ValueError(
+            f"{ckpts.workdir} holds a run with a different configuration ({'; '.join(conflicts)}). "
+            f"Use a new --workdir, or start a new run from its weights with "
+            f"--config.restore_from={ckpts.workdir}")
+      try:
+        state = restore(ckpts.latest, template, step)[0]
+      except Exception as e:  # noqa: BLE001 - truncated / missing array files
+        error = e
+      if parallel.agree(error is None, min):
+        return state
+    _set_aside(ckpts, step, error)
+  return None
+
+
+def _set_aside(ckpts: Checkpoints, step: int, error: Optional[Exception]) -> None:
+  """Rename a broken step to corrupt-<step>-<time> (kept for inspection), on every process."""
+  path = ckpts.workdir / SUBDIRS["latest"] / str(step)
+  aside = path.parent / f"corrupt-{step}-{int(time.time())}"
+  why = (f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
+         if error is not None else "another process could not read it")
+  log.error("checkpoint %s is corrupt or incomplete (%s); moved to %s, trying an older one",
+            path, why, aside)
+  if jax.process_count() > 1:  # every process is done reading before it moves
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(f"cnn_jax set aside {step} (1)")
+  if jax.process_index() == 0 and path.exists():
+    path.rename(aside)
+  if jax.process_count() > 1:  # ... and nobody lists the directory before it has moved
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(f"cnn_jax set aside {step} (2)")
+  ckpts.latest.reload()
+
+
+# ------------------------------------------------------------------- inference
+def _read_only_manager(workdir: PathLike, which: str) -> ocp.CheckpointManager:
+  if which not in SUBDIRS:
+    raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
+  path = epath.Path(workdir) / SUBDIRS[which]
+  if not path.is_dir():
+    raise FileNotFoundError(f"no {which} checkpoints in {workdir} (looked for {path}); "
+                            "train first with `cnn-jax train --workdir ...`")
+  return ocp.CheckpointManager(
+      path, item_handlers={"state": ocp.StandardCheckpointHandler(),
+                           "meta": ocp.JsonCheckpointHandler()},
+      options=ocp.CheckpointManagerOptions(create=False, read_only=True))
+
+
+def load_checkpoint(workdir: PathLike, which: str = "best", step: Optional[int] = None
+                    ) -> tuple[dict[str, Any], dict[str, Any], int]:
+  """(state tree, meta, step) of the best (or latest) checkpoint of a run.
+
+  A run without a best checkpoint (no validation split) falls back to its latest one.
+  """
+  if which == "best" and not (epath.Path(workdir) / SUBDIRS["best"]).is_dir():
+    log.info("%s has no best/ checkpoint (no validation split?): using the latest", workdir)
+    which = "latest"
+  mngr = _read_only_manager(workdir, which)
+  try:
+    if which == "best" and step is None:
+      step = mngr.best_step() or mngr.latest_step()
+    step = mngr.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"the {which} checkpoint directory of {workdir} holds no step")
+    # Restore onto this process's first device whatever mesh the run was saved from, so a
+    # checkpoint of 8 GPUs (or 2 hosts) loads on a laptop.
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree_util.tree_map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+        mngr.item_metadata(step)["state"])
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+  finally:
+    mngr.close()
+  return restored["state"], restored["meta"], step
+
+
+def variables_from_tree(tree: dict[str, Any]) -> dict[str, Any]:
+  """The model variables of a restored state tree: params and batch_stats, as numpy."""
+  variables = {"params": tree["params"]}
+  if tree.get("batch_stats"):
+    variables["batch_stats"] = tree["batch_stats"]
+  return jax.tree_util.tree_map(np.asarray, variables)
+
+
+def load_variables(workdir: PathLike, which: str = "best") -> dict[str, Any]:
+  """params and batch_stats only (the optimizer state is dropped)."""
+  return variables_from_tree(load_checkpoint(workdir, which)[0])

@@ -1,7 +1,7 @@
 """`cnn-jax` command line: a thin layer over the trainer and the library.
 
   cnn-jax train   --config experiments/mnist_lenet.py[:smoke] --workdir W [--config.KEY=VALUE ...]
-  cnn-jax eval    --workdir W [--which best|latest]
+  cnn-jax eval    --workdir W [--which best|latest] [--split test|validation|SPLIT]
   cnn-jax predict --workdir W IMAGE [IMAGE ...]   (or --model resnet50 --weights resnet50.pth)
   cnn-jax summary MODEL [--input 32x32x1] [--depth 2]
   cnn-jax prepare DATASET --raw_dir DIR [--data_dir DIR]
@@ -48,11 +48,12 @@ def _train(argv: Sequence[str]) -> int:
     print("cnn-jax train: --config and --workdir are required", file=sys.stderr)
     return 2
   from cnn_jax import distributed
-  from cnn_jax.training import trainer
+  from cnn_jax.training import guards, setup, trainer
+  setup.request_determinism(fv.config)  # XLA reads its flags when the backend starts
   distributed.initialize(fv.config.get("distributed"))  # before anything touches the devices
   try:
     result = trainer.train_and_evaluate(fv.config, fv.workdir)
-  except trainer.Preempted as e:
+  except guards.Preempted as e:
     print(f"cnn-jax train: {e}", file=sys.stderr)
     return e.exit_code
   result.pop("state", None)
@@ -61,26 +62,32 @@ def _train(argv: Sequence[str]) -> int:
 
 
 def _eval(argv: Sequence[str]) -> int:
-  p = argparse.ArgumentParser("cnn-jax eval", description="Evaluate a trained run on its eval split.")
+  p = argparse.ArgumentParser("cnn-jax eval", description="Evaluate a trained run on a split.")
   p.add_argument("--workdir", required=True)
-  p.add_argument("--which", default="best", choices=["best", "latest"])
-  p.add_argument("--split", default=None, help="split to evaluate (default: the run's eval split)")
+  p.add_argument("--which", default="best", choices=["best", "latest"],
+                 help="best: the best-on-validation checkpoint; latest: the final one")
+  p.add_argument("--split", default="test",
+                 help="test (default), validation, or a tfds split such as 'train[:10%%]'")
   p.add_argument("--data_dir", default=None)
   args = p.parse_args(argv)
   from cnn_jax import inference
-  from cnn_jax.training import trainer
+  from cnn_jax.training import evaluation, setup
   import jax
   model, variables, config = inference.load(args.workdir, args.which)
-  if args.split:
-    config.dataset.eval_split = args.split
+  ds = config.dataset
+  split = {"test": ds.get("test_split") or "test",
+           "validation": ds.get("val_split")}.get(args.split, args.split)
+  if not split:
+    raise ValueError(f"the run in {args.workdir} has no validation split; pass --split SPLIT")
+  ds.test_split, ds.val_split = split, ""
   if args.data_dir:
-    config.dataset.data_dir = args.data_dir
-  config.dataset.max_eval_examples = None
-  s = trainer.setup(config)
-  state = trainer.with_variables(s.compiled.init_state(jax.random.key(0)), variables)
-  metrics = trainer.evaluate(s, state)
-  print(json.dumps({"workdir": args.workdir, "which": args.which,
-                    "split": config.dataset.eval_split, **metrics}, indent=2))
+    ds.data_dir = args.data_dir
+  ds.max_eval_examples = None
+  s = setup.setup(config, for_training=False)
+  state = evaluation.with_variables(s.compiled.init_state(jax.random.key(0)), variables)
+  metrics = evaluation.evaluate(s, state, s.test_data)
+  print(json.dumps({"workdir": args.workdir, "which": args.which, "split": split, **metrics},
+                   indent=2))
   return 0
 
 

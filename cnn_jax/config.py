@@ -15,6 +15,7 @@ from ml_collections.config_dict import placeholder
 
 # Sub-configs whose keys are free-form (passed straight to a constructor).
 FREE_FORM = ("model_kwargs",)
+MATMUL_PRECISIONS = ("default", "high", "highest")
 
 
 def base_config() -> ConfigDict:
@@ -28,12 +29,15 @@ def base_config() -> ConfigDict:
   c.dataset.name = "mnist"
   c.dataset.data_dir = placeholder(str)              # tfds data_dir (env CNN_JAX_DATA_DIR / TFDS_DATA_DIR)
   c.dataset.raw_dir = placeholder(str)               # original files for tfds manual_dir (env CNN_JAX_RAW_DIR)
-  c.dataset.train_split = "train"
-  c.dataset.eval_split = "test"
+  # Model selection (best/) uses the validation split, never the test split: by default a
+  # held-out tenth of train (tfds split slicing). Test is evaluated once, at the end.
+  c.dataset.train_split = "train[:90%]"
+  c.dataset.val_split = "train[90%:]"    # "" : no validation (no per-epoch eval, no best/)
+  c.dataset.test_split = "test"          # "" : no test evaluation at the end
   c.dataset.image_size = placeholder(tuple)            # (H, W) to centre-pad / crop to, e.g. (32, 32) for LeNet
   c.dataset.allow_download = True
   c.dataset.max_train_examples = placeholder(int)    # for smoke runs
-  c.dataset.max_eval_examples = placeholder(int)
+  c.dataset.max_eval_examples = placeholder(int)    # validation and test
 
   c.augment = ConfigDict()
   c.augment.crop_padding = 0             # random crop after zero padding (translation)
@@ -63,6 +67,14 @@ def base_config() -> ConfigDict:
   c.optimizer.accumulate_steps = 1       # gradient accumulation (optax.MultiSteps)
 
   c.parallel = "sharded"                 # sharded (jit over a Mesh) | pmap
+  # Numerics (docs: README "What is exact where"). "default" is XLA's: float32 on CPU,
+  # TF32 convolutions / matmuls on Ampere+ GPUs, bf16 passes on TPU — fast, and what a
+  # PyTorch user gets by default for convolutions. "highest" gives full float32 everywhere.
+  c.matmul_precision = "default"         # default | high | highest
+  # True: XLA's deterministic GPU ops (--xla_gpu_deterministic_ops; slower scatters and
+  # reductions), so a resumed GPU run is bit-identical too. CPU runs are deterministic anyway.
+  c.deterministic = False
+  c.freeze = ()                          # parameter prefixes to freeze, e.g. ("conv1", "layer1")
 
   # Multi-host start-up (see cnn_jax/distributed.py); every key may stay unset: the
   # SLURM / TPU environment is detected, and one process needs nothing.
@@ -79,7 +91,8 @@ def base_config() -> ConfigDict:
   c.eval_every_epochs = 1
   c.checkpoint_every_steps = 0           # 0: only at the end of each epoch
   c.keep_checkpoints = 3
-  c.best_metric = "accuracy"             # eval metric that picks the best checkpoint
+  c.best_metric = "accuracy"             # validation metric that picks the best checkpoint
+  c.best_mode = "auto"                   # max | min | auto (min for names with loss / error)
   c.async_checkpointing = True
   c.restore_from = placeholder(str)                  # start a new run from another run's weights
   c.skip_nonfinite_steps = False         # skip NaN / inf steps instead of stopping
@@ -109,6 +122,11 @@ def validate(config: ConfigDict) -> ConfigDict:
     raise ValueError(f"eval_batch_size must be a positive integer, got {config.eval_batch_size!r}")
   if config.num_epochs <= 0:
     raise ValueError(f"num_epochs must be positive, got {config.num_epochs}")
+  if config.best_mode not in ("auto", "max", "min"):
+    raise ValueError(f"best_mode must be 'auto', 'max' or 'min', got {config.best_mode!r}")
+  if config.matmul_precision not in MATMUL_PRECISIONS:
+    raise ValueError(f"matmul_precision must be one of {MATMUL_PRECISIONS}, got "
+                     f"{config.matmul_precision!r}")
   if config.parallel not in ("sharded", "pmap"):
     raise ValueError(f"parallel must be 'sharded' or 'pmap', got {config.parallel!r}")
   return config
@@ -122,3 +140,15 @@ def smoke_variant(c: ConfigDict) -> ConfigDict:
   c.batch_size = 64
   c.eval_batch_size = 128
   return c
+
+
+def best_mode(config: ConfigDict) -> str:
+  """'min' or 'max': how `config.best_metric` ranks checkpoints.
+
+  "auto" minimises metrics whose name says they are losses or errors (loss, error_rate,
+  top5_error) and maximises everything else (accuracy, top5_accuracy).
+  """
+  if config.best_mode != "auto":
+    return config.best_mode
+  name = (config.best_metric or "").lower()
+  return "min" if ("loss" in name or "error" in name) else "max"

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 PMAP_AXIS = "batch"
 DATA_AXIS = "data"
@@ -30,9 +30,27 @@ MODES = ("sharded", "pmap")
 
 
 def make_mesh(devices: Any = None) -> Mesh:
-  """A 1-D mesh over all (global) devices with the single axis "data"."""
-  devices = jax.devices() if devices is None else devices
-  return Mesh(np.asarray(devices), (DATA_AXIS,))
+  """A 1-D mesh over all (global) devices with the single axis "data".
+
+  `jax.make_mesh` (it orders devices for the interconnect). Its axes default to Explicit
+  sharding in jax 0.10, where reshaping a batch sharded along its first axis is an
+  error; the steps rely on XLA propagating shardings, so the axis is Auto.
+  """
+  devices = jax.devices() if devices is None else list(devices)
+  return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,),
+                       devices=devices)
+
+
+def agree(value: int, reduce: Callable[[list[int]], int]) -> int:
+  """The same integer on every process: `reduce` (min / max) over all processes' values.
+
+  Used wherever processes must take the same branch (steps per epoch, eval batches, a
+  signal, which checkpoint to restore), or one of them waits forever in a collective.
+  """
+  if jax.process_count() == 1:
+    return int(value)
+  from jax.experimental import multihost_utils
+  return int(reduce(np.asarray(multihost_utils.process_allgather(np.int32(value))).tolist()))
 
 
 def check_batch_size(global_batch: int, what: str = "batch_size") -> int:
@@ -86,6 +104,9 @@ def compile_steps(mode: str, init_fn: Callable[[jax.Array], Any], train_fn: Call
 
   if mode == "pmap":
     n_local = jax.local_device_count()
+    local = jax.make_mesh((n_local,), (PMAP_AXIS,), axis_types=(AxisType.Auto,),
+                          devices=jax.local_devices())
+    per_device = NamedSharding(local, P(PMAP_AXIS))
     init = jax.jit(init_fn)
     train = jax.pmap(functools.partial(train_fn, axis_name=PMAP_AXIS), axis_name=PMAP_AXIS,
                      in_axes=(None, 0), out_axes=(None, None))
@@ -93,8 +114,11 @@ def compile_steps(mode: str, init_fn: Callable[[jax.Array], Any], train_fn: Call
                         in_axes=(None, 0), out_axes=None)
 
     def put_batch(batch):
-      return {k: v.reshape((n_local, v.shape[0] // n_local) + v.shape[1:])
-              for k, v in batch.items()}
+      # (n_local, per_device, ...) with row i already on local device i: the copy starts
+      # now (asynchronously, so prefetch overlaps it with the running step), and pmap
+      # finds each slice where it needs it.
+      return {k: jax.device_put(v.reshape((n_local, v.shape[0] // n_local) + v.shape[1:]),
+                                per_device) for k, v in batch.items()}
 
     return Compiled(mode, init, train, evaluate, put_batch, None)
 

@@ -1,46 +1,67 @@
-"""Metrics to JSON lines and TensorBoard (tensorboardX), from process 0 only."""
+"""Metrics to JSON lines and TensorBoard (tensorboardX), from process 0 only.
+
+The work directory is an `etils.epath` path. Object stores (gs://) cannot append to a
+file, so for a remote work directory the lines are kept and the whole file is
+rewritten on each flush; a local file is appended to and flushed line by line.
+"""
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Any, Mapping, Optional
 
 import jax
 import numpy as np
+from etils import epath
+
+from cnn_jax.training import workdir as workdir_lib
 
 
 class MetricWriter:
   """Writes `{"step", "time", <prefix>/<name>: value}` lines to metrics.jsonl and TB events."""
 
-  def __init__(self, workdir: str, enabled: Optional[bool] = None, tensorboard: bool = True):
+  def __init__(self, workdir: workdir_lib.PathLike, enabled: Optional[bool] = None,
+               tensorboard: bool = True):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self.path = epath.Path(workdir) / "metrics.jsonl"
+    self._remote = workdir_lib.is_remote(workdir)
+    self._lines: list[str] = []
     self._tb = None
     self._file = None
     if self.enabled:
-      os.makedirs(workdir, exist_ok=True)
-      self._file = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      self.path.parent.mkdir(parents=True, exist_ok=True)
+      if self._remote:
+        self._lines = self.path.read_text().splitlines(True) if self.path.exists() else []
+      else:
+        self._file = self.path.open("a")
       if tensorboard:
         from tensorboardX import SummaryWriter
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self._tb = SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
 
   def write(self, step: int, metrics: Mapping[str, Any], prefix: str) -> None:
     if not self.enabled:
       return
     values = {f"{prefix}/{k}": float(np.asarray(v)) for k, v in metrics.items()}
-    self._file.write(json.dumps({"step": int(step), "time": time.time(), **values}) + "\n")
-    self._file.flush()
+    line = json.dumps({"step": int(step), "time": time.time(), **values}) + "\n"
+    if self._remote:
+      self._lines.append(line)
+    else:
+      self._file.write(line)
+      self._file.flush()
     if self._tb is not None:
       for k, v in values.items():
         self._tb.add_scalar(k, v, int(step))
 
   def flush(self) -> None:
+    if self._remote and self.enabled:
+      self.path.write_text("".join(self._lines))
     if self._file:
       self._file.flush()
     if self._tb is not None:
       self._tb.flush()
 
   def close(self) -> None:
+    self.flush()
     if self._file:
       self._file.close()
       self._file = None
@@ -49,7 +70,7 @@ class MetricWriter:
       self._tb = None
 
 
-def read_metrics(workdir: str) -> list[dict[str, Any]]:
+def read_metrics(workdir: workdir_lib.PathLike) -> list[dict[str, Any]]:
   """All lines of a run's metrics.jsonl."""
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  text = (epath.Path(workdir) / "metrics.jsonl").read_text()
+  return [json.loads(line) for line in text.splitlines() if line.strip()]

@@ -1,7 +1,7 @@
 """Optimizers and learning-rate schedules from optax, chosen by config."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import jax
 import optax
@@ -11,10 +11,14 @@ OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "piecewise", "onecycle", "exponential")
 
 
-def make_schedule(cfg: ConfigDict, steps_per_epoch: int, num_epochs: int) -> optax.Schedule:
-  """Learning-rate schedule over the whole run; epochs in the config become steps."""
+def make_schedule(cfg: ConfigDict, steps_per_epoch: float, num_epochs: int) -> optax.Schedule:
+  """Learning-rate schedule over the whole run, counted in optimizer updates.
+
+  Epochs in the config become updates (`steps_per_epoch` may be fractional: with
+  gradient accumulation an epoch of 10 micro-batches is 2.5 updates of 4).
+  """
   lr = cfg.learning_rate
-  total = max(1, steps_per_epoch * num_epochs)
+  total = max(1, int(steps_per_epoch * num_epochs))
   warmup = int(cfg.get("warmup_epochs", 0) * steps_per_epoch)
   name = cfg.get("schedule", "constant")
   if name == "constant":
@@ -33,7 +37,7 @@ def make_schedule(cfg: ConfigDict, steps_per_epoch: int, num_epochs: int) -> opt
   if name == "onecycle":
     return optax.cosine_onecycle_schedule(total, lr)
   if name == "exponential":
-    return optax.exponential_decay(lr, steps_per_epoch, cfg.get("decay_rate", 0.95))
+    return optax.exponential_decay(lr, max(1, round(steps_per_epoch)), cfg.get("decay_rate", 0.95))
   raise ValueError(f"unknown schedule {name!r}; choose one of {SCHEDULES}")
 
 
@@ -42,10 +46,24 @@ def _decay_mask(params: Any) -> Any:
   return jax.tree_util.tree_map(lambda p: p.ndim > 1, params)
 
 
-def make_optimizer(cfg: ConfigDict, steps_per_epoch: int, num_epochs: int
-                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """Build the optax transformation described by `cfg` (config.optimizer)."""
-  sched = make_schedule(cfg, steps_per_epoch, num_epochs)
+def make_optimizer(cfg: ConfigDict, steps_per_epoch: int, num_epochs: int, *,
+                   skip_nonfinite: bool = False, frozen: Sequence[str] = (),
+                   params: Any = None) -> tuple[optax.GradientTransformation, Callable[[int], float]]:
+  """The optax transformation described by `cfg` (config.optimizer).
+
+  steps_per_epoch counts train steps (micro-batches). With `accumulate_steps` k,
+  `optax.MultiSteps` applies one update every k steps and the wrapped schedule advances
+  once per *update*, so the schedule is built over steps_per_epoch / k updates per epoch
+  (built over micro-steps, a cosine would end at 0.92 of its peak instead of 0 for k=4).
+
+  Returns (tx, learning_rate): learning_rate(step) is the rate the update made at train
+  step `step` (0-based) applies, what the loop logs.
+  skip_nonfinite: `optax.apply_if_finite` drops updates with a NaN / inf gradient.
+  frozen: parameter path prefixes (needs `params`, a pytree of arrays or shapes) that
+  get zero updates (`transfer.freeze`).
+  """
+  k = max(1, int(cfg.get("accumulate_steps", 1)))
+  sched = make_schedule(cfg, steps_per_epoch / k, num_epochs)
   name = cfg.name
   wd = cfg.get("weight_decay", 0.0)
   if name == "adamw":
@@ -67,6 +85,11 @@ def make_optimizer(cfg: ConfigDict, steps_per_epoch: int, num_epochs: int
     tx = optax.chain(optax.add_decayed_weights(wd, _decay_mask), base) if wd else base
   if cfg.get("grad_clip_norm"):
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
-  if cfg.get("accumulate_steps", 1) > 1:
-    tx = optax.MultiSteps(tx, every_k_schedule=cfg.accumulate_steps)
-  return tx, sched
+  if frozen:
+    from cnn_jax import transfer
+    tx = transfer.freeze(tx, params, frozen)
+  if k > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=k)
+  if skip_nonfinite:  # outermost: a non-finite micro-batch never reaches the accumulator
+    tx = optax.apply_if_finite(tx, max_consecutive_errors=2**30)
+  return tx, lambda step: float(sched(int(step) // k))

@@ -1,15 +1,21 @@
-"""Pure train / eval steps, shared by every parallel mode.
+"""The one train step and the one eval step, shared by every parallel mode and task.
 
 `axis_name` is None under `jit` (sharded or single device: XLA inserts the collectives
 from the shardings) and the pmap axis name under `jax.pmap`, where gradients, metrics
 and batch-norm statistics are averaged explicitly with `lax.pmean`.
+
+The same `train_step` trains a classifier (the default loss), a localizer or detector
+(pass `loss_fn`), and a partly frozen network (`frozen`: the optimizer gives frozen
+parameters zero updates, see `transfer.freeze`; the step puts back the batch-norm
+statistics a train-mode pass would have moved in frozen layers).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax import lax
 
 from cnn_jax.training import losses
@@ -17,6 +23,11 @@ from cnn_jax.training.train_state import TrainState, variables_of
 
 Batch = dict[str, jax.Array]
 PreprocessFn = Callable[[jax.Array, jax.Array, bool], jax.Array]
+LossFn = Callable[[Any, Batch], tuple[jax.Array, dict[str, jax.Array]]]
+
+# GoogLeNet (Szegedy et al. 2015, section 5): "the loss of the auxiliary classifiers was
+# weighted by 0.3" and added to the main loss during training.
+AUX_LOSS_WEIGHT = 0.3
 
 
 def step_rngs(state: TrainState, axis_name: Optional[str] = None) -> tuple[jax.Array, jax.Array]:
@@ -33,55 +44,79 @@ def step_rngs(state: TrainState, axis_name: Optional[str] = None) -> tuple[jax.A
   return aug_rng, dropout_rng
 
 
-def train_step(state: TrainState, batch: Batch, *, preprocess: PreprocessFn,
-               label_smoothing: float = 0.0, axis_name: Optional[str] = None,
-               skip_nonfinite: bool = False) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One SGD step on `batch` ({'image': uint8 NHWC, 'label': int}); returns new state, metrics.
+def classification_loss(outputs: Any, batch: Batch, label_smoothing: float = 0.0
+                        ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Mean cross entropy, top-1 / top-5 accuracy of the main logits.
 
-  With skip_nonfinite, a step whose loss or gradients are not finite leaves the state
-  unchanged (apart from the step counter) instead of poisoning the parameters.
+  outputs may be (logits, aux1, aux2, ...) — GoogLeNet with aux_logits in train mode —
+  in which case each auxiliary cross entropy is added with weight 0.3, as in the paper.
   """
-  aug_rng, dropout_rng = step_rngs(state, axis_name)
-  images = preprocess(batch["image"], aug_rng, True)
   labels = batch["label"]
+  logits, aux = (outputs[0], outputs[1:]) if isinstance(outputs, (tuple, list)) else (outputs, ())
+  loss = losses.cross_entropy(logits, labels, label_smoothing).mean()
+  metrics = {"accuracy": jnp.mean(losses.topk_correct(logits, labels, 1)),
+             "top5_accuracy": jnp.mean(losses.topk_correct(logits, labels, 5))}
+  if aux:
+    metrics["main_loss"] = loss
+    loss = loss + AUX_LOSS_WEIGHT * sum(
+        losses.cross_entropy(a, labels, label_smoothing).mean() for a in aux)
+  return loss, metrics
+
+
+def train_step(state: TrainState, batch: Batch, *, preprocess: Optional[PreprocessFn] = None,
+               loss_fn: Optional[LossFn] = None, label_smoothing: float = 0.0,
+               axis_name: Optional[str] = None, frozen: Sequence[str] = (),
+               matmul_precision: str = "default") -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer step on `batch` ({'image': uint8 NHWC, 'label': int, ...}).
+
+  preprocess(images, rng, train) turns stored images into model input (None: as is).
+  loss_fn(model outputs, batch) -> (loss, metrics); default `classification_loss`.
+  A step whose gradient is not finite is dropped by the optimizer when it is wrapped in
+  `optax.apply_if_finite` (config.skip_nonfinite_steps); its batch statistics are then
+  dropped too, and metrics['skipped'] says so.
+  """
+  from cnn_jax import transfer  # freeze helpers; transfer imports no training module
+  loss_fn = loss_fn or (lambda out, b: classification_loss(out, b, label_smoothing))
+  aug_rng, dropout_rng = step_rngs(state, axis_name)
+  images = batch["image"] if preprocess is None else preprocess(batch["image"], aug_rng, True)
   has_bn = bool(state.batch_stats)
 
-  def loss_fn(params):
-    out = state.apply_fn({**variables_of(state), "params": params}, images, train=True, rngs={"dropout": dropout_rng},
+  def total_loss(params):
+    out = state.apply_fn({**variables_of(state), "params": params}, images, train=True,
+                         rngs={"dropout": dropout_rng},
                          mutable=["batch_stats"] if has_bn else False)
-    logits, updates = out if has_bn else (out, {})
-    loss = losses.cross_entropy(logits, labels, label_smoothing).mean()
-    return loss, (logits, updates)
+    outputs, updates = out if has_bn else (out, {})
+    loss, metrics = loss_fn(outputs, batch)
+    return loss, (metrics, updates)
 
-  (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  metrics = {"loss": loss,
-             "accuracy": jnp.mean(losses.topk_correct(logits, labels, 1)),
-             "top5_accuracy": jnp.mean(losses.topk_correct(logits, labels, 5))}
+  with jax.default_matmul_precision(matmul_precision):
+    (loss, (metrics, updates)), grads = jax.value_and_grad(total_loss, has_aux=True)(state.params)
+  metrics = {"loss": loss, **metrics}
   new_stats = updates.get("batch_stats", state.batch_stats)
   if axis_name is not None:
     grads = lax.pmean(grads, axis_name)
     metrics = lax.pmean(metrics, axis_name)
     new_stats = lax.pmean(new_stats, axis_name)  # keep every replica's statistics equal
+  if frozen and has_bn:
+    new_stats = transfer.restore_frozen(new_stats, state.batch_stats, frozen)
   new_state = state.apply_gradients(grads=grads, batch_stats=new_stats)
-  metrics["grad_norm"] = _global_norm(grads)
-  if skip_nonfinite:
-    finite = (jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
-              & jnp.isfinite(_global_norm(new_state.params)))
-    new_state = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new_state,
-                                       state.replace(step=state.step + 1))
+  metrics["grad_norm"] = optax.global_norm(grads)
+  if isinstance(new_state.opt_state, optax.ApplyIfFiniteState):
+    finite = new_state.opt_state.last_finite
+    new_state = new_state.replace(batch_stats=jax.tree_util.tree_map(
+        lambda n, o: jnp.where(finite, n, o), new_state.batch_stats, state.batch_stats))
     metrics["skipped"] = 1.0 - finite.astype(jnp.float32)
   return new_state, metrics
 
 
-def _global_norm(tree: Any) -> jax.Array:
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
-
-
-def eval_step(state: TrainState, batch: Batch, *, preprocess: PreprocessFn,
-              axis_name: Optional[str] = None) -> dict[str, jax.Array]:
+def eval_step(state: TrainState, batch: Batch, *, preprocess: Optional[PreprocessFn] = None,
+              axis_name: Optional[str] = None, matmul_precision: str = "default"
+              ) -> dict[str, jax.Array]:
   """Sums (not means) of loss / correct over the real examples of `batch` (its `mask`)."""
-  images = preprocess(batch["image"], jax.random.key(0), False)
-  logits = state.apply_fn(variables_of(state), images, train=False)
+  images = batch["image"] if preprocess is None else preprocess(batch["image"],
+                                                                jax.random.key(0), False)
+  with jax.default_matmul_precision(matmul_precision):
+    logits = state.apply_fn(variables_of(state), images, train=False)
   mask = batch.get("mask", jnp.ones(logits.shape[0], jnp.float32))
   sums = {"loss": jnp.sum(losses.cross_entropy(logits, batch["label"]) * mask),
           "correct": jnp.sum(losses.topk_correct(logits, batch["label"], 1) * mask),

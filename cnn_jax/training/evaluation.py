@@ -1,0 +1,64 @@
+"""Evaluation: every example of a split counted once, on every process alike.
+
+Per epoch the loop evaluates the *validation* split and keeps the best checkpoint by it;
+the *test* split is evaluated only at the end of a run — for the final state and for
+the best-on-validation one — so no choice is ever made on test data.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional
+
+import jax
+
+from cnn_jax import checkpoint as ckpt_lib
+from cnn_jax import parallel
+from cnn_jax.data import input_pipeline
+from cnn_jax.training.setup import Setup
+from cnn_jax.training.train_state import TrainState
+
+log = logging.getLogger("cnn_jax")
+
+
+def evaluate(s: Setup, state: TrainState, data: input_pipeline.Split) -> dict[str, float]:
+  """Loss / top-1 / top-5 over every example of this process's share of `data`."""
+  per_process = s.config.eval_batch_size // jax.process_count()
+  totals: dict[str, float] = {}
+  num_batches = parallel.agree(-(-len(data) // per_process), max)
+  for batch in input_pipeline.eval_batches(data, per_process, num_batches):
+    sums = jax.device_get(s.compiled.eval_step(state, s.compiled.put_batch(batch)))
+    for k, v in sums.items():
+      totals[k] = totals.get(k, 0.0) + float(v)
+  n = max(totals.get("count", 0.0), 1.0)
+  return {"loss": totals["loss"] / n, "accuracy": totals["correct"] / n,
+          "top5_accuracy": totals["top5_correct"] / n, "num_examples": totals["count"]}
+
+
+def with_variables(state: TrainState, variables: dict[str, Any]) -> TrainState:
+  """`state` with the params (and batch_stats, if any) of `variables`; the rest unchanged."""
+  return state.replace(params=variables["params"],
+                       batch_stats=variables.get("batch_stats", state.batch_stats))
+
+
+def best_state(s: Setup, state: TrainState, ckpts: ckpt_lib.Checkpoints
+               ) -> tuple[Optional[TrainState], Optional[int]]:
+  """The best-on-validation checkpoint restored into `state`'s shardings, and its step."""
+  if ckpts.best is None or ckpts.best.best_step() is None:
+    return None, None
+  step = ckpts.best.best_step()
+  try:
+    return ckpt_lib.restore(ckpts.best, state, step)[0], step
+  except Exception as e:  # noqa: BLE001 - a damaged best/ must not cost the final report
+    log.error("could not read the best checkpoint (step %s) for the test report: %s", step, e)
+    return None, None
+
+
+def test_report(s: Setup, state: TrainState, ckpts: ckpt_lib.Checkpoints) -> dict[str, Any]:
+  """Test metrics of the final state and of the best-on-validation checkpoint."""
+  if s.test_data is None:
+    return {}
+  report: dict[str, Any] = {"test": evaluate(s, state, s.test_data)}
+  best, step = best_state(s, state, ckpts)
+  if best is not None:
+    report["test_best"] = {**evaluate(s, best, s.test_data), "step": step}
+  return report

@@ -1,0 +1,90 @@
+"""What stops a run cleanly: preemption signals, a non-finite loss, out-of-memory.
+
+The loop asks these at its log / checkpoint steps; each one ends the run with a
+checkpoint saved and a message that says what happened and what to do.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+from ml_collections import ConfigDict
+
+from cnn_jax import parallel
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training produced a NaN or infinite loss."""
+
+
+class Preempted(Exception):
+  """A SIGTERM / SIGINT / SIGUSR1 arrived; the state was checkpointed. Carries the signal."""
+
+  def __init__(self, signum: int, step: int, path: Optional[str]):
+    super().__init__(f"received {signal.Signals(signum).name}: saved a checkpoint at step {step} "
+                     f"({path}); run the same command again to resume")
+    self.signum, self.step, self.path = signum, step, path
+
+  @property
+  def exit_code(self) -> int:
+    return 128 + self.signum
+
+
+class SignalFlag:
+  """Records SIGTERM / SIGINT / SIGUSR1 instead of dying, so the loop can checkpoint first.
+
+  SLURM sends SIGUSR1 before a job's time limit (launch/slurm.sbatch), a scheduler
+  SIGTERM before preemption, a user Ctrl-C (a second Ctrl-C stops at once).
+  """
+  SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+  def __init__(self):
+    self.signum: Optional[int] = None
+    self._old: dict = {}
+
+  def __enter__(self) -> "SignalFlag":
+    if threading.current_thread() is threading.main_thread():
+      for sig in self.SIGNALS:
+        self._old[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    if self.signum is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signum = signum
+
+  def __exit__(self, *exc):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+  def raised(self) -> Optional[int]:
+    """The signal, agreed on by every process (any one of them seeing it counts)."""
+    return parallel.agree(self.signum or 0, max) or None
+
+
+@jax.jit
+def all_finite(tree: Any) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+
+
+def non_finite_error(loss: float, step: int, last_finite: tuple[int, Optional[float]],
+                     last_good_checkpoint: str) -> NonFiniteLossError:
+  return NonFiniteLossError(
+      f"loss became {loss} by step {step} (last finite loss {last_finite[1]} at step "
+      f"{last_finite[0]}). Last good checkpoint: {last_good_checkpoint}. Lower the learning "
+      "rate, set --config.optimizer.grad_clip_norm, or skip such steps with "
+      "--config.skip_nonfinite_steps=True.")
+
+
+def oom_hint(e: Exception, config: ConfigDict) -> Exception:
+  """An out-of-memory error turned into one that says which setting to change."""
+  if "RESOURCE_EXHAUSTED" in str(e) or "Out of memory" in str(e):
+    return MemoryError(
+        f"batch_size={config.batch_size} of model {config.model!r} does not fit in device memory "
+        f"({str(e).splitlines()[0][:200]}). Use a smaller --config.batch_size, or keep the effective "
+        f"batch with gradient accumulation, e.g. --config.batch_size={max(1, config.batch_size // 4)} "
+        "--config.optimizer.accumulate_steps=4")
+  return e

@@ -1,0 +1,161 @@
+"""Everything a run needs before its first step, built from the config by plain functions.
+
+`setup(config)` validates the config, loads the train / validation / test splits, checks
+that they fit the model (before anything compiles), builds model, optimizer and
+preprocessing, and compiles the steps for the chosen parallel mode.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any, Callable, Optional
+
+import jax
+from ml_collections import ConfigDict
+
+from cnn_jax import config as config_lib
+from cnn_jax import models, parallel
+from cnn_jax.data import augment, input_pipeline
+from cnn_jax.training import optim, steps
+from cnn_jax.training.train_state import create_train_state
+
+DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops=true"
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything built from a config before the first step."""
+  config: ConfigDict
+  model: Any
+  input_shape: tuple[int, int, int]     # what the model sees (after pad / crop)
+  data_shape: tuple[int, int, int]      # what the data set stores (what predict must feed)
+  num_classes: int
+  preprocess: steps.PreprocessFn
+  train_data: Optional[input_pipeline.Split]
+  val_data: Optional[input_pipeline.Split]
+  test_data: Optional[input_pipeline.Split]
+  steps_per_epoch: int
+  compiled: parallel.Compiled
+  learning_rate: Callable[[int], float]  # the rate applied at a train step (logged)
+
+
+def build_model(config: ConfigDict, num_classes: int) -> Any:
+  """The registered model with num_classes and, under pmap, cross-device batch norm."""
+  kwargs = dict(config.model_kwargs.to_dict() if config.model_kwargs else {})
+  kwargs.setdefault("num_classes", num_classes)
+  cls = models.get_spec(config.model).factory
+  field_names = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+  if config.parallel == "pmap" and "axis_name" in field_names:
+    kwargs.setdefault("axis_name", parallel.PMAP_AXIS)  # cross-device batch norm
+  return models.get_model(config.model, **kwargs)
+
+
+def data_input_shape(config: ConfigDict, raw_shape: tuple[int, ...]) -> tuple[int, int, int]:
+  """The model input shape for stored images of `raw_shape` (dataset.image_size pads / crops)."""
+  h, w, c = raw_shape
+  if config.dataset.image_size:
+    h, w = config.dataset.image_size
+  return (h, w, c)
+
+
+def check_input(config: ConfigDict, data: input_pipeline.Split, num_classes: int,
+                split: str) -> None:
+  """Fail before compiling when a split (each checked by its own shape) cannot feed the model."""
+  got = data_input_shape(config, data.images.shape[1:])
+  expected = tuple(config.model_input_shape or models.input_shape(config.model))
+  if tuple(got) != expected:
+    hint = ""
+    if got[2] == expected[2]:
+      hint = (f" Set --config.dataset.image_size='({expected[0]}, {expected[1]})' to pad/crop the "
+              "images, or --config.model_input_shape to build the model for this size.")
+    raise ValueError(f"model {config.model!r} expects {expected[0]}x{expected[1]}x{expected[2]} "
+                     f"images but {config.dataset.name}/{split} gives "
+                     f"{got[0]}x{got[1]}x{got[2]}.{hint}")
+  if len(data.labels) and (data.labels.min() < 0 or data.labels.max() >= num_classes):
+    raise ValueError(f"{config.dataset.name}/{split} has labels in [{data.labels.min()}, "
+                     f"{data.labels.max()}] but the model has {num_classes} classes; set "
+                     "--config.model_kwargs.num_classes or fix the labels.")
+
+
+def request_determinism(config: ConfigDict) -> None:
+  """Ask XLA for deterministic GPU ops; must run before JAX starts its backend (the CLI does)."""
+  flags = os.environ.get("XLA_FLAGS", "")
+  if config.get("deterministic") and DETERMINISTIC_FLAG not in flags:
+    os.environ["XLA_FLAGS"] = f"{flags} {DETERMINISTIC_FLAG}".strip()
+
+
+def check_determinism(config: ConfigDict) -> None:
+  if (config.deterministic and jax.default_backend() == "gpu"
+      and DETERMINISTIC_FLAG not in os.environ.get("XLA_FLAGS", "")):
+    raise ValueError(
+        f"deterministic=True needs XLA_FLAGS={DETERMINISTIC_FLAG} before JAX starts (set it in the "
+        "environment, or use `cnn-jax train`, which sets it); without it GPU scatters and "
+        "reductions may differ from run to run.")
+
+
+def load_splits(config: ConfigDict, for_training: bool = True) -> dict[str, Any]:
+  """This process's share of the train (if for_training), validation and test splits."""
+  ds = config.dataset
+  load = functools.partial(input_pipeline.load_split, ds.name, data_dir=ds.data_dir,
+                           raw_dir=ds.raw_dir, process_index=jax.process_index(),
+                           process_count=jax.process_count(), allow_download=ds.allow_download)
+  return {
+      "train": load(ds.train_split, max_examples=ds.max_train_examples) if for_training else None,
+      "val": load(ds.val_split, max_examples=ds.max_eval_examples) if ds.val_split else None,
+      "test": load(ds.test_split, max_examples=ds.max_eval_examples) if ds.test_split else None,
+  }
+
+
+def setup(config: ConfigDict, train_data: Optional[input_pipeline.Split] = None,
+          val_data: Optional[input_pipeline.Split] = None,
+          test_data: Optional[input_pipeline.Split] = None, *, for_training: bool = True) -> Setup:
+  """Validate the config, load data, build model / optimizer and compile the steps.
+
+  Splits passed in memory are used as they are and nothing is loaded from the config;
+  otherwise the config's splits are loaded (train only when `for_training`).
+  """
+  config_lib.validate(config)
+  check_determinism(config)
+  per_process_batch = parallel.check_batch_size(config.batch_size)
+  parallel.check_batch_size(config.eval_batch_size, "eval_batch_size")
+  if train_data is None and val_data is None and test_data is None:
+    loaded = load_splits(config, for_training)
+    train_data, val_data, test_data = loaded["train"], loaded["val"], loaded["test"]
+  if for_training and train_data is None:
+    raise ValueError("no training data: set --config.dataset.train_split")
+  splits = {"train": (train_data, config.dataset.train_split),
+            "validation": (val_data, config.dataset.val_split),
+            "test": (test_data, config.dataset.test_split)}
+  present = [(d, name) for d, name in splits.values() if d is not None]
+  if not present:
+    raise ValueError("no data to evaluate: set --config.dataset.val_split or test_split")
+  first = present[0][0]
+  num_classes = int(config.model_kwargs.get("num_classes", first.num_classes))
+  for data, name in present:
+    check_input(config, data, num_classes, name)
+  data_shape = tuple(first.images.shape[1:])
+  input_shape = data_input_shape(config, data_shape)
+
+  mean, std = input_pipeline.normalization(config.dataset.name)
+  preprocess = augment.make_preprocess_fn(config.dataset.image_size, mean, std,
+                                          config.augment.crop_padding, config.augment.flip)
+  # Processes may hold a few examples more or less (even_splits): all take the smallest
+  # number of steps, or a collective would wait forever for the one that stopped.
+  spe = (parallel.agree(input_pipeline.steps_per_epoch(len(train_data), per_process_batch), min)
+         if train_data is not None else 1)
+  model = build_model(config, num_classes)
+  frozen = tuple(config.freeze or ())
+  params = models.abstract_variables(model, input_shape)["params"] if frozen else None
+  tx, learning_rate = optim.make_optimizer(config.optimizer, spe, config.num_epochs,
+                                           skip_nonfinite=config.skip_nonfinite_steps,
+                                           frozen=frozen, params=params)
+  init_fn = lambda rng: create_train_state(model, tx, rng, input_shape)
+  train_fn = functools.partial(steps.train_step, preprocess=preprocess,
+                               label_smoothing=config.label_smoothing, frozen=frozen,
+                               matmul_precision=config.matmul_precision)
+  eval_fn = functools.partial(steps.eval_step, preprocess=preprocess,
+                              matmul_precision=config.matmul_precision)
+  compiled = parallel.compile_steps(config.parallel, init_fn, train_fn, eval_fn)
+  return Setup(config, model, input_shape, data_shape, num_classes, preprocess, train_data,
+               val_data, test_data, spe, compiled, learning_rate)
