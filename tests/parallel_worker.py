@@ -51,4 +51,4 @@ state = jax.device_get(r["state"])
 flat = {jax.tree_util.keystr(p, simple=True, separator="/"): np.asarray(v) for p, v in
         jax.tree_util.tree_flatten_with_path({"params": state.params,
                                               "batch_stats": state.batch_stats})[0]}
-np.savez(out, **flat, eval_accuracy=r["eval"]["accuracy"], eval_loss=r["eval"]["loss"])
+np.savez(out, **flat, eval_accuracy=r["validation"]["accuracy"], eval_loss=r["validation"]["loss"])

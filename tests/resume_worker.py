@@ -18,7 +18,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cnn_jax.data import input_pipeline  # noqa: E402
-from cnn_jax.training import trainer  # noqa: E402
+from cnn_jax.training import guards, trainer  # noqa: E402
 from helpers import random_split, tiny_config  # noqa: E402
 
 
@@ -42,12 +42,12 @@ def main():
   train, test = random_split(512, seed=0), random_split(100, seed=1)
   try:
     r = trainer.train_and_evaluate(cfg, args.workdir, train, test)
-  except trainer.Preempted as e:
+  except guards.Preempted as e:
     print(e, flush=True)
     sys.exit(e.exit_code)
   flat = {"/".join(str(k) for k in path): np.asarray(v)
           for path, v in jax.tree_util.tree_flatten_with_path(r["state"].params)[0]}
-  np.savez(args.out, **flat, **{f"eval_{k}": v for k, v in r["eval"].items()})
+  np.savez(args.out, **flat, **{f"eval_{k}": v for k, v in r["validation"].items()})
 
 
 if __name__ == "__main__":

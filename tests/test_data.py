@@ -18,7 +18,7 @@ def test_one_training_run_on_tfds_mock_data(tmp_path):
   with tfds.testing.mock_data(num_examples=70):
     r = trainer.train_and_evaluate(cfg, str(tmp_path))
   assert r["final_step"] == 70 // 32
-  assert r["eval"]["num_examples"] == 70
+  assert r["validation"]["num_examples"] == 70
 
 
 def test_split_shards_cover_each_example_once(tmp_path):

@@ -17,7 +17,8 @@ import pytest
 from cnn_jax import checkpoint as ckpt_lib
 from cnn_jax import cli, config as config_lib, inference, parallel
 from cnn_jax.data.input_pipeline import Split
-from cnn_jax.training import trainer
+from cnn_jax.training import guards, trainer
+from cnn_jax.training import workdir as workdir_lib
 from helpers import random_split, tiny_config
 
 WORKER = os.path.join(os.path.dirname(__file__), "resume_worker.py")
@@ -125,7 +126,7 @@ def nan_config(**kw):
 
 def test_nan_loss_stops_and_names_the_last_good_checkpoint(tmp_path):
   train = random_split(128)
-  with pytest.raises(trainer.NonFiniteLossError) as e:
+  with pytest.raises(guards.NonFiniteLossError) as e:
     trainer.train_and_evaluate(nan_config(), str(tmp_path), train, train)
   msg = str(e.value)
   assert "by step 5" in msg or "by step 6" in msg, msg
@@ -143,12 +144,19 @@ def test_nan_steps_can_be_skipped(tmp_path):
   assert sum(skipped) >= 1
 
 
-@pytest.mark.parametrize("shape,match", [((32, 32, 1), "expects 28x28x1 images but mnist/train gives 32x32x1"),
+@pytest.mark.parametrize("shape,match", [((32, 32, 1), r"expects 28x28x1 images but mnist/train\[:90%\] gives 32x32x1"),
                                          ((28, 28, 3), "expects 28x28x1 images")])
 def test_wrong_image_shape_is_reported_before_compiling(tmp_path, shape, match):
   data = random_split(64, shape=shape)
   with pytest.raises(ValueError, match=match):
     trainer.train_and_evaluate(tiny_config(), str(tmp_path), data, data)
+
+
+def test_validation_data_is_checked_by_its_own_shape(tmp_path):
+  """Each split is checked against the model, not assumed to look like the train split."""
+  train, val = random_split(64), random_split(40, shape=(32, 32, 1))
+  with pytest.raises(ValueError, match=r"mnist/train\[90%:\] gives 32x32x1"):
+    trainer.train_and_evaluate(tiny_config(), str(tmp_path), train, val)
 
 
 def test_labels_outside_the_classes(tmp_path):
@@ -186,7 +194,7 @@ def test_unwritable_or_full_workdir(tmp_path, monkeypatch):
   blocker = tmp_path / "file"
   blocker.write_text("x")
   with pytest.raises(RuntimeError, match="is not writable"):
-    trainer.probe_workdir(str(blocker / "run"))
+    workdir_lib.probe(workdir_lib.resolve(str(blocker / "run")))
   monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 10, 1024))
   with pytest.raises(RuntimeError, match="has 0 MiB free but one checkpoint needs about"):
     trainer.train_and_evaluate(tiny_config(), str(tmp_path / "w"), random_split(64), random_split(64))
@@ -222,10 +230,10 @@ def test_resume_with_changed_model_is_refused_and_restore_from_works(tmp_path):
   for a, b in zip(jax.tree_util.tree_leaves(r["state"].params),
                   jax.tree_util.tree_leaves(r2["state"].params)):
     np.testing.assert_array_equal(a, b)
-  assert r2["eval"]["accuracy"] == r["eval"]["accuracy"]
+  assert r2["validation"]["accuracy"] == r["validation"]["accuracy"]
 
 
-def test_load_for_inference_and_eval_cli(tmp_path, capsys):
+def test_load_for_inference(tmp_path):
   train = random_split(64)
   r = trainer.train_and_evaluate(tiny_config(), str(tmp_path), train, train)
   import cnn_jax
@@ -238,7 +246,7 @@ def test_load_for_inference_and_eval_cli(tmp_path, capsys):
 
 
 def test_oom_message_names_batch_and_model():
-  err = trainer._oom_hint(RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 9GiB"),
+  err = guards.oom_hint(RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 9GiB"),
                           tiny_config("mnist_cnn", batch_size=512))
   assert isinstance(err, MemoryError)
   assert "batch_size=512 of model 'mnist_cnn'" in str(err) and "accumulate_steps=4" in str(err)

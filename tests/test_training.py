@@ -10,7 +10,7 @@ import pytest
 from ml_collections import ConfigDict
 
 from cnn_jax.data.input_pipeline import Split, eval_batches, train_batches
-from cnn_jax.training import losses, optim, trainer
+from cnn_jax.training import losses, optim, setup, trainer
 from cnn_jax.training.metric_writers import read_metrics
 from helpers import random_split, tiny_config
 
@@ -32,7 +32,7 @@ def test_same_seed_same_result_and_files(tmp_path):
   assert not leaves_equal(r1["state"].params, r3["state"].params)
   # metrics.jsonl, TensorBoard events, config and both checkpoint kinds are written
   lines = read_metrics(str(tmp_path / "a"))
-  assert any("train/loss" in l for l in lines) and any("eval/accuracy" in l for l in lines)
+  assert any("train/loss" in l for l in lines) and any("validation/accuracy" in l for l in lines)
   assert os.listdir(tmp_path / "a" / "tensorboard")
   assert json.load(open(tmp_path / "a" / "config.json"))["model"] == "mnist_cnn"
   assert sorted(os.listdir(tmp_path / "a" / "checkpoints")) == ["16", "8"]
@@ -43,14 +43,14 @@ def test_eval_counts_every_example_once(tmp_path):
   # 100 examples with eval batch 48: two full batches and one padded batch of 4.
   train, test = random_split(64), random_split(100, seed=3)
   r = trainer.train_and_evaluate(tiny_config(), str(tmp_path), train, test)
-  assert r["eval"]["num_examples"] == 100
+  assert r["validation"]["num_examples"] == 100
   # Recompute the accuracy directly, without batching or padding.
-  s = trainer.setup(tiny_config(), train, test)
+  s = setup.setup(tiny_config(), train, test)
   state = r["state"]
   x = s.preprocess(jnp.asarray(test.images), jax.random.key(0), False)
   logits = s.model.apply({"params": state.params}, x, train=False)
   acc = float(jnp.mean(jnp.argmax(logits, -1) == test.labels))
-  assert r["eval"]["accuracy"] == pytest.approx(acc, abs=1e-6)
+  assert r["validation"]["accuracy"] == pytest.approx(acc, abs=1e-6)
 
 
 def test_overfits_a_small_batch(tmp_path):
@@ -59,13 +59,13 @@ def test_overfits_a_small_batch(tmp_path):
   cfg = tiny_config(num_epochs=60, batch_size=64, eval_batch_size=64, log_every_steps=60)
   cfg.model_kwargs.dropout_rate = 0.0
   r = trainer.train_and_evaluate(cfg, str(tmp_path), data, data)
-  assert r["eval"]["accuracy"] == 1.0  # random labels memorised
+  assert r["validation"]["accuracy"] == 1.0  # random labels memorised
 
 
 def test_learns_a_learnable_task(tmp_path):
   train, test = random_split(512), random_split(200, seed=9)
   r = trainer.train_and_evaluate(tiny_config("mlp", num_epochs=3), str(tmp_path), train, test)
-  assert r["eval"]["accuracy"] > 0.9
+  assert r["validation"]["accuracy"] > 0.9
 
 
 def test_batches_fixed_shape_and_seeded():

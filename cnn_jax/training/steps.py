@@ -100,7 +100,7 @@ def train_step(state: TrainState, batch: Batch, *, preprocess: Optional[Preproce
   if frozen and has_bn:
     new_stats = transfer.restore_frozen(new_stats, state.batch_stats, frozen)
   new_state = state.apply_gradients(grads=grads, batch_stats=new_stats)
-  metrics["grad_norm"] = optax.global_norm(grads)
+  metrics["grad_norm"] = optax.tree.norm(grads)
   if isinstance(new_state.opt_state, optax.ApplyIfFiniteState):
     finite = new_state.opt_state.last_finite
     new_state = new_state.replace(batch_stats=jax.tree_util.tree_map(
