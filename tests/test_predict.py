@@ -1,7 +1,12 @@
 """cnn-jax predict on image files, from a trained run."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
 from PIL import Image
 
-from cnn_jax import cli
+from cnn_jax import cli, inference, models, predict
+from cnn_jax.data import augment, input_pipeline
 from cnn_jax.training import trainer
 from helpers import random_split, tiny_config
 
@@ -20,3 +25,66 @@ def test_predict_prints_top5_with_probabilities(tmp_path, capsys):
   assert probs == sorted(probs, reverse=True) and sum(probs) <= 100.0 + 1e-6
   assert lines[1].split(": ")[1] == str(label)  # the bright bar's row is the class
   assert cli.main(["predict", "--workdir", str(tmp_path / "w"), str(tmp_path / "nope.png")]) == 1
+
+
+def test_weights_are_an_argument_of_the_compiled_program():
+  """The weights are passed to the jitted forward pass, not baked into it as constants:
+  the program stays small, and new weights of the same shapes reuse it."""
+  model = models.get_model("mlp", hidden=(1024,))
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), train=False)
+  nbytes = sum(a.nbytes for a in jax.tree_util.tree_leaves(variables))
+  assert nbytes > 3_000_000
+  p = predict.Predictor(model, variables, augment.make_preprocess_fn(None, (0.5,), (0.5,)),
+                        (28, 28, 1))
+  x = np.random.RandomState(0).randint(0, 256, (2, 28, 28, 1)).astype(np.uint8)
+  lowered = p.probs_fn.lower(p.variables, x)
+  assert len(lowered.as_text()) < 100_000  # the weights in the text would be > 6 MB of hex
+  before = np.asarray(p.probs(x))
+  p.variables = jax.tree_util.tree_map(lambda a: -a, variables)
+  after = np.asarray(p.probs(x))
+  assert not np.allclose(before, after)
+  assert p.probs_fn._cache_size() == 1
+
+
+def test_predict_pads_digits_as_training_did(tmp_path):
+  """LeNet trained on 28x28 digits zero-padded to 32x32: predict pads them too."""
+  train = random_split(96)
+  cfg = tiny_config("lenet5", num_epochs=1, **{"dataset.image_size": (32, 32)})
+  workdir = str(tmp_path / "w")
+  trainer.train_and_evaluate(cfg, workdir, train, random_split(48, seed=2))
+  digit = train.images[:1]
+  Image.fromarray(digit[0, ..., 0]).save(tmp_path / "digit.png")
+  p = predict.from_workdir(workdir)
+  image = p.load_image(str(tmp_path / "digit.png"))
+  np.testing.assert_array_equal(image, digit[0])  # the stored 28x28, not resized to 32
+  key = jax.random.key(0)
+  want = augment.preprocess_from_config(cfg)(digit, key, False)
+  assert want.shape == (1, 32, 32, 1)
+  np.testing.assert_array_equal(p.preprocess(image[None], key, False), want)
+  model, variables, _ = inference.load(workdir)
+  np.testing.assert_allclose(p.probs(image[None]),
+                             jax.nn.softmax(model.apply(variables, want, train=False)),
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_stored_image_shape_from_meta_or_fallbacks():
+  cfg = tiny_config("lenet5", **{"dataset.image_size": (32, 32)})
+  assert predict.stored_image_shape({"data_shape": [28, 28, 1]}, cfg) == (28, 28, 1)
+  assert predict.stored_image_shape({}, cfg) == (28, 28, 1)  # mnist's tfds features
+  assert predict.stored_image_shape({}, tiny_config("lenet5")) == (32, 32, 1)  # no padding
+  cfg.dataset.name = "no_such_data_set"
+  with pytest.raises(ValueError, match="data_shape"):
+    predict.stored_image_shape({}, cfg)
+
+
+def test_preprocess_from_config_pads_and_augments_only_in_training():
+  cfg = tiny_config("lenet5", **{"dataset.image_size": (32, 32), "augment.crop_padding": 2,
+                                 "augment.flip": True})
+  pre = augment.preprocess_from_config(cfg)
+  images = random_split(8).images
+  key = jax.random.key(1)
+  evald = np.asarray(pre(images, key, False))
+  (mean,), (std,) = input_pipeline.normalization("mnist")
+  np.testing.assert_allclose(evald[:, 2:30, 2:30], (images / 255.0 - mean) / std, rtol=1e-5)
+  np.testing.assert_allclose(evald[:, :2], -mean / std, rtol=1e-6)  # zero padding
+  assert not np.allclose(pre(images, key, True), evald)  # random crop / flip

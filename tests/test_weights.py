@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from cnn_jax import models
+from cnn_jax.data.input_pipeline import IMAGENET_MEAN_STD
 from cnn_jax.weights import check_variables, fc_from_chw
 
 
@@ -230,10 +231,17 @@ def torch_refs(torch):
       self.conv = BasicConv2d(cin, 128, kernel_size=1)
       self.fc1 = nn.Linear(2048, 1024)
       self.fc2 = nn.Linear(1024, num_classes)
+      self.dropout = nn.Dropout(0.7)
+
+    def forward(self, x):
+      x = self.conv(torch.nn.functional.adaptive_avg_pool2d(x, (4, 4)))
+      x = self.dropout(torch.relu(self.fc1(torch.flatten(x, 1))))
+      return self.fc2(x)
 
   class GoogLeNet(nn.Module):
-    def __init__(self, num_classes=1000, aux_logits=False):
+    def __init__(self, num_classes=1000, aux_logits=False, transform_input=False):
       super().__init__()
+      self.transform_input = transform_input
       self.conv1 = BasicConv2d(3, 64, kernel_size=7, stride=2, padding=3)
       self.maxpool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
       self.conv2 = BasicConv2d(64, 64, kernel_size=1)
@@ -257,8 +265,15 @@ def torch_refs(torch):
       self.dropout = nn.Dropout(0.2)
       self.fc = nn.Linear(1024, num_classes)
 
+    def _transform_input(self, x):  # torchvision's, channel by channel
+      if not self.transform_input:
+        return x
+      return torch.cat([x[:, 0:1] * (0.229 / 0.5) + (0.485 - 0.5) / 0.5,
+                        x[:, 1:2] * (0.224 / 0.5) + (0.456 - 0.5) / 0.5,
+                        x[:, 2:3] * (0.225 / 0.5) + (0.406 - 0.5) / 0.5], 1)
+
     def forward(self, x):  # eval mode: no aux outputs
-      x = self.maxpool1(self.conv1(x))
+      x = self.maxpool1(self.conv1(self._transform_input(x)))
       x = self.maxpool2(self.conv3(self.conv2(x)))
       x = self.maxpool3(self.inception3b(self.inception3a(x)))
       for name in ("4a", "4b", "4c", "4d", "4e"):
@@ -322,12 +337,56 @@ def test_torchvision_parity(torch, arch, size):
   assert_logits_close(apply_jit(model, variables, x), ref)
 
 
-def test_googlenet_aux_heads_map(torch):
+def test_googlenet_aux_heads_parity(torch):
+  """aux1 / aux2 load into the model's aux heads and compute what torchvision's do.
+
+  Each head runs on its own on a random feature map (14x14 as at 224 px: the adaptive
+  pool to 4x4 has uneven windows; 7x7 as at 100 px), which tests fc1's flatten order.
+  """
+  from cnn_jax.models.googlenet import InceptionAux
   from cnn_jax.weights import torch_import
-  net = torch_refs(torch)["GoogLeNet"](num_classes=10, aux_logits=True)
+  net = randomize_torch_bn(torch, torch_refs(torch)["GoogLeNet"](num_classes=10, aux_logits=True))
   variables = torch_import.convert_state_dict(net.state_dict(), "googlenet")
+  assert torch_import.model_kwargs("googlenet", variables) == {"num_classes": 10, "aux_logits": True}
   check_variables(models.get_model("googlenet", num_classes=10, aux_logits=True), variables,
                   (224, 224, 3))
+  rs = np.random.RandomState(3)
+  for name, channels, size in [("aux1", 512, 14), ("aux2", 528, 7)]:
+    x = rs.normal(size=(2, size, size, channels)).astype(np.float32)
+    head = {k: variables[k][name] for k in ("params", "batch_stats")}
+    ours = InceptionAux(10).apply(head, jnp.asarray(x), train=False)
+    with torch.no_grad():
+      ref = getattr(net, name)(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
+    assert_logits_close(ours, ref)
+
+
+def test_cli_predict_googlenet_torchvision_checkpoint(torch, tmp_path, capsys):
+  """`cnn-jax predict --model googlenet --weights F.pth`: torchvision's checkpoint layout
+  (aux heads included) loads, and the input gets torchvision's transform_input."""
+  from PIL import Image
+  from cnn_jax import cli, predict
+  net = randomize_torch_bn(torch, torch_refs(torch)["GoogLeNet"](
+      num_classes=10, aux_logits=True, transform_input=True))
+  torch.save(net.state_dict(), tmp_path / "googlenet.pth")
+  image = np.random.RandomState(4).randint(0, 256, (224, 224, 3)).astype(np.uint8)
+  Image.fromarray(image).save(tmp_path / "image.png")
+  mean, std = (np.array(v, np.float32) for v in IMAGENET_MEAN_STD)
+  x = torch.from_numpy(((image / np.float32(255) - mean) / std)[None]).permute(0, 3, 1, 2)
+  with torch.no_grad():
+    ref = torch.softmax(net(x.float()), -1).numpy()[0]
+    transformed = net._transform_input(x.float()).permute(0, 2, 3, 1).numpy()
+  p = predict.from_weights("googlenet", str(tmp_path / "googlenet.pth"))
+  # A random deep net barely depends on its input, so check the input transform itself.
+  np.testing.assert_allclose(p.preprocess(image[None], jax.random.key(0), False), transformed,
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(p.probs(image[None])[0], ref, atol=2e-5)
+  assert cli.main(["predict", "--model", "googlenet", "--weights", str(tmp_path / "googlenet.pth"),
+                   "--top", "3", str(tmp_path / "image.png")]) == 0
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert "predicted in" in lines[0] and len(lines) == 4
+  printed = [(int(l.split(": ")[1]), float(l.split("%")[0])) for l in lines[1:]]
+  assert [i for i, _ in printed] == list(np.argsort(-ref)[:3])
+  np.testing.assert_allclose([q for _, q in printed], 100 * np.sort(ref)[::-1][:3], atol=0.006)
 
 
 def test_load_torchvision_pth(torch, tmp_path):

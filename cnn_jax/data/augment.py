@@ -3,6 +3,11 @@
 Images arrive as uint8 NHWC batches; conversion, padding to the model's input size,
 normalization and random augmentation all run inside the jitted step, so the host only
 moves bytes and the device does the arithmetic.
+
+`preprocess_from_config` is the one place a run's preprocessing is built: training,
+evaluation and prediction all call it, so a model never sees at test time images
+prepared differently from those it was trained on (e.g. MNIST digits zero-padded
+28 -> 32 for LeNet, not resized).
 """
 from __future__ import annotations
 
@@ -10,6 +15,12 @@ from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+from ml_collections import ConfigDict
+
+from cnn_jax.data import input_pipeline
+
+# preprocess(images_uint8_NHWC, rng, train) -> float32 normalized NHWC images.
+PreprocessFn = Callable[[jax.Array, jax.Array, bool], jax.Array]
 
 
 def pad_or_crop_to(images: jax.Array, size: Sequence[int]) -> jax.Array:
@@ -46,7 +57,7 @@ def random_flip_left_right(rng: jax.Array, images: jax.Array) -> jax.Array:
 
 def make_preprocess_fn(image_size: Optional[Sequence[int]], mean: Sequence[float],
                        std: Sequence[float], crop_padding: int = 0, flip: bool = False
-                       ) -> Callable[[jax.Array, jax.Array, bool], jax.Array]:
+                       ) -> PreprocessFn:
   """Return preprocess(images_uint8, rng, train) -> float32 normalized images."""
   mean_a = jnp.asarray(mean, jnp.float32)
   std_a = jnp.asarray(std, jnp.float32)
@@ -64,3 +75,18 @@ def make_preprocess_fn(image_size: Optional[Sequence[int]], mean: Sequence[float
     return (x - mean_a) / std_a
 
   return preprocess
+
+
+def preprocess_from_config(config: ConfigDict) -> PreprocessFn:
+  """The preprocessing of the run described by `config`, for training, eval and predict.
+
+  Reads the data set's normalization (`config.dataset.name`), the size its images are
+  centre-padded / cropped to (`config.dataset.image_size`) and the training-only
+  augmentation (`config.augment.crop_padding`, `config.augment.flip`). Callers feed
+  images as the data set stores them; with train=False the result is deterministic.
+  """
+  mean, std = input_pipeline.normalization(config.dataset.name)
+  aug = config.get("augment") or ConfigDict()
+  image_size = config.dataset.get("image_size")
+  return make_preprocess_fn(tuple(image_size) if image_size else None, mean, std,
+                            int(aug.get("crop_padding", 0) or 0), bool(aug.get("flip", False)))

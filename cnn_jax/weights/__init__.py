@@ -7,8 +7,10 @@ such a dict with what the model expects, leaf by leaf, before anything runs.
 
     from cnn_jax import models
     from cnn_jax.weights import torch_import
-    variables = torch_import.load_torchvision_pth("resnet50-0676ba61.pth", "resnet50")
-    logits = models.get_model("resnet50").apply(variables, images, train=False)
+    variables = torch_import.load_torchvision_pth("googlenet-1378be20.pth", "googlenet")
+    model = models.get_model("googlenet", **torch_import.model_kwargs("googlenet", variables))
+    x = torch_import.torchvision_preprocess("googlenet")(images_uint8, rng, False)
+    logits = model.apply(variables, x, train=False)
 
 Neither TensorFlow nor torch is imported until an importer module is used.
 """

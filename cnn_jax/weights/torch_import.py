@@ -7,8 +7,10 @@ Conversions: conv weights OIHW -> HWIO; Linear (out, in) -> (in, out); BN weight
 bias, running_mean, running_var -> params scale, bias and batch_stats mean, var
 (num_batches_tracked is dropped). The first FC layer after a flatten (VGG fc1,
 AlexNet fc6, GoogLeNet's aux fc1) has its input rows permuted from torch's (C, H, W)
-order to our (H, W, C). Inputs must be NHWC and normalized as the weights expect
-(torchvision: RGB in [0, 1], mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225)).
+order to our (H, W, C); GoogLeNet's aux1 / aux2 heads map onto the model's aux1 / aux2
+(build it with `model_kwargs`). Inputs must be NHWC and prepared as the weights expect:
+`torchvision_preprocess(arch)` does it (RGB in [0, 1], ImageNet mean and std, and
+GoogLeNet's transform_input).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from typing import Any, Mapping, Union
 
 import numpy as np
 
+from cnn_jax.data import augment
 from cnn_jax.data.input_pipeline import IMAGENET_MEAN_STD
 from cnn_jax.models.vgg import VGG_CONFIGS
 from cnn_jax.weights import fc_from_chw, nest
@@ -104,6 +107,20 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch: str) -> dict[str, An
   return nest(flat)
 
 
+def model_kwargs(arch: str, variables: Mapping[str, Any]) -> dict[str, Any]:
+  """Constructor arguments the zoo model `arch` needs to take all of `variables`.
+
+  The class count of their head, and for GoogLeNet the auxiliary classifiers when the
+  state dict has them (torchvision's ImageNet checkpoint does): every weight loads, and
+  a fine-tuned aux head is not silently dropped.
+  """
+  params = variables["params"]
+  kwargs: dict[str, Any] = {"num_classes": int(params["head"]["kernel"].shape[-1])}
+  if arch == "googlenet" and "aux1" in params:
+    kwargs["aux_logits"] = True
+  return kwargs
+
+
 def load_torchvision_pth(path: str, arch: str) -> dict[str, Any]:
   """torch.load a torchvision .pth (a state dict) on CPU and convert it for `arch`."""
   import torch  # only needed here
@@ -121,3 +138,19 @@ def googlenet_transform_input(x: Union[np.ndarray, Any]) -> Any:
   """
   mean, std = (np.array(v) for v in IMAGENET_MEAN_STD)
   return x * (std / 0.5).astype(np.float32) + ((mean - 0.5) / 0.5).astype(np.float32)
+
+
+def torchvision_preprocess(arch: str) -> augment.PreprocessFn:
+  """uint8 RGB NHWC images (at the model's input size) -> what torchvision's `arch` expects.
+
+  ImageNet normalization, then for GoogLeNet the `transform_input` that torchvision
+  applies inside its model (its ImageNet weights come with transform_input=True).
+  """
+  normalize = augment.make_preprocess_fn(None, *IMAGENET_MEAN_STD)
+  if arch != "googlenet":
+    return normalize
+
+  def preprocess(images: Any, rng: Any, train: bool) -> Any:
+    return googlenet_transform_input(normalize(images, rng, train))
+
+  return preprocess
