@@ -111,9 +111,7 @@ def from_workdir(workdir: str, which: str = "best") -> Predictor:
   """A run's best (or latest) checkpoint, with its training preprocessing and class names."""
   from cnn_jax import inference
   from cnn_jax.data import augment, input_pipeline
-  model, variables, config = inference.load(workdir, which)
-  # load() does not hand back the meta; this restores the checkpoint a second time.
-  _, meta, _ = inference.load_checkpoint(workdir, which)
+  model, variables, config, meta = inference.load_run(workdir, which)
   names = None
   try:
     builder = input_pipeline._builder(config.dataset.name, config.dataset.data_dir)

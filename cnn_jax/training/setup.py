@@ -31,7 +31,7 @@ class Setup:
   input_shape: tuple[int, int, int]     # what the model sees (after pad / crop)
   data_shape: tuple[int, int, int]      # what the data set stores (what predict must feed)
   num_classes: int
-  preprocess: steps.PreprocessFn
+  preprocess: augment.PreprocessFn
   train_data: Optional[input_pipeline.Split]
   val_data: Optional[input_pipeline.Split]
   test_data: Optional[input_pipeline.Split]
@@ -137,9 +137,7 @@ def setup(config: ConfigDict, train_data: Optional[input_pipeline.Split] = None,
   data_shape = tuple(first.images.shape[1:])
   input_shape = data_input_shape(config, data_shape)
 
-  mean, std = input_pipeline.normalization(config.dataset.name)
-  preprocess = augment.make_preprocess_fn(config.dataset.image_size, mean, std,
-                                          config.augment.crop_padding, config.augment.flip)
+  preprocess = augment.preprocess_from_config(config)  # the one that eval and predict use
   # Processes may hold a few examples more or less (even_splits): all take the smallest
   # number of steps, or a collective would wait forever for the one that stopped.
   spe = (parallel.agree(input_pipeline.steps_per_epoch(len(train_data), per_process_batch), min)

@@ -18,11 +18,11 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from cnn_jax.data.augment import PreprocessFn
 from cnn_jax.training import losses
 from cnn_jax.training.train_state import TrainState, variables_of
 
 Batch = dict[str, jax.Array]
-PreprocessFn = Callable[[jax.Array, jax.Array, bool], jax.Array]
 LossFn = Callable[[Any, Batch], tuple[jax.Array, dict[str, jax.Array]]]
 
 # GoogLeNet (Szegedy et al. 2015, section 5): "the loss of the auxiliary classifiers was
