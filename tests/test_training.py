@@ -164,3 +164,105 @@ def test_eval_batches_can_pad_to_an_agreed_count():
   batches = list(eval_batches(data, 4, num_batches=5))
   assert [int(b["mask"].sum()) for b in batches] == [4, 4, 2, 0, 0]
   assert all(b["image"].shape == (4, 28, 28, 1) for b in batches)
+
+
+def test_accumulation_schedule_counts_updates_not_micro_steps():
+  """Cosine over 2 epochs of 40 micro-steps with k=4: 20 updates, from the peak down to 0.
+
+  MultiSteps advances the inner schedule once per update; built over micro-steps, the
+  last update used to apply 0.92 of the peak rate instead of about 0.
+  """
+  cfg = ConfigDict({"name": "sgd", "learning_rate": 1.0, "schedule": "cosine",
+                    "accumulate_steps": 4})
+  tx, lr_at = optim.make_optimizer(cfg, steps_per_epoch=40, num_epochs=2)
+  params = jnp.zeros(())
+  state = tx.init(params)
+  applied = []
+  for step in range(80):
+    updates, state = tx.update(jnp.ones(()), state, params)
+    if step % 4 == 3:  # every 4th micro-step applies the averaged gradient
+      applied.append((step, -float(updates)))
+  assert len(applied) == 20
+  expected = [0.5 * (1 + np.cos(np.pi * u / 20)) for u in range(20)]
+  np.testing.assert_allclose([a for _, a in applied], expected, atol=1e-6)
+  assert applied[-1][1] < 0.01
+  # What the loop logs is the rate the update applied.
+  np.testing.assert_allclose([lr_at(step) for step, _ in applied], expected, atol=1e-6)
+
+
+def test_logged_train_means_cover_every_step(tmp_path):
+  """A checkpoint step between log steps must not drop steps from the next logged mean."""
+  train = random_split(256)
+  cfg = tiny_config("mlp", num_epochs=1, log_every_steps=4, checkpoint_every_steps=3)
+  cfg.optimizer.learning_rate = 0.0  # losses then depend on the batch only
+  r = trainer.train_and_evaluate(cfg, str(tmp_path), train, train)
+  lines = [l for l in read_metrics(str(tmp_path)) if "train/loss" in l]
+  assert [l["step"] for l in lines] == [4, 8]
+  assert [l["train/steps"] for l in lines] == [4, 4]
+  # The mean of each interval's per-step losses, recomputed batch by batch.
+  s = setup.setup(cfg, train, train)
+  state = s.compiled.init_state(jax.random.key(cfg.seed))
+  per_step = []
+  for batch in train_batches(train, 32, cfg.seed, 0):
+    state, m = s.compiled.train_step(state, s.compiled.put_batch(batch))
+    per_step.append(float(m["loss"]))
+  np.testing.assert_allclose([l["train/loss"] for l in lines],
+                             [np.mean(per_step[:4]), np.mean(per_step[4:8])], rtol=1e-5)
+  assert r["final_step"] == 8
+
+
+def test_matmul_precision_reaches_the_compiled_step():
+  cfg = tiny_config("mlp", matmul_precision="highest")
+  s = setup.setup(cfg, random_split(64), random_split(16))
+  state = s.compiled.init_state(jax.random.key(0))
+  batch = s.compiled.put_batch(next(train_batches(random_split(64), 32, 0, 0)))
+  text = s.compiled.train_step.lower(state, batch).as_text()
+  assert "HIGHEST" in text
+  cfg = tiny_config("mlp")  # default: XLA's choice, no precision attribute
+  s = setup.setup(cfg, random_split(64), random_split(16))
+  state = s.compiled.init_state(jax.random.key(0))
+  assert "HIGHEST" not in s.compiled.train_step.lower(state, batch).as_text()
+  with pytest.raises(ValueError, match="matmul_precision must be one of"):
+    setup.setup(tiny_config(matmul_precision="tf32"), random_split(64), random_split(16))
+
+
+def test_deterministic_asks_xla_before_the_backend_starts(monkeypatch):
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  setup.request_determinism(tiny_config(deterministic=True))
+  assert setup.DETERMINISTIC_FLAG in os.environ["XLA_FLAGS"]
+  monkeypatch.setenv("XLA_FLAGS", "")
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  with pytest.raises(ValueError, match="xla_gpu_deterministic_ops"):
+    setup.check_determinism(tiny_config(deterministic=True))
+  setup.check_determinism(tiny_config(deterministic=False))
+
+
+def test_pmap_batches_are_put_on_the_devices():
+  from cnn_jax import parallel
+  c = parallel.compile_steps("pmap", lambda r: None, lambda s, b, axis_name: (s, {}),
+                             lambda s, b, axis_name: {})
+  out = c.put_batch({"image": np.zeros((8, 2, 2, 1), np.uint8)})["image"]
+  assert isinstance(out, jax.Array)  # the copy has started; it used to stay in numpy
+  assert out.shape == (jax.local_device_count(), 8 // jax.local_device_count(), 2, 2, 1)
+  assert {s.device for s in out.addressable_shards} == set(jax.local_devices())
+
+
+def test_googlenet_aux_logits_train_with_weight_0_3():
+  """GoogLeNet's auxiliary classifiers add 0.3 x their cross entropy (Szegedy et al. 2015)."""
+  from cnn_jax import models
+  from cnn_jax.training import steps
+  from cnn_jax.training.train_state import create_train_state
+  model = models.get_model("googlenet", num_classes=5, aux_logits=True)
+  tx = optax.sgd(0.0)
+  state = create_train_state(model, tx, jax.random.key(0), (64, 64, 3))
+  rs = np.random.RandomState(0)
+  batch = {"image": jnp.asarray(rs.normal(size=(2, 64, 64, 3)), jnp.float32),
+           "label": jnp.asarray([1, 3])}
+  new_state, m = jax.jit(steps.train_step)(state, batch)
+  _, dropout_rng = steps.step_rngs(state)
+  (main, aux1, aux2), _ = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                                      batch["image"], train=True, rngs={"dropout": dropout_rng},
+                                      mutable=["batch_stats"])
+  ce = [float(losses.cross_entropy(o, batch["label"]).mean()) for o in (main, aux1, aux2)]
+  assert float(m["main_loss"]) == pytest.approx(ce[0], rel=1e-5)
+  assert float(m["loss"]) == pytest.approx(ce[0] + 0.3 * (ce[1] + ce[2]), rel=1e-5)
