@@ -280,3 +280,77 @@ def test_box_iou():
   assert float(detection.box_iou(a, b)) == pytest.approx(1 / 3)
   np.testing.assert_allclose(detection.xyxy_to_cxcywh(detection.cxcywh_to_xyxy(b)), b,
                              atol=1e-7)
+
+
+def _primitive_names(jaxpr):
+  """Every primitive in a jaxpr, including those inside pjit / custom_jvp sub-jaxprs."""
+  for eqn in jaxpr.eqns:
+    yield eqn.primitive.name
+    for v in eqn.params.values():
+      for sub in v if isinstance(v, (tuple, list)) else (v,):
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          yield from _primitive_names(inner)
+
+
+def test_yolo_targets_shared_cell_take_one_object():
+  """Two valid objects centred in cell (1, 1): the later one owns box, label and flag.
+
+  One scatter decides the owner and everything else is gathered from it, so the three
+  targets cannot come from different objects on a backend (GPU / TPU) where the order of
+  duplicate scatter indices is undefined; the jaxpr check makes that visible on CPU.
+  """
+  S = 2
+  gt = jnp.array([[[0.6, 0.7, 0.2, 0.3],     # object 0, cell (row 1, col 1)
+                   [0.9, 0.8, 0.4, 0.1],     # object 1, same cell: wins
+                   [0.7, 0.6, 0.5, 0.5],     # object 2, same cell but not valid
+                   [0.1, 0.2, 0.1, 0.1]]])   # object 3, cell (0, 0)
+  labels = jnp.array([[3, 5, 7, 2]])
+  valid = jnp.array([[True, True, False, True]])
+  t = detection.encode_yolo_targets(gt, labels, valid, S)
+  np.testing.assert_array_equal(t["has_obj"][0], [[1, 0], [0, 1]])
+  assert int(t["labels"][0, 1, 1]) == 5 and int(t["labels"][0, 0, 0]) == 2
+  np.testing.assert_allclose(t["boxes"][0, 1, 1], [0.8, 0.6, 0.4, 0.1], atol=1e-6)
+  np.testing.assert_allclose(t["boxes"][0, 0, 0], [0.2, 0.4, 0.1, 0.1], atol=1e-6)
+  np.testing.assert_array_equal(t["boxes"][0, 0, 1], 0)
+  assert int(t["labels"][0, 0, 1]) == 0
+  jaxpr = jax.make_jaxpr(lambda *a: detection.encode_yolo_targets(*a, S))(gt, labels, valid)
+  scatters = [p for p in _primitive_names(jaxpr.jaxpr) if p.startswith("scatter")]
+  assert len(scatters) == 1, scatters
+
+
+def _yolo_case(box_logits, obj_logits, class_logits):
+  """One image, a 1x1 grid, 2 predictors, 2 classes, one object (class 1)."""
+  t = detection.encode_yolo_targets(jnp.array([[[0.5, 0.5, 0.25, 0.36]]]),
+                                    jnp.array([[1]]), jnp.array([[True]]), 1)
+
+  def loss(box_logits, obj_logits, class_logits):
+    pred = {"boxes": jax.nn.sigmoid(box_logits), "objectness": obj_logits,
+            "class_logits": class_logits}
+    return detection.yolo_loss(pred, t)
+
+  return loss, (jnp.asarray(box_logits, jnp.float32).reshape(1, 1, 1, 2, 4),
+                jnp.asarray(obj_logits, jnp.float32).reshape(1, 1, 1, 2),
+                jnp.asarray(class_logits, jnp.float32).reshape(1, 1, 1, 2))
+
+
+def test_yolo_loss_value_by_hand():
+  logit = lambda p: float(np.log(p / (1 - p)))  # noqa: E731
+  # Predictor 0: (0.5, 0.5, 0.16, 0.49), IoU 0.52 with the target, so responsible;
+  # predictor 1: a tiny box far away. Objectness 0 -> confidence 0.5 for both.
+  loss, args = _yolo_case([[0, 0, logit(0.16), logit(0.49)],
+                           [logit(0.1), logit(0.1), logit(0.01), logit(0.01)]],
+                          [0.0, 0.0], [0.0, 0.0])
+  coord = (0.4 - 0.5) ** 2 + (0.7 - 0.6) ** 2          # sqrt w, h against sqrt 0.25, 0.36
+  want = 5.0 * coord + (0.5 - 1) ** 2 + 0.5 * 0.5 ** 2 + np.log(2)
+  assert float(loss(*args)) == pytest.approx(want, rel=1e-5)
+
+
+def test_yolo_loss_gradient_finite_for_saturated_logits():
+  """sigmoid(-200) == 0 in float32, where d sqrt(w)/dw is infinite: the loss clamps it."""
+  loss, args = _yolo_case([[100, -100, -200, -200], [-200, 100, -100, -200]],
+                          [100.0, -200.0], [200.0, -200.0])
+  assert np.isfinite(float(loss(*args)))
+  grads = jax.grad(loss, argnums=(0, 1, 2))(*args)
+  for g in grads:
+    assert np.all(np.isfinite(np.asarray(g))), g

@@ -54,7 +54,11 @@ def encode_yolo_targets(boxes: Array, labels: Array, valid: Array, grid_size: in
                         ) -> dict[str, Array]:
   """Ground truth (N, M, 4) normalized cxcywh, labels (N, M), valid (N, M) -> grid targets.
 
-  Each object belongs to the cell holding its centre (a later object wins a shared cell).
+  Each object belongs to the cell holding its centre; when several valid objects share a
+  cell the last one (highest index in M) owns it, and box, label and flag all come from
+  that object. The owner is chosen by one scatter-max of object indices, which is
+  order-independent, and the rest is gathered: three separate scatters would each
+  resolve duplicate indices in an undefined order on GPU / TPU, and could mix objects.
   Returns {'has_obj': (N,S,S), 'boxes': (N,S,S,4) cell-offset x, y and image w, h,
   'labels': (N,S,S)}.
   """
@@ -65,12 +69,23 @@ def encode_yolo_targets(boxes: Array, labels: Array, valid: Array, grid_size: in
   local = jnp.stack([boxes[..., 0] * S - col, boxes[..., 1] * S - row,
                      boxes[..., 2], boxes[..., 3]], axis=-1)
   bi = jnp.broadcast_to(jnp.arange(n)[:, None], (n, m))
+  obj = jnp.broadcast_to(jnp.arange(m, dtype=jnp.int32), (n, m))
   # Invalid objects scatter to an out-of-range row, which mode="drop" discards.
   row = jnp.where(valid, row, S)
-  has = jnp.zeros((n, S, S)).at[bi, row, col].set(1.0, mode="drop")
-  tb = jnp.zeros((n, S, S, 4)).at[bi, row, col].set(local, mode="drop")
-  tl = jnp.zeros((n, S, S), jnp.int32).at[bi, row, col].set(labels, mode="drop")
-  return {"has_obj": has, "boxes": tb, "labels": tl}
+  owner = jnp.full((n, S, S), -1, jnp.int32).at[bi, row, col].max(obj, mode="drop")
+  has = owner >= 0
+  idx = jnp.maximum(owner, 0).reshape(n, S * S)
+  tb = jnp.take_along_axis(local, idx[..., None], axis=1).reshape(n, S, S, 4)
+  tl = jnp.take_along_axis(labels, idx, axis=1).reshape(n, S, S)
+  return {"has_obj": has.astype(jnp.float32),
+          "boxes": jnp.where(has[..., None], tb, 0.0).astype(boxes.dtype),
+          "labels": jnp.where(has, tl, 0).astype(jnp.int32)}
+
+
+def _safe_sqrt(x: Array, eps: float = 1e-8) -> Array:
+  """sqrt(max(x, eps)): a sigmoid saturates to exactly 0 in float32 (logit -104 and
+  below), where sqrt's derivative is infinite and 0 * inf makes NaN gradients."""
+  return jnp.sqrt(jnp.maximum(x, eps))
 
 
 def _cell_to_image(b: Array, S: int) -> Array:
@@ -85,7 +100,11 @@ def yolo_loss(pred: dict[str, Array], targets: dict[str, Array], lambda_coord: f
               lambda_noobj: float = 0.5) -> Array:
   """YOLO v1 loss, averaged over the batch: the predictor with the highest IoU in an
   object's cell is responsible for it (coordinates with sqrt w/h, objectness -> IoU
-  target 1); all other predictors' objectness -> 0; class scores in object cells."""
+  target 1); all other predictors' objectness -> 0; class scores in object cells.
+
+  The sqrt of w and h is clamped at 1e-8, so saturated box logits give finite
+  (zero) gradients instead of NaN; the value changes only where w or h < 1e-8.
+  """
   S = pred["boxes"].shape[1]
   has = targets["has_obj"]
   pb = _cell_to_image(pred["boxes"], S)                       # (N,S,S,B,4)
@@ -94,7 +113,7 @@ def yolo_loss(pred: dict[str, Array], targets: dict[str, Array], lambda_coord: f
   resp = jax.nn.one_hot(jnp.argmax(iou, -1), iou.shape[-1]) * has[..., None]
   p, t = pred["boxes"], targets["boxes"][..., None, :]
   coord = (jnp.square(p[..., :2] - t[..., :2]).sum(-1)
-           + jnp.square(jnp.sqrt(p[..., 2:]) - jnp.sqrt(t[..., 2:])).sum(-1))
+           + jnp.square(_safe_sqrt(p[..., 2:]) - _safe_sqrt(t[..., 2:])).sum(-1))
   conf = nn.sigmoid(pred["objectness"])
   obj = jnp.square(conf - 1.0)
   noobj = jnp.square(conf)
