@@ -1,6 +1,7 @@
 """Layers reproduce the course's worked examples exactly, and match scipy / numpy."""
 import itertools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 from scipy import signal
 
 from cnn_jax import layers
+from cnn_jax.layers import pooling
 
 
 def conv(x2d, k2d, **kw):
@@ -184,30 +186,80 @@ def test_local_response_norm_against_loop():
   np.testing.assert_allclose(out_t, ref, rtol=1e-5)
 
 
-def test_dropout_and_batchnorm_train_flag():
-  x = jnp.ones((4, 100))
-  d = layers.Dropout(0.5)
+def test_dropout_train_flag():
+  x = jnp.asarray(np.random.RandomState(0).uniform(1, 2, (64, 500)), jnp.float32)
+  rate = 0.3
+  d = layers.Dropout(rate)
   np.testing.assert_array_equal(d.apply({}, x, deterministic=True), x)
-  y = d.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)})
-  assert set(np.unique(np.asarray(y))) <= {0.0, 2.0}  # inverted dropout keeps the mean
-  bn = layers.BatchNorm(use_running_average=False)
-  xb = jnp.asarray(np.random.RandomState(1).randn(64, 3) * 4 + 2, jnp.float32)
-  v = bn.init(jax.random.key(0), xb)
-  y, upd = bn.apply(v, xb, mutable=["batch_stats"])
+  y = np.asarray(d.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)}))
+  kept = y != 0
+  # 32,000 Bernoulli(0.7) draws: the kept fraction is within 0.01 of 0.7 (4 sigma).
+  assert abs(kept.mean() - (1 - rate)) < 0.01
+  # Inverted dropout: kept units are scaled by 1 / (1 - rate), so the mean is unchanged.
+  np.testing.assert_allclose(y[kept], np.asarray(x)[kept] / (1 - rate), rtol=1e-6)
+  y2 = d.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(1)})
+  assert not np.array_equal(y, y2)  # a fresh mask per key
+
+
+def test_batch_norm_train_flag():
+  """layers.batch_norm: train=True normalizes with the batch and moves the running stats
+  by torch's momentum 0.1; train=False normalizes with the running stats."""
+  rs = np.random.RandomState(1)
+  xb = jnp.asarray(rs.randn(64, 3) * 4 + 2, jnp.float32)
+  v = layers.batch_norm(train=True).init(jax.random.key(0), xb)
+  y, upd = layers.batch_norm(train=True).apply(v, xb, mutable=["batch_stats"])
   np.testing.assert_allclose(y.mean(0), 0, atol=1e-5)
   np.testing.assert_allclose(y.std(0), 1, atol=1e-3)
-  np.testing.assert_allclose(upd["batch_stats"]["mean"], 0.01 * xb.mean(0), rtol=1e-4)
+  stats = upd["batch_stats"]
+  np.testing.assert_allclose(stats["mean"], 0.1 * xb.mean(0), rtol=1e-5)
+  np.testing.assert_allclose(stats["var"], 0.9 + 0.1 * xb.var(0), rtol=1e-5)
+  # Inference: (x - running mean) / sqrt(running var + eps) * scale + bias.
+  params = {"scale": jnp.array([1.0, 2.0, 0.5]), "bias": jnp.array([0.0, -1.0, 3.0])}
+  xt = jnp.asarray(rs.randn(5, 3), jnp.float32)
+  out = layers.batch_norm(train=False).apply({"params": params, "batch_stats": stats}, xt)
+  want = ((np.asarray(xt) - np.asarray(stats["mean"])) / np.sqrt(np.asarray(stats["var"]) + 1e-5)
+          * np.asarray(params["scale"]) + np.asarray(params["bias"]))
+  np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+  # ... and leaves the running statistics alone.
+  _, upd = layers.batch_norm(train=False).apply({"params": params, "batch_stats": stats}, xt,
+                                                 mutable=["batch_stats"])
+  for k in ("mean", "var"):
+    np.testing.assert_array_equal(upd["batch_stats"][k], stats[k])
 
 
 @pytest.mark.parametrize("size,window", [(12, 2), (13, 2), (9, 3), (7, 2)])
-def test_tiled_pooling_matches_reduce_window(size, window):
+def test_max_pool_paths_agree(size, window):
+  """The CPU fast path (max over a tile view) and reduce_window: same values, same grads."""
   x = jnp.asarray(np.random.RandomState(size).randn(2, size, size + 1, 3), jnp.float32)
-  import flax.linen as nn
-  np.testing.assert_array_equal(layers.MaxPool(window).apply({}, x),
-                                nn.max_pool(x, (window, window), (window, window)))
-  np.testing.assert_allclose(layers.AvgPool(window).apply({}, x),
-                             nn.avg_pool(x, (window, window), (window, window)), rtol=1e-6)
+  win = (window, window)
+  tiled = lambda x: pooling._max_pool_tiled(x, win)  # noqa: E731
+  rw = lambda x: pooling._max_pool_reduce_window(x, win, win, [(0, 0), (0, 0)])  # noqa: E731
+  np.testing.assert_array_equal(tiled(x), rw(x))
+  np.testing.assert_array_equal(rw(x), nn.max_pool(x, win, win))
   # Without ties both gradients route to the same (unique) maxima.
-  g = jax.grad(lambda x: layers.MaxPool(window).apply({}, x).sum())(x)
-  g_ref = jax.grad(lambda x: nn.max_pool(x, (window, window), (window, window)).sum())(x)
+  w = jnp.asarray(np.random.RandomState(1).randn(*rw(x).shape), jnp.float32)
+  g = jax.grad(lambda x: (tiled(x) * w).sum())(x)
+  g_ref = jax.grad(lambda x: (rw(x) * w).sum())(x)
   np.testing.assert_array_equal(g, g_ref)
+  np.testing.assert_allclose(layers.AvgPool(window).apply({}, x),
+                             nn.avg_pool(x, win, win), rtol=1e-6)
+
+
+def _primitives(fn, *args):
+  return {e.primitive.name for e in jax.make_jaxpr(fn)(*args).jaxpr.eqns}
+
+
+def test_max_pool_tiles_only_on_cpu(monkeypatch):
+  """select_and_scatter is slow only on XLA:CPU; elsewhere MaxPool keeps reduce_window."""
+  x = jnp.asarray(np.random.RandomState(0).randn(1, 8, 8, 2), jnp.float32)
+  pool = layers.MaxPool(2)
+  assert jax.default_backend() == "cpu"
+  on_cpu = _primitives(lambda x: pool.apply({}, x), x)
+  assert "reduce_max" in on_cpu and "reduce_window_max" not in on_cpu
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  on_gpu = _primitives(lambda x: pool.apply({}, x), x)
+  assert "reduce_window_max" in on_gpu and "reduce_max" not in on_gpu
+  np.testing.assert_array_equal(pool.apply({}, x), nn.max_pool(x, (2, 2), (2, 2)))
+  # Overlapping windows never tile.
+  monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+  assert "reduce_window_max" in _primitives(lambda x: layers.MaxPool(3, 2).apply({}, x), x)

@@ -9,8 +9,8 @@ import optax
 import pytest
 from flax import traverse_util
 
-from cnn_jax import models, transfer
-from cnn_jax.models import heads
+from cnn_jax import detection, models, transfer
+from cnn_jax.data import synthetic
 
 
 @pytest.fixture
@@ -49,6 +49,32 @@ def test_replace_head_keeps_backbone(resnet20):
       np.testing.assert_array_equal(new[k], old[k], err_msg=k)
   out = new_model.apply(new_vars, jnp.ones((2, 32, 32, 3)), train=False)
   assert out.shape == (2, 4)
+
+
+@pytest.mark.parametrize("name", models.names())
+def test_replace_head_on_every_registered_model(name):
+  """Every zoo classifier is named `head`, so replace_head works on all of them.
+
+  Variables are zeros of the abstract shapes (np.zeros does not touch the memory of a
+  138M-parameter VGG); everything but the head must come back as the very same array.
+  """
+  model = models.get_model(name)
+  shape = models.input_shape(name)
+  abstract = models.abstract_variables(model, shape)
+  variables = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), abstract)
+  new_model, new_vars = transfer.replace_head(model, variables, 3, jax.random.key(1))
+  assert new_model.num_classes == 3
+  head = new_vars["params"]["head"]
+  assert head["kernel"].shape[-1] == 3 and head["bias"].shape == (3,)
+  assert np.any(head["kernel"]) and not np.any(head["bias"])
+  old, new = flat(variables), flat(new_vars)
+  assert set(old) == set(new)
+  for k in old:
+    if not k.startswith("params/head/"):
+      assert new[k] is old[k], k
+  out = jax.eval_shape(lambda v, x: new_model.apply(v, x, train=False), new_vars,
+                       jax.ShapeDtypeStruct((2, *shape), jnp.float32))
+  assert out.shape == (2, 3)
 
 
 def test_freeze_mask_matches_whole_components():
@@ -99,7 +125,7 @@ def test_frozen_backbone_localizer_keeps_stats(resnet20):
   """Localizer(frozen_backbone=True) runs BN in inference mode: no stats to restore."""
   model, variables = resnet20
   backbone = models.get_model("resnet20", include_top=False)
-  loc = heads.Localizer(backbone, num_classes=3, frozen_backbone=True)
+  loc = detection.Localizer(backbone, num_classes=3, frozen_backbone=True)
   v = loc.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
   v = {"params": {**v["params"], "backbone": {k: w for k, w in variables["params"].items()
                                                 if k != "head"}},
@@ -112,27 +138,29 @@ def test_frozen_backbone_localizer_keeps_stats(resnet20):
 
 
 def test_make_shapes():
-  d = transfer.make_shapes(64, 32, seed=3)
+  d = synthetic.make_shapes(64, 32, seed=3)
   assert d["image"].shape == (64, 32, 32, 3) and d["image"].dtype == np.float32
   assert set(np.unique(d["label"])) == {0, 1, 2}
   cx, cy, w, h = d["box"].T
   assert np.all((cx - w / 2 >= 0) & (cx + w / 2 <= 1) & (cy - h / 2 >= 0) & (cy + h / 2 <= 1))
-  np.testing.assert_array_equal(transfer.make_shapes(64, 32, seed=3)["image"], d["image"])
+  np.testing.assert_array_equal(synthetic.make_shapes(64, 32, seed=3)["image"], d["image"])
 
 
 def test_localizer_learns_shapes(optimized_xla):
   """0.8 cross entropy + 0.2 smooth L1 on a small backbone; about 15 s on 2 CPU cores."""
   size, steps, batch = 32, 500, 32
-  train, test = transfer.make_shapes(4096, size, seed=0), transfer.make_shapes(512, size, seed=1)
-  model = heads.Localizer(heads.TinyBackbone((16, 32, 64)), num_classes=3, pooling="flatten")
+  train = synthetic.make_shapes(4096, size, seed=0)
+  test = synthetic.make_shapes(512, size, seed=1)
+  model = detection.Localizer(detection.TinyBackbone((16, 32, 64)), num_classes=3,
+                              pooling="flatten")
   variables = model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)))
   params, stats = variables["params"], variables["batch_stats"]
   tx = optax.adam(3e-3)
   opt_state = tx.init(params)
 
   def loss_fn(out, y):
-    return heads.localization_loss(out[0], out[1], y[0], y[1], cls_weight=0.8, box_weight=0.2,
-                                   box_loss="smooth_l1")
+    return detection.localization_loss(out[0], out[1], y[0], y[1], cls_weight=0.8,
+                                       box_weight=0.2, box_loss="smooth_l1")
 
   step = jax.jit(transfer.frozen_train_step(model.apply, tx, loss_fn, []))
   rs = np.random.RandomState(0)
@@ -144,7 +172,7 @@ def test_localizer_learns_shapes(optimized_xla):
         jax.random.key(i))
   logits, boxes = jax.jit(model.apply)({"params": params, "batch_stats": stats}, test["image"])
   accuracy = float(jnp.mean(jnp.argmax(logits, -1) == test["label"]))
-  iou = np.asarray(heads.box_iou(boxes, jnp.asarray(test["box"])))
+  iou = np.asarray(detection.box_iou(boxes, jnp.asarray(test["box"])))
   print(f"shapes localizer: {steps} steps in {time.time() - start:.1f}s, test accuracy "
         f"{accuracy:.3f} (chance 0.333), mean IoU {iou.mean():.3f}, "
         f"IoU>0.5 {np.mean(iou > 0.5):.3f}")

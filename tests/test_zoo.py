@@ -8,9 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn_jax import models, summary
-from cnn_jax.models import heads
-from cnn_jax.models.alexnet import adaptive_avg_pool, ceil_mode_padding
+from cnn_jax import detection, layers, models, summary
 
 # Trainable parameters at 1000 classes (10 for the CIFAR ResNets), as torchvision /
 # Keras / the papers count them (parameters only, not batch-norm statistics).
@@ -198,7 +196,7 @@ def test_adaptive_avg_pool_matches_torch(size, out):
   torch = pytest.importorskip("torch")
   x = np.random.RandomState(0).normal(size=(2, size, size + 1, 3)).astype(np.float32)
   ref = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(x).permute(0, 3, 1, 2), out)
-  ours = adaptive_avg_pool(jnp.asarray(x), out)
+  ours = layers.adaptive_avg_pool(jnp.asarray(x), out)
   np.testing.assert_allclose(ours, ref.permute(0, 2, 3, 1).numpy(), atol=1e-6)
 
 
@@ -209,15 +207,15 @@ def test_ceil_mode_padding_matches_torch(size, k, s, p):
   x = np.random.RandomState(0).normal(size=(1, size, size, 2)).astype(np.float32)
   ref = torch.nn.functional.max_pool2d(torch.from_numpy(x).permute(0, 3, 1, 2), k, s, p,
                                        ceil_mode=True).permute(0, 2, 3, 1).numpy()
-  pads = [ceil_mode_padding(size, k, s, p)] * 2
+  pads = [layers.ceil_mode_padding(size, k, s, p)] * 2
   ours = jax.lax.reduce_window(jnp.asarray(x), -jnp.inf, jax.lax.max, (1, k, k, 1),
                                (1, s, s, 1), [(0, 0)] + pads + [(0, 0)])
   np.testing.assert_array_equal(ours, ref)
 
 
-# -------------------------------------------------------------------------- heads
+# ---------------------------------------------------------------------- detection
 def test_localizer_shapes_on_zoo_backbone():
-  model = heads.Localizer(models.get_model("darknet19", include_top=False), num_classes=3)
+  model = detection.Localizer(models.get_model("darknet19", include_top=False), num_classes=3)
   x = jax.ShapeDtypeStruct((4, 64, 64, 3), jnp.float32)
   (logits, boxes), variables = jax.eval_shape(
       lambda x: model.init_with_output(jax.random.key(0), x), x)
@@ -226,8 +224,8 @@ def test_localizer_shapes_on_zoo_backbone():
 
 
 def test_localizer_boxes_in_unit_interval():
-  model = heads.Localizer(heads.TinyBackbone((8, 16)), num_classes=3, box_format="xyxy",
-                          hidden=16)
+  model = detection.Localizer(detection.TinyBackbone((8, 16)), num_classes=3,
+                              box_format="xyxy", hidden=16)
   x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
   (logits, boxes), _ = model.init_with_output(jax.random.key(1), x)
   assert logits.shape == (2, 3) and boxes.shape == (2, 4)
@@ -235,8 +233,8 @@ def test_localizer_boxes_in_unit_interval():
 
 
 def test_yolo_head_shapes():
-  model = heads.YOLOHead(models.get_model("darknet19", include_top=False), grid_size=7,
-                         num_boxes=2, num_classes=20)
+  model = detection.YOLOHead(models.get_model("darknet19", include_top=False), grid_size=7,
+                             num_boxes=2, num_classes=20)
   x = jax.ShapeDtypeStruct((2, 448, 448, 3), jnp.float32)  # darknet map 14x14 -> 7x7 grid
   out, _ = jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x), x)
   assert out["boxes"].shape == (2, 7, 7, 2, 4)
@@ -250,7 +248,7 @@ def test_yolo_targets_loss_and_decode():
                   [[0.5, 0.5, 0.5, 0.5], [0.0, 0.0, 0.0, 0.0]]])
   labels = jnp.array([[1, 2], [0, 0]])
   valid = jnp.array([[True, True], [True, False]])
-  t = heads.encode_yolo_targets(gt, labels, valid, S)
+  t = detection.encode_yolo_targets(gt, labels, valid, S)
   assert t["has_obj"].sum() == 3
   assert t["has_obj"][0, 2, 1] == 1 and t["labels"][0, 2, 1] == 1  # centre (0.3, 0.6)
   np.testing.assert_allclose(t["boxes"][0, 2, 1], [0.2, 0.4, 0.2, 0.4], atol=1e-6)
@@ -260,24 +258,99 @@ def test_yolo_targets_loss_and_decode():
           "objectness": jnp.where((t["has_obj"][..., None] > 0) & (jnp.arange(B) == 0),
                                   20.0, -20.0),
           "class_logits": 20.0 * jax.nn.one_hot(t["labels"], C)}
-  det = heads.decode_yolo(pred)
+  det = detection.decode_yolo(pred)
   assert det["boxes"].shape == (2, S * S * B, 4)
   top = jnp.argsort(-det["scores"][0])[:2]
   found = np.asarray(det["boxes"][0][top])
   for box in np.asarray(gt[0]):
     assert np.min(np.abs(found - box).max(-1)) < 1e-5
   # ... and has a much smaller loss than a random one.
-  model = heads.YOLOHead(heads.TinyBackbone((8,)), grid_size=S, num_boxes=B, num_classes=C,
-                         hidden=8)
+  model = detection.YOLOHead(detection.TinyBackbone((8,)), grid_size=S, num_boxes=B,
+                             num_classes=C, hidden=8)
   rnd, _ = model.init_with_output(jax.random.key(0), jnp.ones((2, 16, 16, 3)))
   assert rnd["boxes"].shape == (2, S, S, B, 4)
-  good, bad = heads.yolo_loss(pred, t), heads.yolo_loss(rnd, t)
+  good, bad = detection.yolo_loss(pred, t), detection.yolo_loss(rnd, t)
   assert np.isfinite(bad) and good < 0.05 * bad
 
 
 def test_box_iou():
   a = jnp.array([0.5, 0.5, 0.5, 0.5])
-  assert float(heads.box_iou(a, a)) == pytest.approx(1.0)
+  assert float(detection.box_iou(a, a)) == pytest.approx(1.0)
   b = jnp.array([0.75, 0.5, 0.5, 0.5])  # half overlapping
-  assert float(heads.box_iou(a, b)) == pytest.approx(1 / 3)
-  np.testing.assert_allclose(heads.xyxy_to_cxcywh(heads.cxcywh_to_xyxy(b)), b, atol=1e-7)
+  assert float(detection.box_iou(a, b)) == pytest.approx(1 / 3)
+  np.testing.assert_allclose(detection.xyxy_to_cxcywh(detection.cxcywh_to_xyxy(b)), b,
+                             atol=1e-7)
+
+
+def _primitive_names(jaxpr):
+  """Every primitive in a jaxpr, including those inside pjit / custom_jvp sub-jaxprs."""
+  for eqn in jaxpr.eqns:
+    yield eqn.primitive.name
+    for v in eqn.params.values():
+      for sub in v if isinstance(v, (tuple, list)) else (v,):
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          yield from _primitive_names(inner)
+
+
+def test_yolo_targets_shared_cell_take_one_object():
+  """Two valid objects centred in cell (1, 1): the later one owns box, label and flag.
+
+  One scatter decides the owner and everything else is gathered from it, so the three
+  targets cannot come from different objects on a backend (GPU / TPU) where the order of
+  duplicate scatter indices is undefined; the jaxpr check makes that visible on CPU.
+  """
+  S = 2
+  gt = jnp.array([[[0.6, 0.7, 0.2, 0.3],     # object 0, cell (row 1, col 1)
+                   [0.9, 0.8, 0.4, 0.1],     # object 1, same cell: wins
+                   [0.7, 0.6, 0.5, 0.5],     # object 2, same cell but not valid
+                   [0.1, 0.2, 0.1, 0.1]]])   # object 3, cell (0, 0)
+  labels = jnp.array([[3, 5, 7, 2]])
+  valid = jnp.array([[True, True, False, True]])
+  t = detection.encode_yolo_targets(gt, labels, valid, S)
+  np.testing.assert_array_equal(t["has_obj"][0], [[1, 0], [0, 1]])
+  assert int(t["labels"][0, 1, 1]) == 5 and int(t["labels"][0, 0, 0]) == 2
+  np.testing.assert_allclose(t["boxes"][0, 1, 1], [0.8, 0.6, 0.4, 0.1], atol=1e-6)
+  np.testing.assert_allclose(t["boxes"][0, 0, 0], [0.2, 0.4, 0.1, 0.1], atol=1e-6)
+  np.testing.assert_array_equal(t["boxes"][0, 0, 1], 0)
+  assert int(t["labels"][0, 0, 1]) == 0
+  jaxpr = jax.make_jaxpr(lambda *a: detection.encode_yolo_targets(*a, S))(gt, labels, valid)
+  scatters = [p for p in _primitive_names(jaxpr.jaxpr) if p.startswith("scatter")]
+  assert len(scatters) == 1, scatters
+
+
+def _yolo_case(box_logits, obj_logits, class_logits):
+  """One image, a 1x1 grid, 2 predictors, 2 classes, one object (class 1)."""
+  t = detection.encode_yolo_targets(jnp.array([[[0.5, 0.5, 0.25, 0.36]]]),
+                                    jnp.array([[1]]), jnp.array([[True]]), 1)
+
+  def loss(box_logits, obj_logits, class_logits):
+    pred = {"boxes": jax.nn.sigmoid(box_logits), "objectness": obj_logits,
+            "class_logits": class_logits}
+    return detection.yolo_loss(pred, t)
+
+  return loss, (jnp.asarray(box_logits, jnp.float32).reshape(1, 1, 1, 2, 4),
+                jnp.asarray(obj_logits, jnp.float32).reshape(1, 1, 1, 2),
+                jnp.asarray(class_logits, jnp.float32).reshape(1, 1, 1, 2))
+
+
+def test_yolo_loss_value_by_hand():
+  logit = lambda p: float(np.log(p / (1 - p)))  # noqa: E731
+  # Predictor 0: (0.5, 0.5, 0.16, 0.49), IoU 0.52 with the target, so responsible;
+  # predictor 1: a tiny box far away. Objectness 0 -> confidence 0.5 for both.
+  loss, args = _yolo_case([[0, 0, logit(0.16), logit(0.49)],
+                           [logit(0.1), logit(0.1), logit(0.01), logit(0.01)]],
+                          [0.0, 0.0], [0.0, 0.0])
+  coord = (0.4 - 0.5) ** 2 + (0.7 - 0.6) ** 2          # sqrt w, h against sqrt 0.25, 0.36
+  want = 5.0 * coord + (0.5 - 1) ** 2 + 0.5 * 0.5 ** 2 + np.log(2)
+  assert float(loss(*args)) == pytest.approx(want, rel=1e-5)
+
+
+def test_yolo_loss_gradient_finite_for_saturated_logits():
+  """sigmoid(-200) == 0 in float32, where d sqrt(w)/dw is infinite: the loss clamps it."""
+  loss, args = _yolo_case([[100, -100, -200, -200], [-200, 100, -100, -200]],
+                          [100.0, -200.0], [200.0, -200.0])
+  assert np.isfinite(float(loss(*args)))
+  grads = jax.grad(loss, argnums=(0, 1, 2))(*args)
+  for g in grads:
+    assert np.all(np.isfinite(np.asarray(g))), g

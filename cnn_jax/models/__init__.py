@@ -5,7 +5,9 @@
 
 Each model lives in its own file and registers itself here on import. Every model's
 `__call__(x, train: bool)` returns logits; batch-norm statistics live in the
-`batch_stats` collection and dropout draws from the `dropout` RNG stream.
+`batch_stats` collection and dropout draws from the `dropout` RNG stream. The layer that
+makes the logits is always named `head`, so `transfer.replace_head` finds it in every
+model (tests/test_transfer.py checks all of them).
 """
 from __future__ import annotations
 

@@ -12,52 +12,17 @@ overlapping 3x3/2 max pools and dropout 0.5 in the first two FC layers. The pape
 conv2/4/5 over two GPUs; here every conv sees all input channels (one tower), so conv2
 has 5*5*96*256 + 256 = 614,656 parameters rather than half that.
 
-`AdaptiveAvgPool` (torch's AdaptiveAvgPool2d) lives here and is shared by VGG and
-GoogLeNet.
+`fc_classifier`, the 4096-4096 head, is shared with ZFNet and VGG.
 """
 from __future__ import annotations
 
-import math
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from cnn_jax import layers
 from cnn_jax.models import register
-
-
-def _adaptive_pool_1d(x: jax.Array, axis: int, out: int) -> jax.Array:
-  size = x.shape[axis]
-  if size % out == 0:  # equal, disjoint windows: one reshape
-    k = size // out
-    shape = x.shape[:axis] + (out, k) + x.shape[axis + 1:]
-    return jnp.mean(x.reshape(shape), axis=axis + 1)
-  # torch: window i covers [floor(i*size/out), ceil((i+1)*size/out)).
-  pieces = []
-  for i in range(out):
-    lo, hi = (i * size) // out, -(-((i + 1) * size) // out)
-    pieces.append(jnp.mean(jax.lax.slice_in_dim(x, lo, hi, axis=axis), axis=axis, keepdims=True))
-  return jnp.concatenate(pieces, axis=axis)
-
-
-def adaptive_avg_pool(x: jax.Array, output_size: Union[int, Sequence[int]]) -> jax.Array:
-  """torch.nn.AdaptiveAvgPool2d on NHWC input: any H x W -> output_size, exactly as torch.
-
-  Rectangle means are separable, so pooling H then W gives torch's result.
-  """
-  oh, ow = (output_size, output_size) if isinstance(output_size, int) else output_size
-  return _adaptive_pool_1d(_adaptive_pool_1d(x, 1, oh), 2, ow)
-
-
-class AdaptiveAvgPool(nn.Module):
-  """Average-pool any spatial size to `output_size` (identity when it already matches)."""
-  output_size: Union[int, Sequence[int]] = 1
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return adaptive_avg_pool(x, self.output_size)
 
 
 def fc_classifier(x: jax.Array, num_classes: int, *, train: bool, dropout_rate: float,
@@ -81,18 +46,6 @@ def fc_classifier(x: jax.Array, num_classes: int, *, train: bool, dropout_rate: 
   return nn.Dense(num_classes, name="head")(x)
 
 
-def ceil_mode_padding(size: int, window: int, stride: int, pad: int = 0) -> tuple[int, int]:
-  """(low, high) padding that makes a VALID pool behave like torch's ceil_mode=True.
-
-  torch drops a last window that would start in the right padding, so the output is
-  ceil((size + 2*pad - window) / stride) + 1, minus one in that case.
-  """
-  out = math.ceil((size + 2 * pad - window) / stride) + 1
-  if (out - 1) * stride >= size + pad:
-    out -= 1
-  return (pad, max((out - 1) * stride + window - size - pad, pad))
-
-
 @register("alexnet", (224, 224, 3), "AlexNet, torchvision layout (61,100,840 parameters)")
 class AlexNet(nn.Module):
   """torchvision AlexNet; with include_top=False returns the 6x6x256 pooled features."""
@@ -111,7 +64,7 @@ class AlexNet(nn.Module):
     x = nn.relu(layers.Conv2D(256, 3, padding=1, name="conv4")(x))
     x = nn.relu(layers.Conv2D(256, 3, padding=1, name="conv5")(x))
     x = layers.MaxPool(3, 2, name="pool5")(x)                                     # 6x6x256
-    x = AdaptiveAvgPool(6, name="avgpool")(x)
+    x = layers.AdaptiveAvgPool(6, name="avgpool")(x)
     if not self.include_top:
       return x
     x = layers.Flatten(name="flatten")(x)                                         # 9216 (HWC)

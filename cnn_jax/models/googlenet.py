@@ -22,7 +22,6 @@ import jax.numpy as jnp
 
 from cnn_jax import layers
 from cnn_jax.models import register
-from cnn_jax.models.alexnet import AdaptiveAvgPool, ceil_mode_padding
 
 
 class BasicConv(nn.Module):
@@ -42,7 +41,7 @@ class BasicConv(nn.Module):
 
 
 def _ceil_max_pool(x: jax.Array, window: int, stride: int, pad: int = 0) -> jax.Array:
-  pads = [ceil_mode_padding(s, window, stride, pad) for s in x.shape[1:3]]
+  pads = [layers.ceil_mode_padding(s, window, stride, pad) for s in x.shape[1:3]]
   return nn.max_pool(x, (window, window), (stride, stride), pads)
 
 
@@ -79,7 +78,7 @@ class InceptionAux(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    x = AdaptiveAvgPool(4)(x)
+    x = layers.AdaptiveAvgPool(4)(x)
     x = BasicConv(128, 1, axis_name=self.axis_name, name="conv")(x, train)
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(1024, name="fc1")(x))

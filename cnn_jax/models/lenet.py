@@ -31,7 +31,7 @@ class LeNet5(nn.Module):
     x = act(layers.Conv2D(120, 5, name="C5")(x))         # 1x1x120
     x = layers.Flatten(name="flatten")(x)
     x = act(nn.Dense(84, name="F6")(x))
-    return nn.Dense(self.num_classes, name="output")(x)
+    return nn.Dense(self.num_classes, name="head")(x)
 
 
 @register("lenet_like", (32, 32, 1), "Keras LeNet-5-like convnet (81,194 parameters)")
@@ -50,4 +50,4 @@ class LeNetLike(nn.Module):
     x = layers.Flatten(name="flatten")(x)                 # 576
     x = act(nn.Dense(120, name="dense1")(x))
     x = act(nn.Dense(84, name="dense2")(x))
-    return nn.Dense(self.num_classes, name="logits")(x)
+    return nn.Dense(self.num_classes, name="head")(x)

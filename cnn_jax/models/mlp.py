@@ -26,4 +26,4 @@ class MLP(nn.Module):
       x = act(nn.Dense(width, name=f"dense{i + 1}")(x))
       if self.dropout_rate:
         x = layers.Dropout(self.dropout_rate, deterministic=not train, axis_name=self.axis_name)(x)
-    return nn.Dense(self.num_classes, name="logits")(x)
+    return nn.Dense(self.num_classes, name="head")(x)

@@ -26,4 +26,4 @@ class MnistCNN(nn.Module):
     x = nn.relu(nn.Dense(64, name="fc1")(x))
     x = layers.Dropout(self.dropout_rate, deterministic=not train, axis_name=self.axis_name,
                        name="dropout")(x)
-    return nn.Dense(self.num_classes, name="fc2")(x)
+    return nn.Dense(self.num_classes, name="head")(x)

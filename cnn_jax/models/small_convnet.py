@@ -20,4 +20,4 @@ class SmallConvNet(nn.Module):
     x = layers.MaxPool(2, name="pool2")(x)                # 5x5x64
     x = nn.relu(layers.Conv2D(128, 3, name="conv3")(x))  # 3x3x128
     x = layers.Flatten(name="flatten")(x)                 # 1152
-    return nn.Dense(self.num_classes, name="logits")(x)
+    return nn.Dense(self.num_classes, name="head")(x)

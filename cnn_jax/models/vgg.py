@@ -19,7 +19,7 @@ import jax
 
 from cnn_jax import layers
 from cnn_jax.models import register
-from cnn_jax.models.alexnet import AdaptiveAvgPool, fc_classifier
+from cnn_jax.models.alexnet import fc_classifier
 
 # Filters per conv, one tuple per block (configurations A, B, D, E of the paper).
 VGG_CONFIGS: dict[int, tuple[tuple[int, ...], ...]] = {
@@ -50,7 +50,7 @@ class VGG(nn.Module):
         x = nn.relu(x)
       x = layers.MaxPool(2, name=f"block{b}_pool")(x)
     if self.avgpool_size is not None:
-      x = AdaptiveAvgPool(self.avgpool_size, name="avgpool")(x)
+      x = layers.AdaptiveAvgPool(self.avgpool_size, name="avgpool")(x)
     if not self.include_top:
       return x
     x = layers.Flatten(name="flatten")(x)                          # 25088 (HWC order)
