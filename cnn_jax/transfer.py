@@ -10,7 +10,7 @@ parameters stay bit-identical (and their optimizer state is empty). Batch-norm
 statistics are not parameters: a train-mode forward pass still updates the running
 averages of frozen BN layers (and normalizes with batch statistics). Either
 `restore_frozen` the frozen subtrees of `batch_stats` after each step (what
-`frozen_train_step` does), or run the frozen part in inference mode, as Keras does for
+`training.steps.train_step(..., frozen=prefixes)` does; `config.freeze` in a run), or run the frozen part in inference mode, as Keras does for
 `trainable=False` BN layers (detection.Localizer(frozen_backbone=True)).
 
 Paths are '/'-joined module names, e.g. 'layer1_0/bn1/scale'; a prefix matches whole
@@ -120,28 +120,3 @@ def restore_frozen(new: PyTree, old: PyTree, frozen_prefixes: Iterable[str]) -> 
   flat_old = traverse_util.flatten_dict(_to_dict(old))
   return traverse_util.unflatten_dict(
       {k: flat_old[k] if _is_frozen(k, prefixes) else v for k, v in flat_new.items()})
-
-
-def frozen_train_step(apply_fn: Callable[..., Any], tx: optax.GradientTransformation,
-                      loss_fn: Callable[[Any, Any], tuple[jax.Array, dict]],
-                      frozen_prefixes: Sequence[str]) -> Callable:
-  """A jittable step (params, batch_stats, opt_state, x, y, rng) -> (..., metrics).
-
-  loss_fn(model_output, y) -> (loss, metrics). Frozen batch statistics are restored
-  after the forward pass, so frozen subtrees come out bit-identical.
-  """
-
-  def step(params, batch_stats, opt_state, x, y, rng):
-    def loss(p):
-      out, upd = apply_fn({"params": p, "batch_stats": batch_stats}, x, train=True,
-                          rngs={"dropout": rng}, mutable=["batch_stats"])
-      value, metrics = loss_fn(out, y)
-      return value, (metrics, upd.get("batch_stats", batch_stats))
-
-    (_, (metrics, new_stats)), grads = jax.value_and_grad(loss, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    new_stats = restore_frozen(new_stats, batch_stats, frozen_prefixes)
-    return params, new_stats, opt_state, metrics
-
-  return step

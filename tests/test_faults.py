@@ -17,7 +17,7 @@ import pytest
 from cnn_jax import checkpoint as ckpt_lib
 from cnn_jax import cli, config as config_lib, inference, parallel
 from cnn_jax.data.input_pipeline import Split
-from cnn_jax.training import guards, trainer
+from cnn_jax.training import guards, setup, trainer
 from cnn_jax.training import workdir as workdir_lib
 from helpers import random_split, tiny_config
 
@@ -250,3 +250,43 @@ def test_oom_message_names_batch_and_model():
                           tiny_config("mnist_cnn", batch_size=512))
   assert isinstance(err, MemoryError)
   assert "batch_size=512 of model 'mnist_cnn'" in str(err) and "accumulate_steps=4" in str(err)
+
+
+def test_remote_work_directories_stay_remote(tmp_path, monkeypatch):
+  """gs://bucket/run used to become ./gs:/bucket/run (os.path.abspath)."""
+  path = workdir_lib.resolve("gs://bucket/run")
+  assert str(path) == "gs://bucket/run" and workdir_lib.is_remote(path)
+  assert str(workdir_lib.resolve("rel/run")) == os.path.abspath("rel/run")
+  # Local-only checks skip a bucket instead of asking the local disk about it.
+  monkeypatch.setattr(shutil, "disk_usage", lambda p: pytest.fail(f"disk_usage({p})"))
+  workdir_lib.check_free_space(path, 10**12)
+  # Metric lines on an object store (no append): the whole file is rewritten on flush.
+  from cnn_jax.training import metric_writers
+  monkeypatch.setattr(workdir_lib, "is_remote", lambda p: True)
+  for run in range(2):
+    w = metric_writers.MetricWriter(tmp_path, enabled=True, tensorboard=False)
+    w.write(run, {"loss": 1.0 + run}, "train")
+    w.close()
+  assert [l["train/loss"] for l in metric_writers.read_metrics(tmp_path)] == [1.0, 2.0]
+
+
+def test_all_processes_agree_before_restoring(tmp_path, monkeypatch, caplog):
+  """A step another process cannot read is set aside here too; all restore an older one."""
+  train = random_split(128)
+  cfg = tiny_config(num_epochs=1, checkpoint_every_steps=1, keep_checkpoints=3)
+  trainer.train_and_evaluate(cfg, str(tmp_path), train, train)
+  template = setup.setup(cfg, train, train).compiled.init_state(jax.random.key(0))
+  votes = []
+
+  def other_process_fails_on_step_4(value, reduce):
+    votes.append(value)
+    return 0 if len(votes) == 2 else int(value)  # the 2nd vote: restoring step 4
+
+  monkeypatch.setattr(parallel, "agree", other_process_fails_on_step_4)
+  ckpts = ckpt_lib.Checkpoints(tmp_path, keep=3, best_metric=None, async_save=False)
+  with caplog.at_level(logging.ERROR):
+    state = ckpt_lib.restore_latest_good(ckpts, template, cfg)
+  ckpts.close()
+  assert int(state.step) == 3 and votes[:2] == [True, True]  # this process read step 4 fine
+  assert "another process could not read it" in caplog.text
+  assert glob.glob(f"{tmp_path}/checkpoints/corrupt-4-*")

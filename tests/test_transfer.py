@@ -1,5 +1,6 @@
 """Transfer learning: new heads, frozen parameters and BN statistics, and a localizer
 trained on synthetic shapes."""
+import functools
 import time
 
 import jax
@@ -11,6 +12,8 @@ from flax import traverse_util
 
 from cnn_jax import detection, models, transfer
 from cnn_jax.data import synthetic
+from cnn_jax.training import steps
+from cnn_jax.training.train_state import TrainState
 
 
 @pytest.fixture
@@ -95,18 +98,16 @@ def test_frozen_params_and_batch_stats_are_bit_identical(resnet20):
   trainable = ["layer3_2", "head"]                 # last block and the new head
   frozen = transfer.all_but(params, trainable)
   tx = transfer.freeze(optax.sgd(0.1, momentum=0.9), params, frozen)
-  opt_state = tx.init(params)
-
-  def loss_fn(logits, y):
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), {}
-
-  step = jax.jit(transfer.frozen_train_step(model.apply, tx, loss_fn, frozen))
+  # The one train step every run uses, with the frozen prefixes.
+  step = jax.jit(functools.partial(steps.train_step, frozen=tuple(frozen)))
+  state = TrainState.create(apply_fn=model.apply, params=params, tx=tx, batch_stats=stats,
+                            rng=jax.random.key(0))
   rs = np.random.RandomState(0)
-  p, s = params, stats
   for i in range(3):
     x = jnp.asarray(rs.normal(size=(8, 32, 32, 3)), jnp.float32)
     y = jnp.asarray(rs.randint(0, 5, 8))
-    p, s, opt_state, _ = step(p, s, opt_state, x, y, jax.random.key(i))
+    state, _ = step(state, {"image": x, "label": y})
+  p, s = state.params, state.batch_stats
 
   for tree_before, tree_after in ((params, p), (stats, s)):
     before, after = flat(tree_before), flat(tree_after)
@@ -148,7 +149,7 @@ def test_make_shapes():
 
 def test_localizer_learns_shapes(optimized_xla):
   """0.8 cross entropy + 0.2 smooth L1 on a small backbone; about 15 s on 2 CPU cores."""
-  size, steps, batch = 32, 500, 32
+  size, num_steps, batch = 32, 500, 32
   train = synthetic.make_shapes(4096, size, seed=0)
   test = synthetic.make_shapes(512, size, seed=1)
   model = detection.Localizer(detection.TinyBackbone((16, 32, 64)), num_classes=3,
@@ -156,25 +157,42 @@ def test_localizer_learns_shapes(optimized_xla):
   variables = model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)))
   params, stats = variables["params"], variables["batch_stats"]
   tx = optax.adam(3e-3)
-  opt_state = tx.init(params)
 
-  def loss_fn(out, y):
-    return detection.localization_loss(out[0], out[1], y[0], y[1], cls_weight=0.8,
+  def loss_fn(out, b):
+    return detection.localization_loss(out[0], out[1], b["label"], b["box"], cls_weight=0.8,
                                        box_weight=0.2, box_loss="smooth_l1")
 
-  step = jax.jit(transfer.frozen_train_step(model.apply, tx, loss_fn, []))
+  step = jax.jit(functools.partial(steps.train_step, loss_fn=loss_fn))
+  state = TrainState.create(apply_fn=model.apply, params=params, tx=tx, batch_stats=stats,
+                            rng=jax.random.key(0))
   rs = np.random.RandomState(0)
   start = time.time()
-  for i in range(steps):
+  for i in range(num_steps):
     idx = rs.randint(0, len(train["label"]), batch)
-    params, stats, opt_state, metrics = step(
-        params, stats, opt_state, train["image"][idx], (train["label"][idx], train["box"][idx]),
-        jax.random.key(i))
+    state, metrics = step(state, {k: train[k][idx] for k in ("image", "label", "box")})
+  params, stats = state.params, state.batch_stats
   logits, boxes = jax.jit(model.apply)({"params": params, "batch_stats": stats}, test["image"])
   accuracy = float(jnp.mean(jnp.argmax(logits, -1) == test["label"]))
   iou = np.asarray(detection.box_iou(boxes, jnp.asarray(test["box"])))
-  print(f"shapes localizer: {steps} steps in {time.time() - start:.1f}s, test accuracy "
+  print(f"shapes localizer: {num_steps} steps in {time.time() - start:.1f}s, test accuracy "
         f"{accuracy:.3f} (chance 0.333), mean IoU {iou.mean():.3f}, "
         f"IoU>0.5 {np.mean(iou > 0.5):.3f}")
   assert accuracy > 0.8
   assert iou.mean() > 0.5
+
+
+def test_config_freeze_keeps_a_subtree_through_a_run(tmp_path):
+  """config.freeze goes through the optimizer and the one train step of every run."""
+  from cnn_jax.training import trainer
+  from helpers import random_split, tiny_config
+  train = random_split(128)
+  a = trainer.train_and_evaluate(tiny_config("mlp", seed=3), str(tmp_path / "a"), train, train)
+  cfg = tiny_config("mlp", seed=3, freeze=("dense1",))
+  b = trainer.train_and_evaluate(cfg, str(tmp_path / "b"), train, train)
+  init = jax.jit(lambda r: models.get_model("mlp", num_classes=10).init(
+      {"params": jax.random.split(r)[0], "dropout": jax.random.split(r)[0]},
+      jnp.zeros((1, 28, 28, 1)), train=False))(jax.random.key(3))["params"]
+  for k in ("kernel", "bias"):
+    np.testing.assert_array_equal(b["state"].params["dense1"][k], init["dense1"][k])
+    assert not np.array_equal(a["state"].params["dense1"][k], init["dense1"][k])
+  assert not np.array_equal(b["state"].params["head"]["kernel"], init["head"]["kernel"])
