@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 mkdir -p benchmarks/results
 for exp in ${@:-mnist_cnn mnist_mlp fashion_mnist_cnn mnist_lenet mnist_lenet_like}; do
   wd="workdirs/$exp"
-  rm -rf "$wd.prev"; [ -d "$wd" ] && mv "$wd" "$wd.prev"   # never overwrite a finished run
+  [ -d "$wd" ] && mv "$wd" "$wd.prev-$(date +%Y%m%d-%H%M%S)"   # never overwrite or delete a run
   start=$(date +%s)
   cnn-jax train --config "experiments/$exp.py" --workdir "$wd" --config.progress_bar=False > "$wd.log" 2>&1 || { echo "$exp FAILED"; tail -20 "$wd.log"; continue; }
   end=$(date +%s)
@@ -15,11 +15,17 @@ for exp in ${@:-mnist_cnn mnist_mlp fashion_mnist_cnn mnist_lenet mnist_lenet_li
 import json, sys
 exp, wd, secs = sys.argv[1], sys.argv[2], int(sys.argv[3])
 lines = [json.loads(l) for l in open(f"{wd}/metrics.jsonl")]
-ev = [l for l in lines if "eval/accuracy" in l][-1]
+last = lambda key: [l for l in lines if key in l][-1]
+val, test, best = last("validation/accuracy"), last("test/accuracy"), last("test_best/accuracy")
 ips = [l["train/images_per_sec"] for l in lines if l.get("train/images_per_sec")]
 cfg = json.load(open(f"{wd}/config.json"))
+ds = cfg["dataset"]
 print(json.dumps({"experiment": exp, "epochs": cfg["num_epochs"], "wall_s": secs,
+                  "splits": [ds["train_split"], ds["val_split"], ds["test_split"]],
                   "train_images_per_sec_median": sorted(ips)[len(ips) // 2],
-                  "test_accuracy": ev["eval/accuracy"], "test_examples": ev["eval/num_examples"]}))
+                  "val_accuracy_final": val["validation/accuracy"],
+                  "test_accuracy_final": test["test/accuracy"],
+                  "test_accuracy_best_on_val": best["test_best/accuracy"],
+                  "test_examples": test["test/num_examples"]}))
 PY
 done
