@@ -65,6 +65,8 @@ def assert_same_run(a, b):
 
 
 def test_sigkill_mid_epoch_then_resume_is_bit_exact(tmp_path, uninterrupted):
+  """Bit for bit on the CPU, where XLA's ops are deterministic. On a GPU the same holds only
+  with config.deterministic=True (--xla_gpu_deterministic_ops); see README "Numerics"."""
   p = run_worker(tmp_path / "w", tmp_path / "out.npz", slow=0.05)
   step = wait_for_step(tmp_path / "w", 6, p)
   p.send_signal(signal.SIGKILL)
