@@ -246,16 +246,16 @@ def plan(config_dist: Any, environ: Mapping[str, str], *,
   return Plan(kwargs, env, "config")
 
 
-_INITIALIZED_WITH: Optional[dict[str, Any]] = None
+_INITIALIZED_WITH: Optional[Plan] = None
 
 
 def initialize(config_dist: Any = None,
-               environ: Optional[Mapping[str, str]] = None) -> Optional[dict[str, Any]]:
+               environ: Optional[Mapping[str, str]] = None) -> Optional[Plan]:
   """Call `jax.distributed.initialize` if this run has several processes.
 
   Must run before any JAX computation or `jax.devices()`. Idempotent: once the distributed
-  runtime is up (by us or by someone else) it does nothing. Returns the kwargs passed to
-  JAX, or None for a single-process run. ``environ`` defaults to ``os.environ``; JAX itself
+  runtime is up (by us or by someone else) it does nothing. Returns the `Plan` applied
+  (``.kwargs`` went to JAX), or None for a single-process run. ``environ`` defaults to ``os.environ``; JAX itself
   always reads ``os.environ`` for what it detects.
   """
   global _INITIALIZED_WITH
@@ -271,13 +271,13 @@ def initialize(config_dist: Any = None,
   os.environ.update(p.env)
   logger.info("jax.distributed.initialize(%s) [%s]", p.kwargs, p.source)
   jax.distributed.initialize(**p.kwargs)
-  _INITIALIZED_WITH = p.kwargs
+  _INITIALIZED_WITH = p
   # Printed, not only logged: launch logs (sbatch, tpu_vm.sh) show who joined; stderr keeps
   # stdout for the trainer's JSON result.
   print(f"cnn_jax.distributed: process {jax.process_index()} of {jax.process_count()} "
         f"({p.source}), {jax.local_device_count()} local / {jax.device_count()} devices",
         file=sys.stderr, flush=True)
-  return p.kwargs
+  return p
 
 
 def is_main_process() -> bool:

@@ -174,9 +174,9 @@ def fake_jax_initialize(monkeypatch):
        "process_id": 1}]),
 ])
 def test_initialize_calls_jax_with(fake_jax_initialize, capsys, cfg, environ, expected):
-  kw = distributed.initialize(cfg, environ=environ)
+  p = distributed.initialize(cfg, environ=environ)
   assert fake_jax_initialize == expected
-  assert kw == (expected[0] if expected else None)
+  assert (p.kwargs if p else None) == (expected[0] if expected else None)
   if expected:
     assert "cnn_jax.distributed: process 0 of 1" in capsys.readouterr().err
 
@@ -188,9 +188,9 @@ def test_initialize_sets_the_coordinator_port_for_jax(fake_jax_initialize, monke
 
 def test_initialize_is_idempotent(fake_jax_initialize, monkeypatch):
   import jax
-  kw = distributed.initialize({"cluster": "jax"}, environ={})
+  p = distributed.initialize({"cluster": "jax"}, environ={})
   monkeypatch.setattr(jax.distributed, "is_initialized", lambda: True)
-  assert distributed.initialize({"cluster": "jax"}, environ={}) == kw
+  assert distributed.initialize({"cluster": "jax"}, environ={}) is p
   assert len(fake_jax_initialize) == 1
 
 
@@ -205,9 +205,9 @@ def test_initialize_after_backend_start_is_jaxs_clear_error():
 SLURM_WORKER = r"""
 import sys, jax
 from cnn_jax import distributed
-kw = distributed.initialize({"coordinator_port": int(sys.argv[1])})
+p = distributed.initialize({"coordinator_port": int(sys.argv[1])})
 print("RESULT", jax.process_index(), jax.process_count(), jax.device_count(),
-      jax.config.values["jax_cuda_visible_devices"], kw, flush=True)
+      jax.config.values["jax_cuda_visible_devices"], p.source, p.kwargs, flush=True)
 """
 
 
@@ -236,8 +236,8 @@ def test_jax_detects_a_faked_slurm_step_with_our_overrides(tmp_path):
       pytest.fail("faked SLURM step did not initialise in 120 s")
     assert p.returncode == 0, err[-2000:]
     outs.append(out.split("RESULT ", 1)[1].split())
-  assert [o[:5] for o in outs] == [["0", "2", "2", "all", "{'initialization_timeout':"],
-                                   ["1", "2", "2", "all", "{'initialization_timeout':"]]
+  assert [o[:5] for o in outs] == [["0", "2", "2", "all", "slurm"],
+                                   ["1", "2", "2", "all", "slurm"]]
 
 
 # ---------------------------------------------------------------------- launch scripts
