@@ -25,8 +25,9 @@ Config keys (``config.distributed``; all optional, dict / ConfigDict / None):
   coordinator_address "host:port", num_processes, process_id: explicit values; outside a
       cluster JAX detects, all three are needed (the address may come from
       ``$JAX_COORDINATOR_ADDRESS``). Inside one they override what JAX would detect.
-  coordinator_port: the port JAX uses on the first node when it picks the coordinator
-      itself (sets ``$JAX_COORDINATOR_PORT``).
+  coordinator_port: the port of the coordinator on the first node when it is not given
+      explicitly (sets ``$JAX_COORDINATOR_PORT``, or replaces the port of an exported
+      ``$JAX_COORDINATOR_ADDRESS`` under SLURM).
   local_device_ids: None (auto) | "all" | int | "0,1" | [0, 1]
   initialization_timeout: seconds (default 300)
 """
@@ -212,6 +213,11 @@ def plan(config_dist: Any, environ: Mapping[str, str], *,
     tasks = num if num is not None else _env_int(environ, "SLURM_NTASKS")
     if tasks == 1:
       return None  # one task: nothing to coordinate, and no port to open
+    if port is not None and address is None and environ.get("JAX_COORDINATOR_ADDRESS"):
+      # launch/slurm.sbatch exports the head node as $JAX_COORDINATOR_ADDRESS (JAX would
+      # then ignore $JAX_COORDINATOR_PORT): the configured port still wins.
+      host = _check_address(environ["JAX_COORDINATOR_ADDRESS"]).rpartition(":")[0]
+      explicit["coordinator_address"] = f"{host}:{port}"
     if devices is None:
       devices = _slurm_devices(environ)
       if devices is not None:

@@ -85,8 +85,8 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 MpiDefault=none
 ReturnToService=2
-# Quick turnaround for tests: a requeued job may start again right away.
-SchedulerParameters=defer_batch
+# Quick turnaround for tests: schedule every 2 s instead of every 30-60 s.
+SchedulerParameters=sched_interval=2,bf_interval=2
 MinJobAge=600
 KillWait=30
 InactiveLimit=0

@@ -72,6 +72,13 @@ def test_slurm_config_overrides():
                       "coordinator_address": "login1:999"}
 
 
+def test_slurm_coordinator_port_replaces_the_port_of_the_exported_address():
+  env = slurm_step(JAX_COORDINATOR_ADDRESS="node01:61443")  # as launch/slurm.sbatch exports
+  assert "coordinator_address" not in plan({}, env).kwargs   # JAX reads the variable itself
+  p = plan({"coordinator_port": 7000}, env)
+  assert p.kwargs["coordinator_address"] == "node01:7000"
+
+
 def test_cluster_slurm_outside_an_srun_step_is_a_clear_error():
   with pytest.raises(DistributedConfigError, match="not a task of an srun step.*SLURM_JOB_ID"):
     plan({"cluster": "slurm"}, {})

@@ -12,7 +12,7 @@ nothing outside the test is needed):
 * "reference": the same command, never interrupted.
 
 Both must end with bit-identical parameters and the same final evaluation. Takes about
-2-3 minutes on 2 CPU cores; the jobs run one after the other (each takes both CPUs).
+2-4 minutes on 2 CPU cores; the jobs run one after the other (each takes both CPUs).
 """
 import json
 import os
@@ -97,7 +97,7 @@ def _params(workdir: Path) -> dict[str, np.ndarray]:
 
 
 def _excerpt(text: str) -> str:
-  keep = ("job ", "SIGUSR1", "srun exited", "requeue", "cnn_jax.distributed: process",
+  keep = ("job ", "coordinator", "SIGUSR1", "srun exited", "requeue", "cnn_jax.distributed: process",
           "resumed", "received SIGUSR1", "epoch 1:", f"epoch {EPOCHS}:", '"final_step"')
   return "\n".join(l for l in text.splitlines() if any(k in l for k in keep))
 
@@ -137,6 +137,14 @@ def test_sbatch_two_tasks_preempt_requeue_resume_matches_uninterrupted(env_and_d
   t_signal = time.monotonic() - t0
   subprocess.run(["scancel", "--signal=USR1", "--batch", res_id], check=True, timeout=30)
 
+  # Slurm makes a requeued job eligible only ~2 minutes later; start it at once instead.
+  def requeued() -> bool:
+    return (f"requeueing job {res_id}" in res_log.read_text()
+            and _job(res_id).get("JobState") == "PENDING")
+  _wait_for(requeued, f"job {res_id} to be requeued", timeout=120, every=0.5)
+  subprocess.run(["scontrol", "update", f"JobId={res_id}", "StartTime=now"], check=True,
+                 timeout=30)
+
   def done(job_id):
     def check():
       info = _job(job_id)
@@ -159,6 +167,7 @@ def test_sbatch_two_tasks_preempt_requeue_resume_matches_uninterrupted(env_and_d
     # Both tasks joined one jax.distributed group through JAX's own SLURM detection.
     assert "cnn_jax.distributed: process 0 of 2 (slurm)" in text, text[-4000:]
     assert "cnn_jax.distributed: process 1 of 2 (slurm)" in text, text[-4000:]
+    assert re.search(r"coordinator \S+:\d+", text), text[-4000:]  # exported by the script
   assert ref_info["Restarts"] == "0" and "attempt 2" not in ref_text
   # The interrupted job: signal forwarded, checkpoint saved, requeued, same job id resumed.
   assert res_info["Restarts"] == "1", res_info
