@@ -285,7 +285,7 @@ FAKE_TRAINER = r"""
 import signal, sys, time
 def on_signal(signum, frame):
   print(f"trainer: got signal {signum}, checkpoint saved", flush=True)
-  sys.exit(0)
+  sys.exit(128 + signum)  # as cnn-jax train does after a preemption checkpoint
 signal.signal(signal.SIGUSR1, on_signal)
 signal.signal(signal.SIGTERM, on_signal)
 print("trainer: args " + " ".join(sys.argv[1:]), flush=True)
@@ -299,8 +299,12 @@ def _fake_slurm(tmp_path):
   """A PATH with `srun` (runs the command in place) and `scontrol` (logs its args)."""
   bin_dir = tmp_path / "bin"
   bin_dir.mkdir()
+  # Like slurmstepd, the fake srun signals every process of the task (its process group).
   (bin_dir / "srun").write_text(
-      '#!/usr/bin/env bash\nwhile [[ "$1" == --* ]]; do shift; done\nexec "$@"\n')
+      '#!/usr/bin/env bash\nwhile [[ "$1" == --* ]]; do shift; done\n'
+      'setsid "$@" & pid=$!\n'
+      'trap \'kill -USR1 -- -$pid\' USR1\ntrap \'kill -TERM -- -$pid\' TERM\n'
+      'while :; do wait $pid; rc=$?; kill -0 $pid 2>/dev/null || break; done\nexit $rc\n')
   (bin_dir / "scontrol").write_text(
       f'#!/usr/bin/env bash\necho "$@" >> {tmp_path}/scontrol.log\n')
   for f in bin_dir.iterdir():
@@ -336,6 +340,9 @@ def test_sbatch_usr1_forwards_checkpoints_and_requeues(tmp_path):
   assert "trainer: args train --config experiments/x.py" in out
   assert "--config.a=1" in out
   assert "got signal 10" in out and "trainer: finished" not in out, out
+  # The task wrapper tells srun "not a failure" (else --kill-on-bad-exit kills the others).
+  assert "rank ?: trainer checkpointed on a signal (exit 138)" in out, out
+  assert "srun exited with status 0" in out, out
   assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "777"]
 
 

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 40  # 5 steps an epoch: long enough (~20 s of training) to signal mid-run
 TRAIN_FLAGS = ["--config.dataset.name=dummy_mnist", "--config.batch_size=4",
                "--config.eval_batch_size=8", f"--config.num_epochs={EPOCHS}",
-               "--config.progress_bar=False", "--config.async_checkpointing=False",
+               "--config.progress_bar=False",  # async checkpointing stays on (the default)
                "--config.log_every_steps=5", "--config.checkpoint_every_steps=10"]
 # One node with 2 CPUs: override the GPU-cluster defaults of the script's #SBATCH lines.
 SBATCH_FLAGS = ["--nodes=1", "--ntasks=2", "--ntasks-per-node=2", "--cpus-per-task=1",
@@ -97,7 +97,7 @@ def _params(workdir: Path) -> dict[str, np.ndarray]:
 
 
 def _excerpt(text: str) -> str:
-  keep = ("job ", "coordinator", "SIGUSR1", "srun exited", "requeue", "cnn_jax.distributed: process",
+  keep = ("job ", "coordinator", "SIGUSR1", "checkpointed on a signal", "CANCELLED", "srun exited", "requeue", "cnn_jax.distributed: process",
           "resumed", "received SIGUSR1", "epoch 1:", f"epoch {EPOCHS}:", '"final_step"')
   return "\n".join(l for l in text.splitlines() if any(k in l for k in keep))
 
@@ -173,6 +173,9 @@ def test_sbatch_two_tasks_preempt_requeue_resume_matches_uninterrupted(env_and_d
   assert res_info["Restarts"] == "1", res_info
   assert "SIGUSR1: time limit near" in res_text
   assert res_text.count("received SIGUSR1: saved a checkpoint at step") == 2, res_text[-4000:]
+  # Both ranks exit on their own after the checkpoint: none is killed by --kill-on-bad-exit.
+  assert res_text.count("trainer checkpointed on a signal (exit 138)") == 2, res_text[-4000:]
+  assert "CANCELLED" not in res_text and "srun exited with status 0" in res_text
   stopped_at = int(re.search(r"saved a checkpoint at step (\d+)", res_text).group(1))
   assert 0 < stopped_at < 5 * EPOCHS
   assert f"requeueing job {res_id}" in res_text and f"job {res_id} attempt 2" in res_text
