@@ -1,248 +1,253 @@
-"""Pure-Python tests of the multi-process start-up decision (no JAX process group)."""
+"""Tests of the multi-process start-up decision (`cnn_jax.distributed`) and launch scripts.
+
+`plan` is pure: each environment below is a dict. `initialize` is checked with
+`jax.distributed.initialize` monkeypatched to record its kwargs, and once for real: two
+processes with a faked SLURM step environment join through JAX's own SLURM detection.
+"""
 import os
+import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from cnn_jax.distributed import (DistributedArgs, DistributedConfigError, expand_hostlist,
-                                 expand_tasks_per_node, resolve_distributed_env,
-                                 slurm_default_port)
+from cnn_jax import distributed
+from cnn_jax.distributed import DistributedConfigError, Plan, plan
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# ------------------------------------------------------------------------------ hostlists
-
-@pytest.mark.parametrize("spec,hosts", [
-    ("node01", ["node01"]),
-    ("node01,node02", ["node01", "node02"]),
-    ("node[01-03,07],gpu5", ["node01", "node02", "node03", "node07", "gpu5"]),
-    ("node[001-003]", ["node001", "node002", "node003"]),
-    ("node[8-10]", ["node8", "node9", "node10"]),
-    ("node[08-10]", ["node08", "node09", "node10"]),
-    ("n[1,3]", ["n1", "n3"]),
-    ("rack[1-2]-n[01-02]", ["rack1-n01", "rack1-n02", "rack2-n01", "rack2-n02"]),
-    ("gpu-a100-[1-2]-ib", ["gpu-a100-1-ib", "gpu-a100-2-ib"]),
-    ("a[1-2],b,c[5]", ["a1", "a2", "b", "c5"]),
-    ("my-host.example.org", ["my-host.example.org"]),
-    ("", []),
-])
-def test_expand_hostlist(spec, hosts):
-  assert expand_hostlist(spec) == hosts
-
-
-@pytest.mark.parametrize("bad", ["node[01-03", "node01-03]", "node[3-1]", "node[a-b]",
-                                 "node[[1]]", "node[1,,2]"])
-def test_expand_hostlist_rejects_malformed(bad):
-  with pytest.raises(ValueError):
-    expand_hostlist(bad)
-
-
-@pytest.mark.parametrize("spec,counts", [
-    ("4", [4]), ("4(x2)", [4, 4]), ("2(x3),1", [2, 2, 2, 1]), ("1,3", [1, 3])])
-def test_expand_tasks_per_node(spec, counts):
-  assert expand_tasks_per_node(spec) == counts
-
-
-def test_slurm_default_port_matches_jax_rule():
-  # jax._src.clusters.slurm_cluster: jobid % 2**12 + (65535 - 2**12 + 1)
-  assert slurm_default_port("0") == 61440
-  assert slurm_default_port("4097") == 61441
-  assert 61440 <= slurm_default_port("987654321") <= 65535
-
-
-# ---------------------------------------------------------------------------------- SLURM
-
-def slurm_env(*, procid, ntasks, localid, nodeid=0, nodelist="node[01-02]",
-              tasks_per_node=None, job_id="4242", **extra):
-  env = {"SLURM_JOB_ID": job_id, "SLURM_JOB_NODELIST": nodelist,
-         "SLURM_STEP_NODELIST": nodelist, "SLURM_STEP_ID": "0",
+def slurm_step(*, procid=0, ntasks=2, nodes=2, localid=0, **extra):
+  """The variables srun sets in a task (as seen with slurm-wlm 22.05, see docs/launch.md)."""
+  env = {"SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "node[01-02]", "SLURM_STEP_ID": "0",
          "SLURM_NTASKS": str(ntasks), "SLURM_STEP_NUM_TASKS": str(ntasks),
-         "SLURM_PROCID": str(procid), "SLURM_LOCALID": str(localid),
-         "SLURM_NODEID": str(nodeid)}
-  if tasks_per_node is not None:
-    env["SLURM_STEP_TASKS_PER_NODE"] = tasks_per_node
-    env["SLURM_TASKS_PER_NODE"] = tasks_per_node
+         "SLURM_STEP_NUM_NODES": str(nodes), "SLURM_NNODES": str(nodes),
+         "SLURM_PROCID": str(procid), "SLURM_LOCALID": str(localid)}
   env.update(extra)
   return env
 
 
-def test_slurm_one_task_per_node_uses_all_local_gpus():
-  env = slurm_env(procid=1, ntasks=2, localid=0, nodeid=1, tasks_per_node="1(x2)")
-  args = resolve_distributed_env({}, env)
-  assert args == DistributedArgs(coordinator_address=f"node01:{slurm_default_port('4242')}",
-                                 num_processes=2, process_id=1, local_device_ids=None,
-                                 source="slurm")
-  kw = args.kwargs()
-  assert kw["cluster_detection_method"] == "deactivate"
-  assert kw["local_device_ids"] is None
+# ----------------------------------------------------------------------------- plan()
+
+@pytest.mark.parametrize("cfg", [None, {}, {"cluster": "auto"}, {"local_device_ids": "0,1"}])
+def test_one_plain_process_is_a_no_op(cfg):
+  assert plan(cfg, {}) is None
 
 
-def test_slurm_one_task_per_gpu_pins_the_local_id():
-  # 2 nodes x 4 GPUs, --ntasks-per-node=4: task 6 is the 3rd task on the 2nd node.
-  env = slurm_env(procid=6, ntasks=8, localid=2, nodeid=1, tasks_per_node="4(x2)",
-                  nodelist="gpu[07-08]")
-  args = resolve_distributed_env(None, env)
-  assert args.coordinator_address.startswith("gpu07:")
-  assert (args.num_processes, args.process_id, args.local_device_ids) == (8, 6, (2,))
+def test_slurm_step_hands_detection_to_jax():
+  # Two tasks on one node: JAX's own choice (one device per task, $SLURM_LOCALID) is right.
+  p = plan({}, slurm_step(procid=1, ntasks=2, nodes=1, localid=1))
+  assert p == Plan({"initialization_timeout": 300}, {}, "slurm")
 
 
-def test_slurm_ranks_are_consistent_across_tasks():
-  addrs = set()
-  for procid in range(8):
-    env = slurm_env(procid=procid, ntasks=8, localid=procid % 4, nodeid=procid // 4,
-                    tasks_per_node="4(x2)", nodelist="rack[1-2]-n[01-02]")
-    args = resolve_distributed_env({}, env)
-    addrs.add(args.coordinator_address)
-    assert args.process_id == procid and args.local_device_ids == (procid % 4,)
-  assert addrs == {f"rack1-n01:{slurm_default_port('4242')}"}
+def test_slurm_one_task_per_node_keeps_all_local_devices():
+  p = plan({}, slurm_step(procid=1, ntasks=2, nodes=2))
+  assert p.kwargs == {"initialization_timeout": 300, "local_device_ids": []}
 
 
-def test_slurm_gpu_already_bound_by_slurm_is_not_repinned():
-  env = slurm_env(procid=3, ntasks=4, localid=3, tasks_per_node="4",
-                  CUDA_VISIBLE_DEVICES="3")
-  assert resolve_distributed_env({}, env).local_device_ids is None
+def test_slurm_gpu_bound_by_slurm_is_not_repinned():
+  env = slurm_step(procid=3, ntasks=4, nodes=1, localid=3, CUDA_VISIBLE_DEVICES="3")
+  assert plan({}, env).kwargs["local_device_ids"] == []
+  env["CUDA_VISIBLE_DEVICES"] = "0,1,2,3"  # --gpus-per-node=4, 4 tasks: JAX pins LOCALID
+  assert "local_device_ids" not in plan({}, env).kwargs
 
 
-def test_slurm_step_nodelist_wins_over_job_nodelist():
-  env = slurm_env(procid=0, ntasks=2, localid=0, tasks_per_node="1(x2)")
-  env["SLURM_JOB_NODELIST"] = "big[01-10]"
-  env["SLURM_STEP_NODELIST"] = "big[05-06]"
-  assert resolve_distributed_env({}, env).coordinator_address.startswith("big05:")
+def test_slurm_batch_shell_and_single_task_are_single_process():
+  batch_shell = slurm_step()
+  del batch_shell["SLURM_STEP_NODELIST"]  # the sbatch shell is no step: JAX sees no SLURM
+  assert plan({}, batch_shell) is None
+  assert plan({}, slurm_step(ntasks=1, nodes=1)) is None
+  assert plan({"cluster": "slurm"}, slurm_step(ntasks=1, nodes=1)) is None
 
 
-def test_slurm_port_from_config_then_env():
-  env = slurm_env(procid=0, ntasks=2, localid=0, tasks_per_node="1(x2)")
-  assert resolve_distributed_env({"coordinator_port": 12355},
-                                 env).coordinator_address == "node01:12355"
-  env["JAX_COORDINATOR_PORT"] = "23456"
-  assert resolve_distributed_env({}, env).coordinator_address == "node01:23456"
+def test_slurm_config_overrides():
+  cfg = {"coordinator_port": 12345, "local_device_ids": "0,1", "initialization_timeout": 60,
+         "cluster": "slurm"}
+  p = plan(cfg, slurm_step())
+  assert p.kwargs == {"initialization_timeout": 60, "local_device_ids": [0, 1]}
+  assert p.env == {"JAX_COORDINATOR_PORT": "12345"}
+  p = plan({"coordinator_address": "login1:999", "local_device_ids": "all"}, slurm_step())
+  assert p.kwargs == {"initialization_timeout": 300, "local_device_ids": [],
+                      "coordinator_address": "login1:999"}
 
 
-def test_slurm_explicit_config_values_win():
-  env = slurm_env(procid=1, ntasks=2, localid=1, tasks_per_node="2")
-  args = resolve_distributed_env(
-      {"coordinator_address": "10.0.0.1:1234", "local_device_ids": "all"}, env)
-  assert args.coordinator_address == "10.0.0.1:1234"
-  assert (args.num_processes, args.process_id, args.local_device_ids) == (2, 1, None)
-  assert args.source == "config+slurm"
-  args = resolve_distributed_env({"local_device_ids": [0, 1]}, env)
-  assert args.local_device_ids == (0, 1)
+def test_slurm_coordinator_port_replaces_the_port_of_the_exported_address():
+  env = slurm_step(JAX_COORDINATOR_ADDRESS="node01:61443")  # as launch/slurm.sbatch exports
+  assert "coordinator_address" not in plan({}, env).kwargs   # JAX reads the variable itself
+  p = plan({"coordinator_port": 7000}, env)
+  assert p.kwargs["coordinator_address"] == "node01:7000"
 
 
-def test_slurm_single_task_or_batch_shell_is_single_process():
-  assert resolve_distributed_env({}, slurm_env(procid=0, ntasks=1, localid=0)) is None
-  # The batch shell itself (no srun step): never try to rendezvous with 8 processes.
-  batch = {"SLURM_JOB_ID": "1", "SLURM_NTASKS": "8", "SLURM_JOB_NODELIST": "n[1-2]",
-           "SLURM_TASKS_PER_NODE": "4(x2)"}
-  assert resolve_distributed_env({}, batch) is None
-  with pytest.raises(DistributedConfigError, match="srun"):
-    resolve_distributed_env({"cluster": "slurm"}, batch)
+def test_cluster_slurm_outside_an_srun_step_is_a_clear_error():
+  with pytest.raises(DistributedConfigError, match="not a task of an srun step.*SLURM_JOB_ID"):
+    plan({"cluster": "slurm"}, {})
+  batch_shell = slurm_step()
+  del batch_shell["SLURM_STEP_NODELIST"]
+  with pytest.raises(DistributedConfigError, match="missing SLURM_STEP_NODELIST"):
+    plan({"cluster": "slurm"}, batch_shell)
 
 
-def test_cluster_none_disables_everything():
-  env = slurm_env(procid=1, ntasks=2, localid=0, tasks_per_node="1(x2)")
-  assert resolve_distributed_env({"cluster": "none"}, env) is None
-  assert resolve_distributed_env({"num_processes": 1}, env) is None
+def test_cluster_none_wins_over_everything():
+  assert plan({"cluster": "none"}, slurm_step()) is None
+  assert plan({"cluster": "none", "num_processes": 2}, {}) is None
 
 
-# -------------------------------------------------------------------------------- TPU etc
-
-@pytest.mark.parametrize("marker", ["TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS",
-                                    "CLOUD_TPU_TASK_ID", "TPU_WORKER_ID"])
-def test_tpu_env_hands_over_to_jax_autodetect(marker):
-  args = resolve_distributed_env({}, {marker: "t1v-n-0,t1v-n-1"})
-  assert args.auto_detect and args.source == "tpu"
-  assert args.kwargs() == {"initialization_timeout": 300}  # i.e. initialize() with no args
+@pytest.mark.parametrize("cluster", ["tpu", "jax"])
+def test_tpu_and_jax_call_initialize_without_arguments(cluster):
+  assert plan({"cluster": cluster}, {}) == Plan({"initialization_timeout": 300}, {}, cluster)
+  with pytest.raises(DistributedConfigError, match="num_processes"):
+    plan({"cluster": cluster, "num_processes": 2}, {})
 
 
-def test_tpu_vm_without_env_markers_and_forced_tpu():
-  assert resolve_distributed_env({}, {}, on_tpu_vm=True).auto_detect
-  assert resolve_distributed_env({"cluster": "tpu"}, {}).auto_detect
-  assert resolve_distributed_env({"cluster": "jax"}, {}).auto_detect
-  with pytest.raises(DistributedConfigError, match="detect everything"):
-    resolve_distributed_env({"cluster": "tpu", "num_processes": 4}, {})
+def test_tpu_and_open_mpi_are_detected_in_auto_mode():
+  assert plan({}, {"TPU_WORKER_HOSTNAMES": "a,b"}).source == "tpu"
+  assert plan({}, {}, tpu_present=True).source == "tpu"
+  ompi = {"OMPI_MCA_orte_hnp_uri": "1.0;tcp://10.0.0.1:1", "OMPI_COMM_WORLD_SIZE": "2"}
+  assert plan({}, ompi) == Plan({"initialization_timeout": 300}, {}, "ompi")
+  assert plan({}, dict(ompi, OMPI_COMM_WORLD_SIZE="1")) is None
 
 
-def test_open_mpi_hands_over_to_jax():
-  assert resolve_distributed_env({}, {"OMPI_COMM_WORLD_SIZE": "4"}).source == "ompi"
-  assert resolve_distributed_env({}, {"OMPI_COMM_WORLD_SIZE": "1"}) is None
-
-
-def test_nothing_set_is_single_process():
-  assert resolve_distributed_env({}, {}) is None
-  assert resolve_distributed_env(None, {"HOME": "/root"}) is None
-
-
-# ------------------------------------------------------------------------ explicit config
-
-def test_explicit_config():
-  cfg = {"coordinator_address": "127.0.0.1:5555", "num_processes": 2, "process_id": 1,
-         "local_device_ids": "0,1", "initialization_timeout": 60}
-  args = resolve_distributed_env(cfg, {})
-  assert args == DistributedArgs("127.0.0.1:5555", 2, 1, (0, 1), source="config",
-                                 initialization_timeout=60)
-  assert args.kwargs() == {"coordinator_address": "127.0.0.1:5555", "num_processes": 2,
-                           "process_id": 1, "local_device_ids": [0, 1],
-                           "cluster_detection_method": "deactivate",
-                           "initialization_timeout": 60}
+def test_explicit_config_passes_all_three():
+  cfg = {"coordinator_address": "10.0.0.1:1234", "num_processes": "2", "process_id": 1}
+  assert plan(cfg, {}) == Plan({"initialization_timeout": 300,
+                                "coordinator_address": "10.0.0.1:1234", "num_processes": 2,
+                                "process_id": 1}, {}, "config")
 
 
 def test_explicit_config_from_ml_collections():
-  ml_collections = pytest.importorskip("ml_collections")
-  cfg = ml_collections.ConfigDict({"coordinator_address": "h:1", "num_processes": 3,
-                                   "process_id": 2, "local_device_ids": None,
-                                   "cluster": "auto"})
-  args = resolve_distributed_env(cfg, {})
-  assert (args.coordinator_address, args.num_processes, args.process_id) == ("h:1", 3, 2)
+  from cnn_jax import config as config_lib
+  c = config_lib.base_config().distributed
+  assert plan(c, {}) is None  # the defaults: one process
+  c.coordinator_address, c.num_processes, c.process_id = "h:1", 2, 0
+  assert plan(c, {}).kwargs["num_processes"] == 2
 
 
-def test_plain_env_variables():
-  env = {"JAX_COORDINATOR_ADDRESS": "10.1.1.1:7777", "JAX_NUM_PROCESSES": "4",
-         "JAX_PROCESS_ID": "3"}
-  args = resolve_distributed_env({}, env)
-  assert (args.coordinator_address, args.num_processes, args.process_id,
-          args.source) == ("10.1.1.1:7777", 4, 3, "env")
-  # config beats env, field by field
-  args = resolve_distributed_env({"process_id": 0}, env)
-  assert args.process_id == 0 and args.source == "config+env"
+def test_coordinator_address_may_come_from_jax_env():
+  p = plan({"num_processes": 2, "process_id": 0}, {"JAX_COORDINATOR_ADDRESS": "h:5"})
+  assert p.kwargs["coordinator_address"] == "h:5"
 
 
-def test_explicit_single_process_is_none():
-  assert resolve_distributed_env({"num_processes": 1}, {}) is None
-  assert resolve_distributed_env({"num_processes": 1, "process_id": 0}, {}) is None
+def test_explicit_single_process_is_a_no_op():
+  assert plan({"num_processes": 1}, {}) is None
+  assert plan({"num_processes": 1, "process_id": 0, "coordinator_address": "h:1"}, {}) is None
 
 
 @pytest.mark.parametrize("cfg,match", [
-    ({"coordinator_address": "h:1", "num_processes": 2, "process_id": 2}, "outside"),
-    ({"coordinator_address": "h:1", "num_processes": 2, "process_id": -1}, "outside"),
-    ({"num_processes": 2, "process_id": 0}, "coordinator_address"),
-    ({"coordinator_address": "h:1", "num_processes": 2}, "process_id"),
-    ({"coordinator_address": "h:1", "process_id": 0}, "num_processes is not set"),
+    ({"cluster": "mpi"}, "expected one of"),
+    ({"num_processes": 2, "process_id": 0}, "not coordinator_address"),
+    ({"coordinator_address": "h:1", "num_processes": 2}, "not process_id"),
+    ({"coordinator_address": "h:1", "process_id": 1}, "not num_processes"),
+    ({"num_processes": 2, "process_id": 2, "coordinator_address": "h:1"}, "outside"),
+    ({"num_processes": 0}, ">= 1"),
+    ({"num_processes": 1, "process_id": 1}, "num_processes=1"),
     ({"coordinator_address": "h", "num_processes": 2, "process_id": 0}, "host:port"),
     ({"coordinator_address": "h:99999", "num_processes": 2, "process_id": 0}, "host:port"),
-    ({"num_processes": 0, "coordinator_address": "h:1", "process_id": 0}, ">= 1"),
-    ({"num_processes": 1, "process_id": 3}, "num_processes=1"),
     ({"num_processes": "two"}, "integer"),
-    ({"cluster": "k8s"}, "expected one of"),
+    ({"num_processes": True}, "integer"),
+    ({"coordinator_port": 0}, "1..65535"),
     ({"initialization_timeout": 0}, "> 0"),
-    ({"coordinator_address": "h:1", "num_processes": 2, "process_id": 0,
-      "local_device_ids": [0, 0]}, "distinct"),
-    ({"coordinator_address": "h:1", "num_processes": 2, "process_id": 0,
-      "local_device_ids": "0,x"}, "ints"),
+    ({"local_device_ids": "0,0"}, "distinct"),
+    ({"local_device_ids": "0,x"}, "ints"),
+    ({"local_device_ids": -1}, "distinct and >= 0"),
 ])
 def test_inconsistent_config_is_a_clear_error(cfg, match):
   with pytest.raises(DistributedConfigError, match=match):
-    resolve_distributed_env(cfg, {})
+    plan(cfg, {})
 
 
-def test_bad_env_integer_is_a_clear_error():
-  with pytest.raises(DistributedConfigError, match="SLURM_PROCID"):
-    resolve_distributed_env({}, slurm_env(procid="x", ntasks=2, localid=0))
+# ----------------------------------------------------------------------- initialize()
+
+@pytest.fixture
+def fake_jax_initialize(monkeypatch):
+  """Record jax.distributed.initialize's kwargs instead of starting a process group."""
+  import jax
+  calls = []
+  monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+  monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+  monkeypatch.setattr(distributed, "_tpu_chips_present", lambda: False)
+  monkeypatch.delenv("JAX_COORDINATOR_PORT", raising=False)
+  return calls
 
 
-# ------------------------------------------------------------------------ launch scripts
+@pytest.mark.parametrize("cfg,environ,expected", [
+    ({}, {}, []),
+    ({}, slurm_step(ntasks=2, nodes=1), [{"initialization_timeout": 300}]),
+    ({}, slurm_step(ntasks=4, nodes=4), [{"initialization_timeout": 300,
+                                          "local_device_ids": []}]),
+    ({"cluster": "jax", "initialization_timeout": 9}, {}, [{"initialization_timeout": 9}]),
+    ({"coordinator_address": "h:1", "num_processes": 2, "process_id": 1}, {},
+     [{"initialization_timeout": 300, "coordinator_address": "h:1", "num_processes": 2,
+       "process_id": 1}]),
+])
+def test_initialize_calls_jax_with(fake_jax_initialize, capsys, cfg, environ, expected):
+  p = distributed.initialize(cfg, environ=environ)
+  assert fake_jax_initialize == expected
+  assert (p.kwargs if p else None) == (expected[0] if expected else None)
+  if expected:
+    assert "cnn_jax.distributed: process 0 of 1" in capsys.readouterr().err
+
+
+def test_initialize_sets_the_coordinator_port_for_jax(fake_jax_initialize, monkeypatch):
+  distributed.initialize({"coordinator_port": 6000}, environ=slurm_step())
+  assert os.environ["JAX_COORDINATOR_PORT"] == "6000"  # the fixture's monkeypatch restores
+
+
+def test_initialize_is_idempotent(fake_jax_initialize, monkeypatch):
+  import jax
+  p = distributed.initialize({"cluster": "jax"}, environ={})
+  monkeypatch.setattr(jax.distributed, "is_initialized", lambda: True)
+  assert distributed.initialize({"cluster": "jax"}, environ={}) is p
+  assert len(fake_jax_initialize) == 1
+
+
+def test_initialize_after_backend_start_is_jaxs_clear_error():
+  import jax
+  jax.devices()  # the backend is up: too late for jax.distributed.initialize
+  cfg = {"coordinator_address": "127.0.0.1:1", "num_processes": 2, "process_id": 1}
+  with pytest.raises(RuntimeError, match="must be called before"):
+    distributed.initialize(cfg, environ={})
+
+
+SLURM_WORKER = r"""
+import sys, jax
+from cnn_jax import distributed
+p = distributed.initialize({"coordinator_port": int(sys.argv[1])})
+print("RESULT", jax.process_index(), jax.process_count(), jax.device_count(),
+      jax.config.values["jax_cuda_visible_devices"], p.source, p.kwargs, flush=True)
+"""
+
+
+def test_jax_detects_a_faked_slurm_step_with_our_overrides(tmp_path):
+  # Real JAX, no SLURM: the srun variables of a 2-node, 1-task-per-node step on localhost.
+  # Checks JAX's own SLURM detection, the coordinator_port override and that
+  # local_device_ids=[] leaves every device visible (jax_cuda_visible_devices stays "all").
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  base = {k: v for k, v in os.environ.items()
+          if not k.startswith(("SLURM_", "OMPI_", "JAX_COORDINATOR", "JAX_LOCAL"))}
+  base.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")
+  procs = [subprocess.Popen(
+      [sys.executable, "-c", SLURM_WORKER, str(port)],
+      env={**base, **slurm_step(procid=i, ntasks=2, nodes=2, localid=0,
+                                SLURM_STEP_NODELIST="localhost")},
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outs = []
+  for p in procs:
+    try:
+      out, err = p.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+      for q in procs:
+        q.kill()
+      pytest.fail("faked SLURM step did not initialise in 120 s")
+    assert p.returncode == 0, err[-2000:]
+    outs.append(out.split("RESULT ", 1)[1].split())
+  assert [o[:5] for o in outs] == [["0", "2", "2", "all", "slurm"],
+                                   ["1", "2", "2", "all", "slurm"]]
+
+
+# ---------------------------------------------------------------------- launch scripts
 
 SCRIPTS = ["launch/local.sh", "launch/slurm.sbatch", "launch/tpu_vm.sh"]
 
@@ -280,7 +285,7 @@ FAKE_TRAINER = r"""
 import signal, sys, time
 def on_signal(signum, frame):
   print(f"trainer: got signal {signum}, checkpoint saved", flush=True)
-  sys.exit(0)
+  sys.exit(128 + signum)  # as cnn-jax train does after a preemption checkpoint
 signal.signal(signal.SIGUSR1, on_signal)
 signal.signal(signal.SIGTERM, on_signal)
 print("trainer: args " + " ".join(sys.argv[1:]), flush=True)
@@ -294,8 +299,12 @@ def _fake_slurm(tmp_path):
   """A PATH with `srun` (runs the command in place) and `scontrol` (logs its args)."""
   bin_dir = tmp_path / "bin"
   bin_dir.mkdir()
+  # Like slurmstepd, the fake srun signals every process of the task (its process group).
   (bin_dir / "srun").write_text(
-      '#!/usr/bin/env bash\nwhile [[ "$1" == --* ]]; do shift; done\nexec "$@"\n')
+      '#!/usr/bin/env bash\nwhile [[ "$1" == --* ]]; do shift; done\n'
+      'setsid "$@" & pid=$!\n'
+      'trap \'kill -USR1 -- -$pid\' USR1\ntrap \'kill -TERM -- -$pid\' TERM\n'
+      'while :; do wait $pid; rc=$?; kill -0 $pid 2>/dev/null || break; done\nexit $rc\n')
   (bin_dir / "scontrol").write_text(
       f'#!/usr/bin/env bash\necho "$@" >> {tmp_path}/scontrol.log\n')
   for f in bin_dir.iterdir():
@@ -331,6 +340,9 @@ def test_sbatch_usr1_forwards_checkpoints_and_requeues(tmp_path):
   assert "trainer: args train --config experiments/x.py" in out
   assert "--config.a=1" in out
   assert "got signal 10" in out and "trainer: finished" not in out, out
+  # The task wrapper tells srun "not a failure" (else --kill-on-bad-exit kills the others).
+  assert "rank ?: trainer checkpointed on a signal (exit 138)" in out, out
+  assert "srun exited with status 0" in out, out
   assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "777"]
 
 
@@ -342,21 +354,3 @@ def test_sbatch_without_signal_does_not_requeue(tmp_path):
   assert out.returncode == 0, out.stdout + out.stderr
   assert "trainer: finished" in out.stdout
   assert not (tmp_path / "scontrol.log").exists()
-
-
-# ---------------------------------------------------------------------- initialize() itself
-
-def test_initialize_single_process_is_a_no_op():
-  from cnn_jax import distributed
-  assert distributed.initialize({}, environ={}) is None
-  assert distributed.initialize({"cluster": "none"}, environ={"SLURM_JOB_ID": "1"}) is None
-  assert distributed.is_main_process()
-
-
-def test_initialize_after_backend_start_is_a_clear_error():
-  import jax
-  from cnn_jax import distributed
-  jax.devices()  # the backend is up: too late for jax.distributed.initialize
-  cfg = {"coordinator_address": "127.0.0.1:1", "num_processes": 2, "process_id": 1}
-  with pytest.raises(RuntimeError, match="before any JAX computation"):
-    distributed.initialize(cfg, environ={})

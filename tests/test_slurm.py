@@ -1,0 +1,198 @@
+"""launch/slurm.sbatch under a real SLURM (one node, 2 tasks, CPU): start-up, preemption, requeue.
+
+  bash launch/slurm_local_cluster.sh && pytest -m slurm tests/test_slurm.py -s
+
+Two jobs of the same two-process `cnn-jax train` on tfds' dummy_mnist (prepared here, so
+nothing outside the test is needed):
+
+* "resumed": once training runs, `scancel --signal=USR1 --batch` does what
+  `#SBATCH --signal=B:USR1@120` does before the time limit. The batch shell forwards it to
+  srun, both trainers checkpoint and exit, the script runs `scontrol requeue`; the second
+  attempt (same job id) resumes from the workdir and finishes;
+* "reference": the same command, never interrupted.
+
+Both must end with bit-identical parameters and the same final evaluation. Takes about
+2-4 minutes on 2 CPU cores; the jobs run one after the other (each takes both CPUs).
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slurm
+
+ROOT = Path(__file__).resolve().parents[1]
+EPOCHS = 40  # 5 steps an epoch: long enough (~20 s of training) to signal mid-run
+TRAIN_FLAGS = ["--config.dataset.name=dummy_mnist", "--config.batch_size=4",
+               "--config.eval_batch_size=8", f"--config.num_epochs={EPOCHS}",
+               "--config.progress_bar=False",
+               # Multi-process async saves hang in this checkout (orbax: "Barrier
+               # _async_write_complete.10 is already ongoing" when "latest" and "best" are
+               # saved at the same step), as tests/test_multihost_training.py also avoids.
+               "--config.async_checkpointing=False",
+               "--config.log_every_steps=5", "--config.checkpoint_every_steps=10"]
+# One node with 2 CPUs: override the GPU-cluster defaults of the script's #SBATCH lines.
+SBATCH_FLAGS = ["--nodes=1", "--ntasks=2", "--ntasks-per-node=2", "--cpus-per-task=1",
+                "--gpus-per-node=0", "--time=10"]
+JOB_TIMEOUT_S = 400
+
+
+def _cluster_ready() -> str:
+  """Why the test cannot run here, or "" when a SLURM node is idle."""
+  if not shutil.which("sbatch"):
+    return "sbatch not found: run `bash launch/slurm_local_cluster.sh` (root) first"
+  try:
+    out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True,
+                         timeout=20)
+  except subprocess.TimeoutExpired:
+    return "sinfo timed out: slurmctld is not answering"
+  if out.returncode != 0 or not {"idle", "mixed", "allocated", "completing"} & set(out.stdout.split()):
+    return f"no usable SLURM node (sinfo: {out.stdout.strip() or out.stderr.strip()})"
+  return ""
+
+
+def _job(job_id: str) -> dict[str, str]:
+  out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True,
+                       text=True, timeout=30).stdout
+  return dict(kv.split("=", 1) for kv in out.split() if "=" in kv)
+
+
+def _submit(workdir: Path, log: Path, data_dir: Path, env: dict) -> str:
+  cmd = ["sbatch", "--parsable", *SBATCH_FLAGS, f"--output={log}",
+         str(ROOT / "launch/slurm.sbatch"), "experiments/mnist_cnn.py:smoke", str(workdir),
+         f"--config.dataset.data_dir={data_dir}", *TRAIN_FLAGS]
+  out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+  assert out.returncode == 0, out.stderr
+  return out.stdout.strip().split(";")[0]
+
+
+def _wait_for(pred, what: str, timeout: float = JOB_TIMEOUT_S, every: float = 1.0):
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    got = pred()
+    if got:
+      return got
+    time.sleep(every)
+  pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _final_json(log_text: str) -> dict:
+  """The last JSON result the trainer printed (one per process; they must agree)."""
+  blocks = re.findall(r"^\{\n.*?^\}", log_text, flags=re.S | re.M)
+  assert len(blocks) >= 2, log_text[-3000:]
+  a, b = json.loads(blocks[-1]), json.loads(blocks[-2])
+  assert a["eval"] == b["eval"] and a["final_step"] == b["final_step"]
+  return a
+
+
+def _params(workdir: Path) -> dict[str, np.ndarray]:
+  import jax
+  from cnn_jax import inference
+  _, variables, _ = inference.load(str(workdir), "latest")
+  return {"/".join(str(k) for k in path): np.asarray(v)
+          for path, v in jax.tree_util.tree_flatten_with_path(variables)[0]}
+
+
+def _excerpt(text: str) -> str:
+  keep = ("job ", "coordinator", "SIGUSR1", "checkpointed on a signal", "CANCELLED", "srun exited", "requeue", "cnn_jax.distributed: process",
+          "resumed", "received SIGUSR1", "epoch 1:", f"epoch {EPOCHS}:", '"final_step"')
+  return "\n".join(l for l in text.splitlines() if any(k in l for k in keep))
+
+
+@pytest.fixture(scope="module")
+def env_and_data(tmp_path_factory):
+  why = _cluster_ready()
+  if why:
+    pytest.skip(why)
+  import tensorflow_datasets as tfds
+  data_dir = tmp_path_factory.mktemp("data")
+  tfds.testing.DummyMnist(data_dir=str(data_dir),
+                          file_format="array_record").download_and_prepare()
+  # sbatch exports this environment to the job (--export=ALL): same venv and checkout.
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith(("SLURM_", "JAX_COORDINATOR", "JAX_LOCAL"))}
+  env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1",
+             XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+             CNN_JAX=f"{sys.executable} -m cnn_jax.cli")
+  return env, data_dir
+
+
+def test_sbatch_two_tasks_preempt_requeue_resume_matches_uninterrupted(env_and_data,
+                                                                       tmp_path):
+  env, data_dir = env_and_data
+  t0 = time.monotonic()
+  res_log, ref_log = tmp_path / "resumed.out", tmp_path / "reference.out"
+  res_id = _submit(tmp_path / "resumed", res_log, data_dir, env)
+  ref_id = _submit(tmp_path / "reference", ref_log, data_dir, env)
+
+  # Signal once both processes train (past the first checkpoint, far from the end).
+  def training() -> bool:
+    text = res_log.read_text() if res_log.exists() else ""
+    return "epoch 3:" in text
+  _wait_for(training, f"job {res_id} to train 3 epochs", every=0.2)
+  t_signal = time.monotonic() - t0
+  subprocess.run(["scancel", "--signal=USR1", "--batch", res_id], check=True, timeout=30)
+
+  # Slurm makes a requeued job eligible only ~2 minutes later; start it at once instead.
+  def requeued() -> bool:
+    return (f"requeueing job {res_id}" in res_log.read_text()
+            and _job(res_id).get("JobState") == "PENDING")
+  _wait_for(requeued, f"job {res_id} to be requeued", timeout=120, every=0.5)
+  subprocess.run(["scontrol", "update", f"JobId={res_id}", "StartTime=now"], check=True,
+                 timeout=30)
+
+  def done(job_id):
+    def check():
+      info = _job(job_id)
+      return info if info.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED",
+                                              "TIMEOUT", "NODE_FAIL") else None
+    return check
+  res_info = _wait_for(done(res_id), f"job {res_id} to finish")
+  ref_info = _wait_for(done(ref_id), f"job {ref_id} to finish")
+  elapsed = time.monotonic() - t0
+  res_text, ref_text = res_log.read_text(), ref_log.read_text()
+  print(f"\n=== reference job {ref_id}: {ref_info.get('JobState')} "
+        f"restarts={ref_info.get('Restarts')} RunTime={ref_info.get('RunTime')}\n"
+        f"{_excerpt(ref_text)}\n"
+        f"=== resumed job {res_id}: {res_info.get('JobState')} "
+        f"restarts={res_info.get('Restarts')} RunTime={res_info.get('RunTime')} "
+        f"(SIGUSR1 sent {t_signal:.1f} s after submission)\n{_excerpt(res_text)}")
+
+  for job_id, info, text in ((ref_id, ref_info, ref_text), (res_id, res_info, res_text)):
+    assert info["JobState"] == "COMPLETED", f"job {job_id}: {info}\n{text[-4000:]}"
+    # Both tasks joined one jax.distributed group through JAX's own SLURM detection.
+    assert "cnn_jax.distributed: process 0 of 2 (slurm)" in text, text[-4000:]
+    assert "cnn_jax.distributed: process 1 of 2 (slurm)" in text, text[-4000:]
+    assert re.search(r"coordinator \S+:\d+", text), text[-4000:]  # exported by the script
+  assert ref_info["Restarts"] == "0" and "attempt 2" not in ref_text
+  # The interrupted job: signal forwarded, checkpoint saved, requeued, same job id resumed.
+  assert res_info["Restarts"] == "1", res_info
+  assert "SIGUSR1: time limit near" in res_text
+  assert res_text.count("received SIGUSR1: saved a checkpoint at step") == 2, res_text[-4000:]
+  # Both ranks exit on their own after the checkpoint: none is killed by --kill-on-bad-exit.
+  assert res_text.count("trainer checkpointed on a signal (exit 138)") == 2, res_text[-4000:]
+  assert "CANCELLED" not in res_text and "srun exited with status 0" in res_text
+  stopped_at = int(re.search(r"saved a checkpoint at step (\d+)", res_text).group(1))
+  assert 0 < stopped_at < 5 * EPOCHS
+  assert f"requeueing job {res_id}" in res_text and f"job {res_id} attempt 2" in res_text
+  assert re.search(rf"resumed from step {stopped_at}\b", res_text), res_text[-4000:]
+
+  # Same result as the uninterrupted run: final evaluation and bit-identical parameters.
+  res_final, ref_final = _final_json(res_text), _final_json(ref_text)
+  assert res_final["final_step"] == ref_final["final_step"] == 5 * EPOCHS
+  assert res_final["eval"] == ref_final["eval"]
+  res_params, ref_params = _params(tmp_path / "resumed"), _params(tmp_path / "reference")
+  assert res_params.keys() == ref_params.keys()
+  different = [k for k in ref_params if not np.array_equal(res_params[k], ref_params[k])]
+  assert not different, different
+  print(f"=== stopped at step {stopped_at}, resumed to step {res_final['final_step']}; "
+        f"final eval {res_final['eval']} identical; {len(ref_params)} parameter arrays "
+        f"bit-identical; {elapsed:.0f} s in all")
