@@ -4,7 +4,7 @@
 # (cnn-jax prepare mnist --raw_dir ../shared/datasets/mnist).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mkdir -p benchmarks/results
+mkdir -p benchmarks/results workdirs
 for exp in ${@:-mnist_cnn mnist_mlp fashion_mnist_cnn mnist_lenet mnist_lenet_like}; do
   wd="workdirs/$exp"
   [ -d "$wd" ] && mv "$wd" "$wd.prev-$(date +%Y%m%d-%H%M%S)"   # never overwrite or delete a run

@@ -70,17 +70,24 @@ class Checkpoints:
       raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
     self.workdir = epath.Path(workdir)
     item_names = ("state", "meta")
+    # Each manager its own barrier names: orbax derives them from the step, and "latest"
+    # and "best" save the same step at an epoch end, so two processes would otherwise
+    # meet in one barrier twice ("Barrier ... is already ongoing") and hang.
     self.latest = ocp.CheckpointManager(
         self.workdir / SUBDIRS["latest"], item_names=item_names,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                             enable_async_checkpointing=async_save))
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
+            multiprocessing_options=ocp.options.MultiprocessingOptions(
+                barrier_sync_key_prefix="latest")))
     self.best = None
     if best_metric:
       self.best = ocp.CheckpointManager(
           self.workdir / SUBDIRS["best"], item_names=item_names,
           options=ocp.CheckpointManagerOptions(
               max_to_keep=1, create=True, best_fn=lambda m: m[best_metric],
-              best_mode=best_mode, enable_async_checkpointing=async_save))
+              best_mode=best_mode, enable_async_checkpointing=async_save,
+              multiprocessing_options=ocp.options.MultiprocessingOptions(
+                  barrier_sync_key_prefix="best")))
 
   @staticmethod
   def _args(state: TrainState, meta: dict) -> ocp.args.Composite:

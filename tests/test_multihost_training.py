@@ -67,7 +67,7 @@ def run_two_processes(tmp_path, data_dir, env, num_epochs):
            "--config.dataset.name=dummy_mnist", f"--config.dataset.data_dir={data_dir}",
            "--config.batch_size=4", "--config.eval_batch_size=8",
            f"--config.num_epochs={num_epochs}",
-           "--config.progress_bar=False", "--config.async_checkpointing=False",
+           "--config.progress_bar=False",  # asynchronous checkpoints, as users run
            f"--config.distributed.coordinator_address=127.0.0.1:{port}",
            "--config.distributed.num_processes=2", f"--config.distributed.process_id={pid}"]
     procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
