@@ -29,14 +29,12 @@ import pytest
 pytestmark = pytest.mark.slurm
 
 ROOT = Path(__file__).resolve().parents[1]
-EPOCHS = 40  # 5 steps an epoch: long enough (~20 s of training) to signal mid-run
+# 4 steps an epoch (train[:90%] = 18 examples, 2 per process per step): long enough
+# (~20 s of training) to signal mid-run.
+EPOCHS = 40
 TRAIN_FLAGS = ["--config.dataset.name=dummy_mnist", "--config.batch_size=4",
                "--config.eval_batch_size=8", f"--config.num_epochs={EPOCHS}",
-               "--config.progress_bar=False",
-               # Multi-process async saves hang in this checkout (orbax: "Barrier
-               # _async_write_complete.10 is already ongoing" when "latest" and "best" are
-               # saved at the same step), as tests/test_multihost_training.py also avoids.
-               "--config.async_checkpointing=False",
+               "--config.progress_bar=False",  # asynchronous checkpoints, as users run
                "--config.log_every_steps=5", "--config.checkpoint_every_steps=10"]
 # One node with 2 CPUs: override the GPU-cluster defaults of the script's #SBATCH lines.
 SBATCH_FLAGS = ["--nodes=1", "--ntasks=2", "--ntasks-per-node=2", "--cpus-per-task=1",
@@ -88,7 +86,8 @@ def _final_json(log_text: str) -> dict:
   blocks = re.findall(r"^\{\n.*?^\}", log_text, flags=re.S | re.M)
   assert len(blocks) >= 2, log_text[-3000:]
   a, b = json.loads(blocks[-1]), json.loads(blocks[-2])
-  assert a["eval"] == b["eval"] and a["final_step"] == b["final_step"]
+  assert a["test"] == b["test"] and a["validation"] == b["validation"]
+  assert a["final_step"] == b["final_step"]
   return a
 
 
@@ -179,20 +178,25 @@ def test_sbatch_two_tasks_preempt_requeue_resume_matches_uninterrupted(env_and_d
   assert res_text.count("received SIGUSR1: saved a checkpoint at step") == 2, res_text[-4000:]
   # Both ranks exit on their own after the checkpoint: none is killed by --kill-on-bad-exit.
   assert res_text.count("trainer checkpointed on a signal (exit 138)") == 2, res_text[-4000:]
-  assert "CANCELLED" not in res_text and "srun exited with status 0" in res_text
+  # The requeue itself ends the batch script ("CANCELLED ... DUE TO JOB REQUEUE" when
+  # slurmstepd is quicker than the script's own exit); any other cancellation is a failure.
+  cancelled = [l for l in res_text.splitlines()
+               if "CANCELLED" in l and "DUE TO JOB REQUEUE" not in l]
+  assert not cancelled and "srun exited with status 0" in res_text, cancelled
   stopped_at = int(re.search(r"saved a checkpoint at step (\d+)", res_text).group(1))
-  assert 0 < stopped_at < 5 * EPOCHS
+  assert 0 < stopped_at < 4 * EPOCHS
   assert f"requeueing job {res_id}" in res_text and f"job {res_id} attempt 2" in res_text
   assert re.search(rf"resumed from step {stopped_at}\b", res_text), res_text[-4000:]
 
   # Same result as the uninterrupted run: final evaluation and bit-identical parameters.
   res_final, ref_final = _final_json(res_text), _final_json(ref_text)
-  assert res_final["final_step"] == ref_final["final_step"] == 5 * EPOCHS
-  assert res_final["eval"] == ref_final["eval"]
+  assert res_final["final_step"] == ref_final["final_step"] == 4 * EPOCHS
+  assert res_final["test"] == ref_final["test"]
+  assert res_final["validation"] == ref_final["validation"]
   res_params, ref_params = _params(tmp_path / "resumed"), _params(tmp_path / "reference")
   assert res_params.keys() == ref_params.keys()
   different = [k for k in ref_params if not np.array_equal(res_params[k], ref_params[k])]
   assert not different, different
   print(f"=== stopped at step {stopped_at}, resumed to step {res_final['final_step']}; "
-        f"final eval {res_final['eval']} identical; {len(ref_params)} parameter arrays "
+        f"final test {res_final['test']} identical; {len(ref_params)} parameter arrays "
         f"bit-identical; {elapsed:.0f} s in all")
