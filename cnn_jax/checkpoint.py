@@ -201,15 +201,17 @@ def _set_aside(ckpts: Checkpoints, step: int, error: Optional[Exception]) -> Non
          if error is not None else "another process could not read it")
   log.error("checkpoint %s is corrupt or incomplete (%s); moved to %s, trying an older one",
             path, why, aside)
-  if jax.process_count() > 1:  # every process is done reading before it moves
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices(f"cnn_jax set aside {step} (1)")
+  _barrier(f"cnn_jax set aside {step} (1)")  # every process is done reading before it moves
   if jax.process_index() == 0 and path.exists():
     path.rename(aside)
-  if jax.process_count() > 1:  # ... and nobody lists the directory before it has moved
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices(f"cnn_jax set aside {step} (2)")
+  _barrier(f"cnn_jax set aside {step} (2)")  # ... and nobody lists the directory before that
   ckpts.latest.reload()
+
+
+def _barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
 
 
 # ------------------------------------------------------------------- inference

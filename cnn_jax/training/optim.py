@@ -7,6 +7,8 @@ import jax
 import optax
 from ml_collections import ConfigDict
 
+from cnn_jax import transfer
+
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "piecewise", "onecycle", "exponential")
 
@@ -86,7 +88,6 @@ def make_optimizer(cfg: ConfigDict, steps_per_epoch: int, num_epochs: int, *,
   if cfg.get("grad_clip_norm"):
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
   if frozen:
-    from cnn_jax import transfer
     tx = transfer.freeze(tx, params, frozen)
   if k > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=k)

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from cnn_jax import transfer
 from cnn_jax.data.augment import PreprocessFn
 from cnn_jax.training import losses
 from cnn_jax.training.train_state import TrainState, variables_of
@@ -75,7 +76,6 @@ def train_step(state: TrainState, batch: Batch, *, preprocess: Optional[Preproce
   `optax.apply_if_finite` (config.skip_nonfinite_steps); its batch statistics are then
   dropped too, and metrics['skipped'] says so.
   """
-  from cnn_jax import transfer  # freeze helpers; transfer imports no training module
   loss_fn = loss_fn or (lambda out, b: classification_loss(out, b, label_smoothing))
   aug_rng, dropout_rng = step_rngs(state, axis_name)
   images = batch["image"] if preprocess is None else preprocess(batch["image"], aug_rng, True)

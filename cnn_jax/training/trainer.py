@@ -183,6 +183,6 @@ def train_and_evaluate(config: ConfigDict, workdir: str,
     ckpts.close()
     writer.close()
   summary["train_images_per_sec"] = train_images / train_time if train_time else None
-  summary["final_step"] = int(jax.device_get(state.step))
+  summary["final_step"] = final_step
   summary["state"] = state
   return summary
