@@ -136,8 +136,8 @@ def _prepare(argv: Sequence[str]) -> int:
   p.add_argument("--raw_dir", default=None)
   p.add_argument("--data_dir", default=None)
   args = p.parse_args(argv)
-  from cnn_jax.data import input_pipeline
-  builder = input_pipeline.prepare(args.dataset, args.data_dir, args.raw_dir)
+  from cnn_jax.data import tfds_data
+  builder = tfds_data.prepare(args.dataset, args.data_dir, args.raw_dir)
   print(f"{args.dataset} ready in {builder.data_dir}: "
         + ", ".join(f"{k}={v.num_examples}" for k, v in builder.info.splits.items()))
   return 0

@@ -26,7 +26,10 @@ def base_config() -> ConfigDict:
   c.model_input_shape = placeholder(tuple)             # (H, W, C); None: the registry's shape for the model
 
   c.dataset = ConfigDict()
-  c.dataset.name = "mnist"
+  c.dataset.name = "mnist"                # a tfds name (e.g. "imagenette/160px-v2"), or "folder"
+  c.dataset.path = placeholder(str)        # name="folder": DIR holding DIR/<split>/<class>/*.jpg
+  c.dataset.channels = 3                   # folder images are converted to 1 (grey) or 3 (RGB)
+  c.dataset.skip_corrupt = False           # folder: skip (and count) unreadable files instead of failing
   c.dataset.data_dir = placeholder(str)              # tfds data_dir (env CNN_JAX_DATA_DIR / TFDS_DATA_DIR)
   c.dataset.raw_dir = placeholder(str)               # original files for tfds manual_dir (env CNN_JAX_RAW_DIR)
   # Model selection (best/) uses the validation split, never the test split: by default a
@@ -38,6 +41,18 @@ def base_config() -> ConfigDict:
   c.dataset.allow_download = True
   c.dataset.max_train_examples = placeholder(int)    # for smoke runs
   c.dataset.max_eval_examples = placeholder(int)    # validation and test
+  # Host-side ops per example, in grain workers (cnn_jax/data/ops.py), e.g.
+  # "random_resized_crop(128)|flip_lr" / "resize_small(146)|central_crop(128)". "": as stored.
+  c.dataset.pp_train = ""
+  c.dataset.pp_eval = ""
+  c.dataset.mean = placeholder(tuple)      # per-channel normalization; None: the data set's own
+  c.dataset.std = placeholder(tuple)
+  c.dataset.workers = 0                    # grain worker processes (0: batches built in threads)
+  c.dataset.threads = 2                    # grain reader threads (per worker)
+  c.dataset.prefetch = 4                   # batches read ahead
+  c.dataset.cache = True                   # decode small fixed-shape splits once (data/cache.py)
+  c.dataset.cache_dir = placeholder(str)   # default $CNN_JAX_CACHE_DIR or ~/.cache/cnn_jax
+  c.dataset.cache_max_mb = 4096
 
   c.augment = ConfigDict()
   c.augment.crop_padding = 0             # random crop after zero padding (translation)

@@ -94,8 +94,8 @@ def stored_image_shape(meta: Mapping[str, Any], config: ConfigDict) -> tuple[int
     return tuple(int(v) for v in shape)
   name = config.dataset.name
   try:
-    from cnn_jax.data import input_pipeline
-    shape = input_pipeline._builder(name, config.dataset.get("data_dir")).info.features["image"].shape
+    from cnn_jax.data import tfds_data
+    shape = tfds_data._builder(name, config.dataset.get("data_dir")).info.features["image"].shape
   except Exception as e:  # noqa: BLE001 - no tfds, unknown data set, no image feature
     raise ValueError(f"the checkpoint does not record its data's image shape (meta['data_shape']) "
                      f"and the shape of {name!r} images is unknown here ({e}); the run pads or "
@@ -110,11 +110,11 @@ def stored_image_shape(meta: Mapping[str, Any], config: ConfigDict) -> tuple[int
 def from_workdir(workdir: str, which: str = "best") -> Predictor:
   """A run's best (or latest) checkpoint, with its training preprocessing and class names."""
   from cnn_jax import inference
-  from cnn_jax.data import augment, input_pipeline
+  from cnn_jax.data import augment, tfds_data
   model, variables, config, meta = inference.load_run(workdir, which)
   names = None
   try:
-    builder = input_pipeline._builder(config.dataset.name, config.dataset.data_dir)
+    builder = tfds_data._builder(config.dataset.name, config.dataset.data_dir)
     names = builder.info.features["label"].names
   except Exception:  # noqa: BLE001 - names are a nicety; indices still print
     pass

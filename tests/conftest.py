@@ -8,3 +8,12 @@ import jax  # noqa: E402
 
 # Tests compile many small programs once each: optimising them costs more than it saves.
 jax.config.update("jax_disable_most_optimizations", True)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _own_decoded_cache(tmp_path_factory, monkeypatch):
+  """Each test its own decoded-data cache: a mock data set must never be cached for another."""
+  monkeypatch.setenv("CNN_JAX_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))

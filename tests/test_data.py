@@ -8,7 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from cnn_jax import cli
-from cnn_jax.data import augment, input_pipeline
+from cnn_jax.data import augment, input_pipeline, tfds_data
 from cnn_jax.training import trainer
 from helpers import tiny_config
 
@@ -24,7 +24,7 @@ def test_one_training_run_on_tfds_mock_data(tmp_path):
 def test_split_shards_cover_each_example_once(tmp_path):
   # A real (tiny) array_record data set: the mock source ignores split slicing.
   tfds.testing.DummyMnist(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
-  load = lambda **kw: input_pipeline.load_split("dummy_mnist", "train", data_dir=str(tmp_path), **kw)
+  load = lambda **kw: tfds_data.load_split("dummy_mnist", "train", data_dir=str(tmp_path), **kw)
   parts = [load(process_index=i, process_count=3) for i in range(3)]
   whole = load()
   assert [len(p) for p in parts] == [7, 7, 6] and len(whole) == 20
@@ -33,17 +33,17 @@ def test_split_shards_cover_each_example_once(tmp_path):
 
 
 def test_unprepared_data_set_says_which_files_to_put_where(tmp_path):
-  with pytest.raises(input_pipeline.DatasetUnavailableError) as e:
-    input_pipeline.prepare("mnist", data_dir=str(tmp_path), raw_dir=str(tmp_path / "raw"))
+  with pytest.raises(tfds_data.DatasetUnavailableError) as e:
+    tfds_data.prepare("mnist", data_dir=str(tmp_path), raw_dir=str(tmp_path / "raw"))
   msg = str(e.value)
   assert "train-images-idx3-ubyte.gz" in msg and str(tmp_path / "raw") in msg
-  with pytest.raises(input_pipeline.DatasetUnavailableError, match="raw_dir"):
-    input_pipeline.prepare("fashion_mnist", data_dir=str(tmp_path), allow_download=False)
+  with pytest.raises(tfds_data.DatasetUnavailableError, match="raw_dir"):
+    tfds_data.prepare("fashion_mnist", data_dir=str(tmp_path), allow_download=False)
 
 
 def test_unknown_data_set_name():
   with pytest.raises(ValueError, match="Did you mean: mnist"):
-    input_pipeline.prepare("mnistt")
+    tfds_data.prepare("mnistt")
 
 
 def test_cli_train_reports_missing_data(tmp_path, capsys, monkeypatch):
@@ -82,15 +82,15 @@ def test_prepare_mnist_and_fashion_mnist_offline_into_one_data_dir(tmp_path):
   # Both ship files with the same names: each must get its own extraction cache.
   pytest.importorskip("tensorflow")
   for name in ("mnist", "fashion_mnist"):
-    input_pipeline.prepare(name, data_dir=str(tmp_path), raw_dir=os.path.join(SHARED, name),
+    tfds_data.prepare(name, data_dir=str(tmp_path), raw_dir=os.path.join(SHARED, name),
                            allow_download=False)
-  mnist = input_pipeline.load_split("mnist", "test", data_dir=str(tmp_path), max_examples=10)
-  fashion = input_pipeline.load_split("fashion_mnist", "test", data_dir=str(tmp_path),
+  mnist = tfds_data.load_split("mnist", "test", data_dir=str(tmp_path), max_examples=10)
+  fashion = tfds_data.load_split("fashion_mnist", "test", data_dir=str(tmp_path),
                                       max_examples=10)
   assert mnist.images.shape == fashion.images.shape == (10, 28, 28, 1)
   assert not np.array_equal(mnist.images, fashion.images)
-  full_m = input_pipeline.load_split("mnist", "test", data_dir=str(tmp_path))
-  full_f = input_pipeline.load_split("fashion_mnist", "test", data_dir=str(tmp_path))
+  full_m = tfds_data.load_split("mnist", "test", data_dir=str(tmp_path))
+  full_f = tfds_data.load_split("fashion_mnist", "test", data_dir=str(tmp_path))
   assert len(full_m) == len(full_f) == 10_000
   assert np.bincount(full_m.labels).tolist()[:3] == [980, 1135, 1032]  # MNIST test class counts
   assert np.bincount(full_f.labels).tolist() == [1000] * 10            # Fashion-MNIST: balanced

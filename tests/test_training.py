@@ -10,7 +10,8 @@ import optax
 import pytest
 from ml_collections import ConfigDict
 
-from cnn_jax.data.input_pipeline import Split, eval_batches, train_batches
+from cnn_jax.data.input_pipeline import eval_batches, train_batches
+from cnn_jax.data.sources import Split
 from cnn_jax.training import losses, optim, setup, trainer
 from cnn_jax.training.metric_writers import read_metrics
 from helpers import random_split, tiny_config
@@ -71,20 +72,23 @@ def test_learns_a_learnable_task(tmp_path):
 
 def test_batches_fixed_shape_and_seeded():
   data = random_split(100)
-  a = list(train_batches(data, 32, seed=0, epoch=0))
-  b = list(train_batches(data, 32, seed=0, epoch=0))
-  c = list(train_batches(data, 32, seed=0, epoch=1))
-  assert len(a) == 3 and all(x["image"].shape == (32, 28, 28, 1) for x in a)
-  assert all(np.array_equal(x["label"], y["label"]) for x, y in zip(a, b))
-  assert not all(np.array_equal(x["label"], y["label"]) for x, y in zip(a, c))
-  resumed = list(train_batches(data, 32, seed=0, epoch=0, start_step=2))
-  assert np.array_equal(resumed[0]["image"], a[2]["image"])
+  epochs = lambda **kw: list(train_batches(data, 32, seed=0, steps_per_epoch=3,
+                                           num_steps=kw.pop("num_steps", 6), **kw))
+  a = epochs()
+  assert len(a) == 6 and all(x["image"].shape == (32, 28, 28, 1) for x in a)
+  assert all(np.array_equal(x["label"], y["label"]) for x, y in zip(a, epochs()))
+  assert not all(np.array_equal(x["label"], y["label"]) for x, y in zip(a[:3], a[3:]))  # reshuffled
+  # An epoch covers distinct examples; the batch of a step does not depend on where reading started.
+  first = np.concatenate([x["image"] for x in a[:3]]).reshape(96, -1)
+  assert len({r.tobytes() for r in first}) == 96
+  resumed = epochs(start_step=2)
+  assert all(np.array_equal(x["image"], y["image"]) for x, y in zip(resumed, a[2:]))
   # A process holding an example more than the others (tfds.even_splits) takes only the
   # agreed number of steps, or the others would wait in a collective forever.
-  agreed = list(train_batches(random_split(96), 32, seed=0, epoch=0, num_steps=2))
+  agreed = list(train_batches(random_split(96), 32, seed=0, steps_per_epoch=2, num_steps=2))
   assert len(agreed) == 2
   with pytest.raises(ValueError, match="only 3 batches"):
-    list(train_batches(data, 32, seed=0, epoch=0, num_steps=4))
+    list(train_batches(data, 32, seed=0, steps_per_epoch=4, num_steps=4))
   ev = list(eval_batches(data, 32))
   assert [int(x["mask"].sum()) for x in ev] == [32, 32, 32, 4]
 
@@ -204,7 +208,7 @@ def test_logged_train_means_cover_every_step(tmp_path):
   s = setup.setup(cfg, train, train)
   state = s.compiled.init_state(jax.random.key(cfg.seed))
   per_step = []
-  for batch in train_batches(train, 32, cfg.seed, 0):
+  for batch in train_batches(train, 32, cfg.seed, steps_per_epoch=8, num_steps=8):
     state, m = s.compiled.train_step(state, s.compiled.put_batch(batch))
     per_step.append(float(m["loss"]))
   np.testing.assert_allclose([l["train/loss"] for l in lines],
@@ -216,7 +220,7 @@ def test_matmul_precision_reaches_the_compiled_step():
   cfg = tiny_config("mlp", matmul_precision="highest")
   s = setup.setup(cfg, random_split(64), random_split(16))
   state = s.compiled.init_state(jax.random.key(0))
-  batch = s.compiled.put_batch(next(train_batches(random_split(64), 32, 0, 0)))
+  batch = s.compiled.put_batch(next(train_batches(random_split(64), 32, 0, steps_per_epoch=2, num_steps=2)))
   text = s.compiled.train_step.lower(state, batch).as_text()
   assert "HIGHEST" in text
   cfg = tiny_config("mlp")  # default: XLA's choice, no precision attribute

@@ -1,34 +1,27 @@
-"""tfds input pipeline without a TensorFlow runtime.
+"""The input pipeline: grain reads a random-access source into fixed-shape batches.
 
-Data sets are read with `tfds.data_source` (random access into array_record files) and
-batched with numpy. Why not `tfds.load` + tf.data: reading needs no TensorFlow, there
-is no second runtime competing with XLA for the CPU cores, and a random-access source
-makes the position in an epoch a pure function of (seed, epoch, step) — exactly what an
-exact resume needs. TensorFlow is only needed once, to *prepare* a data set from its
-raw files (`cnn-jax prepare`, or automatically when `raw_dir` is given).
+One `grain.MapDataset` maps a *global step* to its batch. The batch of a step is a pure
+function of (seed, step): the epoch's order is `epoch_permutation(seed, epoch)`, each
+example's host-side augmentation draws from `default_rng([seed, epoch, index])`. So a run
+resumed at any step reads exactly the batches it would have read, whether the batches
+are built in the main process, in threads, or in grain worker processes
+(`dataset.workers`), and nothing of grain's iterator needs checkpointing.
 
-Per-host sharding: each process reads `tfds.even_splits(split, process_count)[index]`.
-Train batches have a fixed shape (the last partial batch of an epoch is dropped; the
-order is reshuffled each epoch). Eval batches are padded to a fixed shape and carry a
-`mask` so that every test example counts exactly once and nothing recompiles.
+Host-side ops (`dataset.pp_train` / `dataset.pp_eval`, see `ops`) run per example where
+the batch is built, in the workers; per-pixel augmentation runs on the device in the
+jitted step (`augment`). Train batches have a fixed shape (an epoch drops its last
+partial batch; all processes take the same number of steps). Eval batches are padded to
+a fixed shape and carry a `mask`, so every example counts once and nothing recompiles.
 """
 from __future__ import annotations
 
-import difflib
-import os
-from dataclasses import dataclass
+import functools
 from typing import Any, Iterator, Optional
 
 import numpy as np
 
-# Raw files tfds expects in `manual_dir` for the data sets we document.
-RAW_FILES = {
-    "mnist": ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-              "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"],
-    "fashion_mnist": ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-                      "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"],
-    "cifar10": ["cifar-10-binary.tar.gz"],
-}
+from cnn_jax.data import ops
+from cnn_jax.data.sources import Split
 
 # ImageNet's per-channel mean / std: what torchvision / Keras "torch"-mode weights expect.
 IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -38,118 +31,17 @@ NORMALIZATION = {
     "mnist": ((0.1307,), (0.3081,)),
     "fashion_mnist": ((0.2860,), (0.3530,)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "imagenette": IMAGENET_MEAN_STD,
     "imagenet2012": IMAGENET_MEAN_STD,
+    "imagenet2012_subset": IMAGENET_MEAN_STD,
+    "imagenet_resized": IMAGENET_MEAN_STD,
 }
 
 
 def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-  """(mean, std) per channel for data set `name`; 0.5 / 0.5 for one without statistics here."""
-  return NORMALIZATION.get(name, ((0.5,), (0.5,)))
-
-
-class DatasetUnavailableError(RuntimeError):
-  """The data set is neither prepared in data_dir nor preparable from raw_dir."""
-
-
-def default_data_dir(data_dir: Optional[str] = None) -> Optional[str]:
-  return data_dir or os.environ.get("CNN_JAX_DATA_DIR") or os.environ.get("TFDS_DATA_DIR")
-
-
-def default_raw_dir(raw_dir: Optional[str] = None) -> Optional[str]:
-  return raw_dir or os.environ.get("CNN_JAX_RAW_DIR")
-
-
-def _builder(name: str, data_dir: Optional[str]):
-  import tensorflow_datasets as tfds
-  try:
-    return tfds.builder(name, data_dir=data_dir, file_format="array_record")
-  except tfds.core.registered.DatasetNotFoundError:
-    close = difflib.get_close_matches(name, tfds.list_builders(), n=3)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    raise ValueError(f"tensorflow-datasets knows no data set named {name!r}.{hint}") from None
-
-
-def _missing_data_message(name: str, data_dir: Optional[str], raw_dir: Optional[str],
-                          cause: str = "") -> str:
-  files = RAW_FILES.get(name)
-  where = raw_dir or "<RAW_DIR>"
-  lines = [f"data set {name!r} is not prepared in data_dir={data_dir or '~/tensorflow_datasets'}"
-           + (f" and could not be prepared ({cause})" if cause else "") + "."]
-  if files:
-    lines.append(f"Put the original files {', '.join(files)} in {where}/ and pass "
-                 f"--config.dataset.raw_dir={where} (or set CNN_JAX_RAW_DIR), or run "
-                 f"`cnn-jax prepare {name} --raw_dir {where}`.")
-  else:
-    lines.append(f"Download the original files of {name} (see its tensorflow-datasets page) "
-                 f"into {where}/ and pass --config.dataset.raw_dir={where}.")
-  lines.append("Preparing from raw files needs TensorFlow once: pip install tensorflow-cpu.")
-  return "\n".join(lines)
-
-
-def prepare(name: str, data_dir: Optional[str] = None, raw_dir: Optional[str] = None,
-            allow_download: bool = True) -> Any:
-  """Make sure `name` is prepared in data_dir (from raw_dir if given); return its builder."""
-  import tensorflow_datasets as tfds
-  data_dir, raw_dir = default_data_dir(data_dir), default_raw_dir(raw_dir)
-  builder = _builder(name, data_dir)
-  if builder.is_prepared():
-    return builder
-  if raw_dir is None and not allow_download:
-    raise DatasetUnavailableError(_missing_data_message(name, data_dir, raw_dir))
-  if raw_dir is not None:
-    missing = [f for f in RAW_FILES.get(name, []) if not os.path.exists(os.path.join(raw_dir, f))]
-    if missing:
-      raise DatasetUnavailableError(_missing_data_message(
-          name, data_dir, raw_dir, f"missing in raw_dir: {', '.join(missing)}"))
-  # A download (and extraction) cache of its own per data set: tfds names extracted files
-  # after the archive, and MNIST and Fashion-MNIST ship archives with the same names, so a
-  # shared cache silently turns Fashion-MNIST into MNIST.
-  download_dir = os.path.join(builder.data_dir_root, "downloads", name)
-  config = tfds.download.DownloadConfig(manual_dir=raw_dir)
-  try:
-    builder.download_and_prepare(download_dir=download_dir, download_config=config)
-  except Exception as e:  # network down, checksum mismatch, no TensorFlow, ...
-    raise DatasetUnavailableError(_missing_data_message(
-        name, data_dir, raw_dir, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")) from e
-  return builder
-
-
-@dataclass
-class Split:
-  """A split held in memory as uint8 images (N, H, W, C) and int32 labels (N,)."""
-  images: np.ndarray
-  labels: np.ndarray
-  num_classes: int
-
-  def __len__(self) -> int:
-    return len(self.labels)
-
-
-def load_split(name: str, split: str, data_dir: Optional[str] = None,
-               raw_dir: Optional[str] = None, process_index: int = 0, process_count: int = 1,
-               allow_download: bool = True, max_examples: Optional[int] = None) -> Split:
-  """Read this process's share of a split into memory.
-
-  Each process gets `tfds.even_splits(split, process_count)[process_index]`, so the
-  processes of a multi-host job together read every example exactly once.
-  """
-  import tensorflow_datasets as tfds
-  builder = prepare(name, data_dir, raw_dir, allow_download)
-  sub = tfds.even_splits(split, process_count)[process_index] if process_count > 1 else split
-  try:
-    source = tfds.data_source(name, split=sub, data_dir=default_data_dir(data_dir))
-  except (ValueError, KeyError) as e:
-    raise ValueError(f"cannot read split {split!r} of {name!r} (it has "
-                     f"{list(builder.info.splits) or 'unknown splits'}): {e}") from e
-  n = len(source) if max_examples is None else min(len(source), max_examples)
-  records = [source[i] for i in range(n)]
-  images = np.stack([np.asarray(r["image"]) for r in records]).astype(np.uint8)
-  if images.ndim == 3:
-    images = images[..., None]
-  labels = np.asarray([r["label"] for r in records], np.int32)
-  num_classes = builder.info.features["label"].num_classes
-  return Split(images, labels, num_classes)
+  """(mean, std) per channel for data set `name` ('imagenette/160px-v2' → 'imagenette')."""
+  return NORMALIZATION.get(name.split("/")[0], ((0.5,), (0.5,)))
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
@@ -168,42 +60,118 @@ def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(num_examples)
 
 
-def train_batches(data: Split, batch_size: int, seed: int, epoch: int, start_step: int = 0,
-                  num_steps: Optional[int] = None) -> Iterator[dict[str, np.ndarray]]:
-  """Shuffled fixed-shape batches of one epoch, starting at `start_step` (for resume).
+def gather(source: Any, index: np.ndarray, pipeline: Optional[ops.Pipeline],
+           rng_key: Optional[list[int]] = None) -> dict[str, np.ndarray]:
+  """Examples `index` of `source` through `pipeline`, stacked into one batch."""
+  if isinstance(source, Split) and not pipeline:
+    return {"image": np.asarray(source.images[index]), "label": source.labels[index]}
+  images, labels = [], []
+  for j in index:
+    image, label = source[int(j)]
+    if pipeline:
+      rng = np.random.default_rng((rng_key or []) + [int(j)])
+      image = pipeline(image, rng)
+    images.append(image)
+    labels.append(label)
+  shapes = {im.shape for im in images}
+  if len(shapes) > 1:
+    raise ValueError(f"images of different sizes {sorted(shapes)[:3]} cannot be batched: add a "
+                     "resize / crop op to dataset.pp_train and dataset.pp_eval, e.g. "
+                     "'resize_small(146)|central_crop(128)'")
+  return {"image": np.stack(images), "label": np.asarray(labels, np.int32)}
 
-  num_steps (default: all full batches of `data`) is the epoch length every process of a
-  multi-host job agreed on: one holding an example more must not take a step more.
-  """
-  available = steps_per_epoch(len(data), batch_size)
-  if num_steps is None:
-    num_steps = available
-  elif num_steps > available:
-    raise ValueError(f"num_steps={num_steps} but {len(data)} examples give only {available} "
-                     f"batches of {batch_size}")
-  order = epoch_permutation(len(data), seed, epoch)
-  for step in range(start_step, num_steps):
-    idx = np.sort(order[step * batch_size:(step + 1) * batch_size])
-    yield {"image": data.images[idx], "label": data.labels[idx]}
+
+class TrainBatch:
+  """step -> that step's batch; picklable, so grain workers can build batches."""
+
+  def __init__(self, source: Any, batch_size: int, steps_per_epoch: int, seed: int, pp: str):
+    self.source, self.batch_size, self.spe, self.seed, self.pp = (
+        source, batch_size, steps_per_epoch, seed, pp)
+
+  @functools.cached_property
+  def pipeline(self) -> Optional[ops.Pipeline]:
+    return ops.parse(self.pp) if self.pp else None
+
+  @functools.lru_cache(maxsize=2)
+  def order(self, epoch: int) -> np.ndarray:
+    return epoch_permutation(len(self.source), self.seed, epoch)
+
+  def __call__(self, step: int) -> dict[str, np.ndarray]:
+    epoch, i = divmod(int(step), self.spe)
+    index = np.sort(self.order(epoch)[i * self.batch_size:(i + 1) * self.batch_size])
+    return gather(self.source, index, self.pipeline, [self.seed, epoch])
+
+  def __getstate__(self) -> dict:
+    return {k: v for k, v in self.__dict__.items() if k != "pipeline"}
 
 
-def eval_batches(data: Split, batch_size: int, num_batches: Optional[int] = None
-                 ) -> Iterator[dict[str, np.ndarray]]:
-  """All examples in order; the last batch is padded and `mask` marks real examples.
+class EvalBatch:
+  """b -> batch b of the split in order, padded to batch_size with `mask` marking real ones."""
 
-  num_batches (at least what the data needs) pads with fully masked batches, so that
-  every process of a multi-host job runs the same number of eval steps.
-  """
-  n = len(data)
-  needed = -(-n // batch_size)
-  for b in range(max(needed, num_batches or 0)):
-    start, stop = min(b * batch_size, n), min((b + 1) * batch_size, n)
-    real = stop - start
-    images, labels = data.images[start:stop], data.labels[start:stop]
-    mask = np.zeros(batch_size, np.float32)
+  def __init__(self, source: Any, batch_size: int, pp: str):
+    self.source, self.batch_size, self.pp = source, batch_size, pp
+
+  @functools.cached_property
+  def pipeline(self) -> Optional[ops.Pipeline]:
+    return ops.parse(self.pp) if self.pp else None
+
+  def __getstate__(self) -> dict:
+    return {k: v for k, v in self.__dict__.items() if k != "pipeline"}
+
+  def __call__(self, b: int) -> dict[str, np.ndarray]:
+    n, size = len(self.source), self.batch_size
+    index = np.arange(min(b * size, n), min((b + 1) * size, n))
+    pipeline = self.pipeline
+    if len(index):
+      batch = gather(self.source, index, pipeline)
+    else:  # a fully masked batch, so that every process runs the same number of steps
+      image, _ = self.source[0]
+      shape = (pipeline(image, np.random.default_rng(0)) if pipeline else image).shape
+      batch = {"image": np.zeros((0,) + shape,
+                                 np.uint8), "label": np.zeros((0,), np.int32)}
+    real = len(index)
+    mask = np.zeros(size, np.float32)
     mask[:real] = 1
-    if real < batch_size:
-      pad = batch_size - real
-      images = np.concatenate([images, np.zeros((pad,) + data.images.shape[1:], data.images.dtype)])
-      labels = np.concatenate([labels, np.zeros((pad,), data.labels.dtype)])
-    yield {"image": images, "label": labels, "mask": mask}
+    if real < size:
+      batch = {k: np.concatenate([v, np.zeros((size - real,) + v.shape[1:], v.dtype)])
+               for k, v in batch.items()}
+    return {**batch, "mask": mask}
+
+
+def _iterate(dataset: Any, workers: int, prefetch: int, threads: int) -> Iterator[dict]:
+  import grain
+  it = dataset.to_iter_dataset(grain.ReadOptions(num_threads=max(1, threads),
+                                                 prefetch_buffer_size=max(1, prefetch)))
+  if workers > 0:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
+                                                     per_worker_buffer_size=max(1, prefetch)))
+  return iter(it)
+
+
+def train_batches(source: Any, batch_size: int, seed: int, *, steps_per_epoch: int,
+                  start_step: int = 0, num_steps: int, pp: str = "", workers: int = 0,
+                  prefetch: int = 2, threads: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """The batches of global steps start_step .. num_steps - 1, in order.
+
+  steps_per_epoch is what every process of a multi-host job agreed on: one holding an
+  example more must not take a step more.
+  """
+  import grain
+  available = len(source) // batch_size
+  if steps_per_epoch > available:
+    raise ValueError(f"steps_per_epoch={steps_per_epoch} but {len(source)} examples give only "
+                     f"{available} batches of {batch_size}")
+  dataset = grain.MapDataset.range(start_step, num_steps).map(
+      TrainBatch(source, batch_size, steps_per_epoch, seed, pp))
+  return _iterate(dataset, workers, prefetch, threads)
+
+
+def eval_batches(source: Any, batch_size: int, num_batches: Optional[int] = None, *,
+                 pp: str = "", workers: int = 0, prefetch: int = 2, threads: int = 1
+                 ) -> Iterator[dict[str, np.ndarray]]:
+  """Every example once, in order, in padded batches (at least `num_batches` of them)."""
+  import grain
+  needed = -(-len(source) // batch_size)
+  dataset = grain.MapDataset.range(max(needed, num_batches or 0)).map(
+      EvalBatch(source, batch_size, pp))
+  return _iterate(dataset, workers, prefetch, threads)

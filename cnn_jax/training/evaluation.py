@@ -20,12 +20,15 @@ from cnn_jax.training.train_state import TrainState
 log = logging.getLogger("cnn_jax")
 
 
-def evaluate(s: Setup, state: TrainState, data: input_pipeline.Split) -> dict[str, float]:
+def evaluate(s: Setup, state: TrainState, data: Any) -> dict[str, float]:
   """Loss / top-1 / top-5 over every example of this process's share of `data`."""
   per_process = s.config.eval_batch_size // jax.process_count()
   totals: dict[str, float] = {}
   num_batches = parallel.agree(-(-len(data) // per_process), max)
-  for batch in input_pipeline.eval_batches(data, per_process, num_batches):
+  ds = s.config.dataset
+  for batch in input_pipeline.eval_batches(data, per_process, num_batches, pp=ds.pp_eval,
+                                           workers=ds.workers, prefetch=ds.prefetch,
+                                           threads=ds.threads):
     sums = jax.device_get(s.compiled.eval_step(state, s.compiled.put_batch(batch)))
     for k, v in sums.items():
       totals[k] = totals.get(k, 0.0) + float(v)

@@ -16,7 +16,7 @@ from ml_collections import ConfigDict
 
 from cnn_jax import config as config_lib
 from cnn_jax import models, parallel
-from cnn_jax.data import augment, input_pipeline
+from cnn_jax.data import augment, input_pipeline, ops, sources
 from cnn_jax.training import optim, steps
 from cnn_jax.training.train_state import create_train_state
 
@@ -32,9 +32,9 @@ class Setup:
   data_shape: tuple[int, int, int]      # what the data set stores (what predict must feed)
   num_classes: int
   preprocess: augment.PreprocessFn
-  train_data: Optional[input_pipeline.Split]
-  val_data: Optional[input_pipeline.Split]
-  test_data: Optional[input_pipeline.Split]
+  train_data: Optional[Any]             # random-access sources (data/sources.py)
+  val_data: Optional[Any]
+  test_data: Optional[Any]
   steps_per_epoch: int
   compiled: parallel.Compiled
   learning_rate: Callable[[int], float]  # the rate applied at a train step (logged)
@@ -59,23 +59,57 @@ def data_input_shape(config: ConfigDict, raw_shape: tuple[int, ...]) -> tuple[in
   return (h, w, c)
 
 
-def check_input(config: ConfigDict, data: input_pipeline.Split, num_classes: int,
-                split: str) -> None:
-  """Fail before compiling when a split (each checked by its own shape) cannot feed the model."""
-  got = data_input_shape(config, data.images.shape[1:])
+SPLIT_KEYS = {"train": "train_split", "validation": "val_split", "test": "test_split"}
+
+
+def batch_image_shape(config: ConfigDict, data: Any, split: str) -> tuple[int, int, int]:
+  """(H, W, C) of the images a split's batches carry: stored images after the host-side pp.
+
+  split: "train" (pp_train), "validation" or "test" (pp_eval).
+  """
+  pp = config.dataset.pp_train if split == "train" else config.dataset.pp_eval
+  stored = data.image_shape or (None, None, getattr(data, "channels", 3))
+  try:
+    shape = ops.parse(pp).output_shape(tuple(stored))
+  except ValueError as e:
+    key = "pp_train" if split == "train" else "pp_eval"
+    raise ValueError(f"dataset.{key}: {e}") from None
+  if None in shape:
+    key = "pp_train" if split == "train" else "pp_eval"
+    raise ValueError(f"{config.dataset.name}/{split} images differ in size and "
+                     f"dataset.{key}={pp!r} does not bring them to one size: add a resize / crop "
+                     "op, e.g. --config.dataset.pp_eval='resize_small(146)|central_crop(128)'")
+  return tuple(int(v) for v in shape)
+
+
+def check_input(config: ConfigDict, data: Any, num_classes: int, split: str) -> tuple[int, int, int]:
+  """Fail before compiling when a split (each checked by its own shape) cannot feed the model.
+
+  Returns the split's batch image shape.
+  """
+  shape = batch_image_shape(config, data, split)
+  split = config.dataset.get(SPLIT_KEYS.get(split, ""), split)  # e.g. "train[:90%]" in messages
+  got = data_input_shape(config, shape)
   expected = tuple(config.model_input_shape or models.input_shape(config.model))
   if tuple(got) != expected:
     hint = ""
     if got[2] == expected[2]:
       hint = (f" Set --config.dataset.image_size='({expected[0]}, {expected[1]})' to pad/crop the "
-              "images, or --config.model_input_shape to build the model for this size.")
+              "images, size them with dataset.pp_train / pp_eval, or set "
+              "--config.model_input_shape to build the model for this size.")
     raise ValueError(f"model {config.model!r} expects {expected[0]}x{expected[1]}x{expected[2]} "
                      f"images but {config.dataset.name}/{split} gives "
                      f"{got[0]}x{got[1]}x{got[2]}.{hint}")
-  if len(data.labels) and (data.labels.min() < 0 or data.labels.max() >= num_classes):
-    raise ValueError(f"{config.dataset.name}/{split} has labels in [{data.labels.min()}, "
-                     f"{data.labels.max()}] but the model has {num_classes} classes; set "
+  if data.num_classes > num_classes or (data.num_classes != num_classes
+                                        and not config.model_kwargs.get("num_classes")):
+    raise ValueError(f"{config.dataset.name}/{split} has {data.num_classes} classes but the "
+                     f"model is built for {num_classes}; the splits disagree")
+  labels = getattr(data, "labels", None)
+  if labels is not None and len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+    raise ValueError(f"{config.dataset.name}/{split} has labels in [{labels.min()}, "
+                     f"{labels.max()}] but the model has {num_classes} classes; set "
                      "--config.model_kwargs.num_classes or fix the labels.")
+  return shape
 
 
 def request_determinism(config: ConfigDict) -> None:
@@ -97,9 +131,8 @@ def check_determinism(config: ConfigDict) -> None:
 def load_splits(config: ConfigDict, for_training: bool = True) -> dict[str, Any]:
   """This process's share of the train (if for_training), validation and test splits."""
   ds = config.dataset
-  load = functools.partial(input_pipeline.load_split, ds.name, data_dir=ds.data_dir,
-                           raw_dir=ds.raw_dir, process_index=jax.process_index(),
-                           process_count=jax.process_count(), allow_download=ds.allow_download)
+  load = functools.partial(sources.load_source, ds, process_index=jax.process_index(),
+                           process_count=jax.process_count())
   return {
       "train": load(ds.train_split, max_examples=ds.max_train_examples) if for_training else None,
       "val": load(ds.val_split, max_examples=ds.max_eval_examples) if ds.val_split else None,
@@ -107,9 +140,8 @@ def load_splits(config: ConfigDict, for_training: bool = True) -> dict[str, Any]
   }
 
 
-def setup(config: ConfigDict, train_data: Optional[input_pipeline.Split] = None,
-          val_data: Optional[input_pipeline.Split] = None,
-          test_data: Optional[input_pipeline.Split] = None, *, for_training: bool = True) -> Setup:
+def setup(config: ConfigDict, train_data: Optional[Any] = None, val_data: Optional[Any] = None,
+          test_data: Optional[Any] = None, *, for_training: bool = True) -> Setup:
   """Validate the config, load data, build model / optimizer and compile the steps.
 
   Splits passed in memory are used as they are and nothing is loaded from the config;
@@ -124,17 +156,15 @@ def setup(config: ConfigDict, train_data: Optional[input_pipeline.Split] = None,
     train_data, val_data, test_data = loaded["train"], loaded["val"], loaded["test"]
   if for_training and train_data is None:
     raise ValueError("no training data: set --config.dataset.train_split")
-  splits = {"train": (train_data, config.dataset.train_split),
-            "validation": (val_data, config.dataset.val_split),
-            "test": (test_data, config.dataset.test_split)}
-  present = [(d, name) for d, name in splits.values() if d is not None]
+  splits = {"train": train_data, "validation": val_data, "test": test_data}
+  present = {name: d for name, d in splits.items() if d is not None}
   if not present:
     raise ValueError("no data to evaluate: set --config.dataset.val_split or test_split")
-  first = present[0][0]
+  first = next(iter(present.values()))
   num_classes = int(config.model_kwargs.get("num_classes", first.num_classes))
-  for data, name in present:
-    check_input(config, data, num_classes, name)
-  data_shape = tuple(first.images.shape[1:])
+  shapes = {name: check_input(config, data, num_classes, name) for name, data in present.items()}
+  # What predict must feed the device-side preprocessing: eval batches' images.
+  data_shape = next(shapes[k] for k in ("validation", "test", "train") if k in shapes)
   input_shape = data_input_shape(config, data_shape)
 
   preprocess = augment.preprocess_from_config(config)  # the one that eval and predict use

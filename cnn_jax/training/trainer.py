@@ -6,6 +6,7 @@ devices, calls the compiled step, and writes metrics / checkpoints. Validation p
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import sys
@@ -42,13 +43,12 @@ def _meta(s: Setup, epoch: int, step: int) -> dict[str, Any]:
           "config": json.loads(s.config.to_json_best_effort())}
 
 
-def train_and_evaluate(config: ConfigDict, workdir: str,
-                       train_data: Optional[input_pipeline.Split] = None,
-                       val_data: Optional[input_pipeline.Split] = None,
-                       test_data: Optional[input_pipeline.Split] = None) -> dict[str, Any]:
+def train_and_evaluate(config: ConfigDict, workdir: str, train_data: Optional[Any] = None,
+                       val_data: Optional[Any] = None, test_data: Optional[Any] = None
+                       ) -> dict[str, Any]:
   """Train `config` in `workdir`, resuming from its latest checkpoint; return final metrics.
 
-  In-memory splits, when given, replace the config's. Raises guards.Preempted (after
+  Sources (e.g. in-memory `data.sources.Split`s), when given, replace the config's splits. Raises guards.Preempted (after
   checkpointing) on SIGTERM / SIGINT / SIGUSR1 and guards.NonFiniteLossError when the
   loss stops being finite (unless skip_nonfinite_steps).
   """
@@ -92,12 +92,16 @@ def train_and_evaluate(config: ConfigDict, workdir: str,
   per_process = config.batch_size // jax.process_count()
   last_finite: tuple[int, Optional[float]] = (start_step, None)
   train_time, train_images = 0.0, 0
+  ds = config.dataset
+  loader = input_pipeline.train_batches(
+      s.train_data, per_process, config.seed, steps_per_epoch=spe, start_step=start_step,
+      num_steps=spe * config.num_epochs, pp=ds.pp_train, workers=ds.workers,
+      prefetch=ds.prefetch, threads=ds.threads)
   try:
     with guards.SignalFlag() as signals:
       for epoch in range(start_step // spe, config.num_epochs):
         first = max(0, start_step - epoch * spe)
-        batches = input_pipeline.train_batches(s.train_data, per_process, config.seed, epoch, first,
-                                               num_steps=spe)
+        batches = itertools.islice(loader, spe - first)
         bar = tqdm(batches, total=spe, initial=first, desc=f"epoch {epoch + 1}/{config.num_epochs}",
                    disable=not (is_main and config.progress_bar), file=sys.stderr,
                    mininterval=0.5 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
