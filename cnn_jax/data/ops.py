@@ -104,7 +104,10 @@ def _short_side_to(h: int, w: int, size: int) -> tuple[int, int]:
 
 @_register("decode")
 def _decode(channels: int = 3) -> HostOp:
-  """Encoded bytes (PNG, JPEG, ... via PIL) or an already-decoded array -> `channels`."""
+  """Encoded bytes (PNG, JPEG, ... via PIL) or an already-decoded array -> `channels`.
+
+  Encoded inputs have no static (h, w): give output_shape (None, None, c) for them.
+  """
   if channels not in (1, 3):
     raise ValueError(f"channels must be 1 or 3, got {channels!r}")
 
@@ -117,7 +120,7 @@ def _decode(channels: int = 3) -> HostOp:
     if np.asarray(x).dtype != np.uint8:
       raise ValueError(f"decode: expected encoded bytes or a uint8 image, got {np.asarray(x).dtype}")
     return _convert(np.asarray(x), channels)
-  return _shaped(fn, lambda s: (None, None, channels))
+  return _shaped(fn, lambda s: (s[0], s[1], channels))
 
 
 @_register("resize")
