@@ -34,8 +34,7 @@ _RANDOM: set[str] = set()  # ops that draw from the rng: a pipeline using one is
 def _register(name: str, random: bool = False) -> Callable:
   def deco(factory: Callable[..., HostOp]) -> Callable[..., HostOp]:
     _REGISTRY[name] = factory
-    if random:
-      _RANDOM.add(name)
+    _RANDOM.update([name] if random else [])
     return factory
   return deco
 
@@ -45,25 +44,32 @@ def names() -> list[str]:
   return sorted(_REGISTRY)
 
 
+def _check(ok: bool, message: str) -> None:
+  if not ok:
+    raise ValueError(message)
+
+
 def _int(x: Any, minimum: Optional[int] = None) -> bool:
   return (isinstance(x, (int, np.integer)) and not isinstance(x, bool)
           and (minimum is None or x >= minimum))
 
 
+def _number(x: Any) -> bool:
+  return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
+
+
 def _pair(x: Any, what: str, minimum: int = 1) -> tuple[int, int]:
   """An int or an (h, w) pair of ints >= minimum, as (h, w)."""
   pair = (x, x) if _int(x) else tuple(x) if isinstance(x, (tuple, list)) else ()
-  if len(pair) != 2 or not all(_int(v, minimum) for v in pair):
-    raise ValueError(f"{what} must be an int >= {minimum} or an (h, w) pair of them, got {x!r}")
+  _check(len(pair) == 2 and all(_int(v, minimum) for v in pair),
+         f"{what} must be an int >= {minimum} or an (h, w) pair of them, got {x!r}")
   return int(pair[0]), int(pair[1])
 
 
 def _range(x: Any, what: str) -> tuple[float, float]:
   """A (lo, hi) pair of numbers with 0 < lo <= hi."""
-  ok = isinstance(x, (tuple, list)) and len(x) == 2 and all(
-      isinstance(v, (int, float)) and not isinstance(v, bool) for v in x)
-  if not ok or not 0 < x[0] <= x[1]:
-    raise ValueError(f"{what} must be a (lo, hi) pair with 0 < lo <= hi, got {x!r}")
+  ok = isinstance(x, (tuple, list)) and len(x) == 2 and all(map(_number, x))
+  _check(ok and 0 < x[0] <= x[1], f"{what} must be a (lo, hi) pair with 0 < lo <= hi, got {x!r}")
   return float(x[0]), float(x[1])
 
 
@@ -84,15 +90,13 @@ def _pil(image: np.ndarray) -> Image.Image:
 
 def _resize(image: np.ndarray, h: int, w: int) -> np.ndarray:
   """PIL bilinear resize (antialiased when shrinking) of an HWC uint8 image to (h, w)."""
-  if image.shape[-1] in (1, 3):
-    return _hwc(_pil(image).resize((w, h), Image.Resampling.BILINEAR))
-  # Other channel counts (e.g. RGBA, which PIL would premultiply): one channel at a time.
-  return np.concatenate([_resize(image[..., c:c + 1], h, w) for c in range(image.shape[-1])], -1)
+  return _hwc(_pil(image).resize((w, h), Image.Resampling.BILINEAR))
 
 
 def _convert(image: np.ndarray, channels: int) -> np.ndarray:
   """To 1 (PIL "L": ITU-R 601-2 luma) or 3 (PIL "RGB") channels, exactly as PIL converts."""
   image = _hwc(image)
+  _check(image.dtype == np.uint8, f"expected encoded bytes or a uint8 image, got {image.dtype}")
   if image.shape[-1] == channels:
     return image
   return _hwc(_pil(image).convert("L" if channels == 1 else "RGB"))
@@ -108,8 +112,7 @@ def _decode(channels: int = 3) -> HostOp:
 
   Encoded inputs have no static (h, w): give output_shape (None, None, c) for them.
   """
-  if channels not in (1, 3):
-    raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+  _check(_int(channels) and channels in (1, 3), f"channels must be 1 or 3, got {channels!r}")
 
   def fn(x: Any, rng: np.random.Generator) -> np.ndarray:
     if isinstance(x, np.ndarray) and x.dtype.kind in "OSV" and x.size == 1:
@@ -117,8 +120,6 @@ def _decode(channels: int = 3) -> HostOp:
     if isinstance(x, (bytes, bytearray, memoryview)):
       with Image.open(io.BytesIO(bytes(x))) as img:
         return _hwc(img.convert("L" if channels == 1 else "RGB"))
-    if np.asarray(x).dtype != np.uint8:
-      raise ValueError(f"decode: expected encoded bytes or a uint8 image, got {np.asarray(x).dtype}")
     return _convert(np.asarray(x), channels)
   return _shaped(fn, lambda s: (s[0], s[1], channels))
 
@@ -132,9 +133,12 @@ def _resize_op(size: Size) -> HostOp:
 
 @_register("resize_small")
 def _resize_small(size: int) -> HostOp:
-  """Resize so the shorter side is `size`, keeping the aspect ratio (longer side rounded)."""
-  if not _int(size, 1):
-    raise ValueError(f"size must be a positive int, got {size!r}")
+  """Resize so the shorter side is `size`, keeping the aspect ratio.
+
+  The longer side is int(round(long * size / short)), as big_vision does; torchvision's
+  Resize(int) truncates instead, so the two can differ by one pixel there.
+  """
+  _check(_int(size, 1), f"size must be a positive int, got {size!r}")
 
   def shape(s: Shape) -> Shape:
     known = s[0] is not None and s[1] is not None
@@ -149,9 +153,8 @@ def _central_crop(size: Size) -> HostOp:
 
   def fn(im: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     H, W = im.shape[:2]
-    if H < h or W < w:
-      raise ValueError(f"central_crop({h}, {w}): the image is only {H}x{W}; resize it "
-                       f"first, e.g. resize_small({max(h, w)})|central_crop(...)")
+    _check(H >= h and W >= w, f"central_crop({h}, {w}): the image is only {H}x{W}; resize "
+           f"it first, e.g. resize_small({max(h, w)})|central_crop(...)")
     top, left = (H - h) // 2, (W - w) // 2
     return im[top:top + h, left:left + w]
   return _shaped(fn, lambda s: (h, w, s[2]))
@@ -161,14 +164,12 @@ def _central_crop(size: Size) -> HostOp:
 def _random_crop(size: Size, padding: int = 0) -> HostOp:
   """Zero-pad by `padding` on each side, then crop a uniformly placed `size` window."""
   h, w = _pair(size, "size")
-  if not _int(padding, 0):
-    raise ValueError(f"padding must be an int >= 0, got {padding!r}")
+  _check(_int(padding, 0), f"padding must be an int >= 0, got {padding!r}")
 
   def fn(im: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     im = np.pad(im, ((padding, padding), (padding, padding), (0, 0))) if padding else im
     H, W = im.shape[:2]
-    if H < h or W < w:
-      raise ValueError(f"random_crop({h}, {w}): the padded image is only {H}x{W}")
+    _check(H >= h and W >= w, f"random_crop({h}, {w}): the padded image is only {H}x{W}")
     top, left = int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1))
     return im[top:top + h, left:left + w]
   return _shaped(fn, lambda s: (h, w, s[2]))
@@ -211,16 +212,14 @@ def _random_resized_crop(size: Size, scale: tuple[float, float] = (0.08, 1.0),
 @_register("flip_lr", random=True)
 def _flip_lr(p: float = 0.5) -> HostOp:
   """Mirror left-right with probability p (one rng draw per example, whatever p)."""
-  if not (isinstance(p, (int, float)) and not isinstance(p, bool) and 0 <= p <= 1):
-    raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
+  _check(_number(p) and 0 <= p <= 1, f"p must be a probability in [0, 1], got {p!r}")
   return lambda im, rng: im[:, ::-1] if rng.random() < p else im
 
 
 @_register("rot90")
 def _rot90(k: int = 1) -> HostOp:
   """Rotate by k * 90 degrees counter-clockwise (deterministic, e.g. for test-time views)."""
-  if not _int(k):
-    raise ValueError(f"k must be an int, got {k!r}")
+  _check(_int(k), f"k must be an int, got {k!r}")
   return _shaped(lambda im, rng: np.rot90(im, k, axes=(0, 1)),
                  lambda s: (s[1], s[0], s[2]) if k % 2 else s)
 
@@ -229,8 +228,7 @@ def _rot90(k: int = 1) -> HostOp:
 def _pad(padding: Size, value: int = 0) -> HostOp:
   """Constant padding: `padding` rows above and below, and columns left and right."""
   ph, pw = _pair(padding, "padding", minimum=0)
-  if not (_int(value, 0) and value <= 255):
-    raise ValueError(f"value must be an int in [0, 255], got {value!r}")
+  _check(_int(value, 0) and value <= 255, f"value must be an int in [0, 255], got {value!r}")
   grow = lambda n, p: None if n is None else n + 2 * p  # noqa: E731
   return _shaped(lambda im, rng: np.pad(im, ((ph, ph), (pw, pw), (0, 0)), constant_values=value),
                  lambda s: (grow(s[0], ph), grow(s[1], pw), s[2]))
