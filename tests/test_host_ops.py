@@ -123,7 +123,8 @@ def test_resize_matches_torchvision():
 def test_random_resized_crop():
   img = rng(3).integers(0, 256, (40, 60, 3), dtype=np.uint8)
   assert run("random_resized_crop((24, 32))", img).shape == (24, 32, 3)
-  assert np.array_equal(run("random_resized_crop(16)", img, 5), run("random_resized_crop(16)", img, 5))
+  assert np.array_equal(run("random_resized_crop(16)", img, 5),
+                        run("random_resized_crop(16)", img, 5))
   # The whole square image (area fraction 1, aspect 1) resized: plain resize.
   square = img[:, :40]
   assert np.array_equal(run("random_resized_crop(24, scale=(1, 1), ratio=(1, 1))", square, 9),
@@ -200,7 +201,8 @@ def test_decode():
   gray = img[..., 0]
   assert np.array_equal(run("decode(1)", png(gray)), gray[..., None])
   assert np.array_equal(run("decode", png(gray)), np.repeat(gray[..., None], 3, -1))
-  assert np.array_equal(run("decode(channels=1)", data), np.asarray(Image.fromarray(img).convert("L"))[..., None])
+  luma = np.asarray(Image.fromarray(img).convert("L"))[..., None]
+  assert np.array_equal(run("decode(channels=1)", data), luma)
   palette = Image.fromarray(img).convert("P", palette=Image.Palette.ADAPTIVE, colors=8)
   assert np.array_equal(run("decode", png(palette)), np.asarray(palette.convert("RGB")))
   rgba = np.concatenate([img, np.full((9, 7, 1), 100, np.uint8)], -1)
@@ -248,7 +250,8 @@ def test_unparseable_pp_strings(pp):
 
 
 def test_str_round_trips():
-  for pp in ["resize_small(146)|central_crop(128)", "random_resized_crop(128, scale=(0.35, 1))|flip_lr",
+  for pp in ["resize_small(146)|central_crop(128)",
+             "random_resized_crop(128, scale=(0.35, 1))|flip_lr",
              "decode(channels=1)|pad(2)|random_crop((28, 28), padding=4)|rot90(k=-1)", "to_rgb"]:
     p = ops.parse(pp)
     assert str(p) == pp and ops.parse(str(p)) == p
@@ -280,7 +283,8 @@ def test_output_shape():
 
 
 def test_random_property():
-  assert not ops.parse("").random and not ops.parse("decode|resize_small(146)|central_crop(128)").random
+  assert not ops.parse("").random
+  assert not ops.parse("decode|resize_small(146)|central_crop(128)").random
   assert ops.parse("resize(4)|flip_lr").random and ops.parse("random_crop(4)").random
   assert ops.parse("random_resized_crop(8)").random
 
