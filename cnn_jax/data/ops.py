@@ -1,0 +1,343 @@
+"""Host-side preprocessing ops, composed from big_vision-style `pp` strings.
+
+    parse("decode|resize_small(146)|central_crop(128)")(image, rng) -> uint8 (128, 128, 3)
+
+Why on the host: images of varying size (ImageNet, Imagenette) must reach one fixed size
+before they can be batched, and decoding / resizing is work for grain's worker processes,
+not the accelerator; normalization and per-pixel augmentation run on the device
+(`augment.py`). Each op maps (uint8 HWC image, np.random.Generator) -> uint8 HWC image and
+draws randomness only from that generator, so an example's preprocessing is a pure
+function of its seed. Sizes are (h, w); an int means a square. Resizing is PIL bilinear,
+torchvision's PIL path, so results match torchvision on PIL images exactly.
+"""
+from __future__ import annotations
+
+import ast
+import difflib
+import inspect
+import io
+import math
+from typing import Any, Callable, Optional, Sequence, Union
+
+import numpy as np
+from PIL import Image
+
+# (image uint8 HWC, rng) -> image uint8 HWC.
+HostOp = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+Shape = tuple[Optional[int], Optional[int], int]
+Size = Union[int, tuple[int, int]]
+
+_REGISTRY: dict[str, Callable[..., HostOp]] = {}
+_RANDOM: set[str] = set()  # ops that draw from the rng: a pipeline using one is train-only
+
+
+def _register(name: str, random: bool = False) -> Callable:
+  def deco(factory: Callable[..., HostOp]) -> Callable[..., HostOp]:
+    _REGISTRY[name] = factory
+    _RANDOM.update([name] if random else [])
+    return factory
+  return deco
+
+
+def names() -> list[str]:
+  """All registered op names, sorted."""
+  return sorted(_REGISTRY)
+
+
+def _check(ok: bool, message: str) -> None:
+  if not ok:
+    raise ValueError(message)
+
+
+def _int(x: Any, minimum: Optional[int] = None) -> bool:
+  return (isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+          and (minimum is None or x >= minimum))
+
+
+def _number(x: Any) -> bool:
+  return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
+
+
+def _pair(x: Any, what: str, minimum: int = 1) -> tuple[int, int]:
+  """An int or an (h, w) pair of ints >= minimum, as (h, w)."""
+  pair = (x, x) if _int(x) else tuple(x) if isinstance(x, (tuple, list)) else ()
+  _check(len(pair) == 2 and all(_int(v, minimum) for v in pair),
+         f"{what} must be an int >= {minimum} or an (h, w) pair of them, got {x!r}")
+  return int(pair[0]), int(pair[1])
+
+
+def _range(x: Any, what: str) -> tuple[float, float]:
+  """A (lo, hi) pair of numbers with 0 < lo <= hi."""
+  ok = isinstance(x, (tuple, list)) and len(x) == 2 and all(map(_number, x))
+  _check(ok and 0 < x[0] <= x[1], f"{what} must be a (lo, hi) pair with 0 < lo <= hi, got {x!r}")
+  return float(x[0]), float(x[1])
+
+
+def _shaped(fn: HostOp, shape_fn: Callable[[Shape], Shape]) -> HostOp:
+  """Attach static shape inference to an op (an op without it keeps the shape)."""
+  fn.output_shape = shape_fn  # type: ignore[attr-defined]
+  return fn
+
+
+def _hwc(image: Union[np.ndarray, Image.Image]) -> np.ndarray:
+  a = np.asarray(image)
+  return a[..., None] if a.ndim == 2 else a
+
+
+def _pil(image: np.ndarray) -> Image.Image:
+  return Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+
+
+def _resize(image: np.ndarray, h: int, w: int) -> np.ndarray:
+  """PIL bilinear resize (antialiased when shrinking) of an HWC uint8 image to (h, w)."""
+  return _hwc(_pil(image).resize((w, h), Image.Resampling.BILINEAR))
+
+
+def _convert(image: np.ndarray, channels: int) -> np.ndarray:
+  """To 1 (PIL "L": ITU-R 601-2 luma) or 3 (PIL "RGB") channels, exactly as PIL converts."""
+  image = _hwc(image)
+  _check(image.dtype == np.uint8, f"expected encoded bytes or a uint8 image, got {image.dtype}")
+  if image.shape[-1] == channels:
+    return image
+  return _hwc(_pil(image).convert("L" if channels == 1 else "RGB"))
+
+
+def _short_side_to(h: int, w: int, size: int) -> tuple[int, int]:
+  return (size, int(round(w * size / h))) if h <= w else (int(round(h * size / w)), size)
+
+
+@_register("decode")
+def _decode(channels: int = 3) -> HostOp:
+  """Encoded bytes (PNG, JPEG, ... via PIL) or an already-decoded array -> `channels`.
+
+  Encoded inputs have no static (h, w): give output_shape (None, None, c) for them.
+  """
+  _check(_int(channels) and channels in (1, 3), f"channels must be 1 or 3, got {channels!r}")
+
+  def fn(x: Any, rng: np.random.Generator) -> np.ndarray:
+    if isinstance(x, np.ndarray) and x.dtype.kind in "OSV" and x.size == 1:
+      x = x.item()
+    if isinstance(x, (bytes, bytearray, memoryview)):
+      with Image.open(io.BytesIO(bytes(x))) as img:
+        return _hwc(img.convert("L" if channels == 1 else "RGB"))
+    return _convert(np.asarray(x), channels)
+  return _shaped(fn, lambda s: (s[0], s[1], channels))
+
+
+@_register("resize")
+def _resize_op(size: Size) -> HostOp:
+  """Resize to exactly `size` (the aspect ratio is not kept)."""
+  h, w = _pair(size, "size")
+  return _shaped(lambda im, rng: _resize(im, h, w), lambda s: (h, w, s[2]))
+
+
+@_register("resize_small")
+def _resize_small(size: int) -> HostOp:
+  """Resize so the shorter side is `size`, keeping the aspect ratio.
+
+  The longer side is int(round(long * size / short)), as big_vision does; torchvision's
+  Resize(int) truncates instead, so the two can differ by one pixel there.
+  """
+  _check(_int(size, 1), f"size must be a positive int, got {size!r}")
+
+  def shape(s: Shape) -> Shape:
+    known = s[0] is not None and s[1] is not None
+    return (*_short_side_to(s[0], s[1], size), s[2]) if known else (None, None, s[2])
+  return _shaped(lambda im, rng: _resize(im, *_short_side_to(*im.shape[:2], size)), shape)
+
+
+@_register("central_crop")
+def _central_crop(size: Size) -> HostOp:
+  """Centre crop to `size`: top = (H - h) // 2, left = (W - w) // 2."""
+  h, w = _pair(size, "size")
+
+  def fn(im: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    H, W = im.shape[:2]
+    _check(H >= h and W >= w, f"central_crop({h}, {w}): the image is only {H}x{W}; resize "
+           f"it first, e.g. resize_small({max(h, w)})|central_crop(...)")
+    top, left = (H - h) // 2, (W - w) // 2
+    return im[top:top + h, left:left + w]
+  return _shaped(fn, lambda s: (h, w, s[2]))
+
+
+@_register("random_crop", random=True)
+def _random_crop(size: Size, padding: int = 0) -> HostOp:
+  """Zero-pad by `padding` on each side, then crop a uniformly placed `size` window."""
+  h, w = _pair(size, "size")
+  _check(_int(padding, 0), f"padding must be an int >= 0, got {padding!r}")
+
+  def fn(im: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    im = np.pad(im, ((padding, padding), (padding, padding), (0, 0))) if padding else im
+    H, W = im.shape[:2]
+    _check(H >= h and W >= w, f"random_crop({h}, {w}): the padded image is only {H}x{W}")
+    top, left = int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1))
+    return im[top:top + h, left:left + w]
+  return _shaped(fn, lambda s: (h, w, s[2]))
+
+
+def _resized_crop_box(H: int, W: int, scale: tuple[float, float], ratio: tuple[float, float],
+                      rng: np.random.Generator) -> tuple[int, int, int, int]:
+  """(top, left, h, w): torchvision's RandomResizedCrop.get_params, drawn from `rng`."""
+  area, log_ratio = H * W, (math.log(ratio[0]), math.log(ratio[1]))
+  for _ in range(10):
+    target_area = area * rng.uniform(scale[0], scale[1])
+    aspect = math.exp(rng.uniform(log_ratio[0], log_ratio[1]))
+    w = int(round(math.sqrt(target_area * aspect)))
+    h = int(round(math.sqrt(target_area / aspect)))
+    if 0 < w <= W and 0 < h <= H:
+      return int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1)), h, w
+  in_ratio = W / H  # fall back to a centre crop, its aspect ratio clamped to `ratio`
+  if in_ratio < min(ratio):
+    w, h = W, int(round(W / min(ratio)))
+  elif in_ratio > max(ratio):
+    h, w = H, int(round(H * max(ratio)))
+  else:
+    h, w = H, W
+  return (H - h) // 2, (W - w) // 2, h, w
+
+
+@_register("random_resized_crop", random=True)
+def _random_resized_crop(size: Size, scale: tuple[float, float] = (0.08, 1.0),
+                         ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> HostOp:
+  """Inception-style crop (area fraction in `scale`, aspect in `ratio`) resized to `size`."""
+  h, w = _pair(size, "size")
+  scale, ratio = _range(scale, "scale"), _range(ratio, "ratio")
+
+  def fn(im: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    top, left, ch, cw = _resized_crop_box(im.shape[0], im.shape[1], scale, ratio, rng)
+    return _resize(im[top:top + ch, left:left + cw], h, w)
+  return _shaped(fn, lambda s: (h, w, s[2]))
+
+
+@_register("flip_lr", random=True)
+def _flip_lr(p: float = 0.5) -> HostOp:
+  """Mirror left-right with probability p (one rng draw per example, whatever p)."""
+  _check(_number(p) and 0 <= p <= 1, f"p must be a probability in [0, 1], got {p!r}")
+  return lambda im, rng: im[:, ::-1] if rng.random() < p else im
+
+
+@_register("rot90")
+def _rot90(k: int = 1) -> HostOp:
+  """Rotate by k * 90 degrees counter-clockwise (deterministic, e.g. for test-time views)."""
+  _check(_int(k), f"k must be an int, got {k!r}")
+  return _shaped(lambda im, rng: np.rot90(im, k, axes=(0, 1)),
+                 lambda s: (s[1], s[0], s[2]) if k % 2 else s)
+
+
+@_register("pad")
+def _pad(padding: Size, value: int = 0) -> HostOp:
+  """Constant padding: `padding` rows above and below, and columns left and right."""
+  ph, pw = _pair(padding, "padding", minimum=0)
+  _check(_int(value, 0) and value <= 255, f"value must be an int in [0, 255], got {value!r}")
+  grow = lambda n, p: None if n is None else n + 2 * p  # noqa: E731
+  return _shaped(lambda im, rng: np.pad(im, ((ph, ph), (pw, pw), (0, 0)), constant_values=value),
+                 lambda s: (grow(s[0], ph), grow(s[1], pw), s[2]))
+
+
+@_register("to_rgb")
+def _to_rgb() -> HostOp:
+  """Grey -> RGB by repeating the channel (RGB images pass unchanged)."""
+  return _shaped(lambda im, rng: _convert(im, 3), lambda s: (s[0], s[1], 3))
+
+
+@_register("to_gray")
+def _to_gray() -> HostOp:
+  """RGB -> grey exactly as PIL's convert("L"), keeping a channel axis of 1."""
+  return _shaped(lambda im, rng: _convert(im, 1), lambda s: (s[0], s[1], 1))
+
+
+def _format_op(name: str, args: tuple = (), kwargs: Optional[dict] = None) -> str:
+  items = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in (kwargs or {}).items()]
+  return f"{name}({', '.join(items)})" if items else name
+
+
+def _make(name: str, args: tuple, kwargs: dict, pp: str) -> HostOp:
+  """Build one op; an unknown name or bad arguments is a ValueError that says where."""
+  if name not in _REGISTRY:
+    close = difflib.get_close_matches(name, names(), n=3)
+    hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+    raise ValueError(f"unknown op {name!r} in pp string {pp!r}.{hint} "
+                     f"Known ops: {', '.join(names())}")
+  factory = _REGISTRY[name]
+  params = inspect.signature(factory).parameters.values()
+  usage = ", ".join(p.name if p.default is p.empty else f"{p.name}={p.default!r}" for p in params)
+  try:
+    inspect.signature(factory).bind(*args, **kwargs)
+    return factory(*args, **kwargs)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"bad arguments to op {name!r} in pp string {pp!r}: {e} "
+                     f"(usage: {name}({usage}))") from e
+
+
+class Pipeline:
+  """A parsed `pp` string: ops applied in order to one example on the host.
+
+  `ops` is the list of (name, args, kwargs) and is all a pipeline is: it pickles as that
+  list (grain ships transforms to worker processes) and prints as its canonical pp string.
+  """
+
+  def __init__(self, ops: Sequence[tuple[str, tuple, dict]] = (), pp: Optional[str] = None):
+    self.ops = [(name, tuple(args), dict(kwargs)) for name, args, kwargs in ops]
+    self._fns = [_make(*op, pp if pp is not None else str(self)) for op in self.ops]
+
+  def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    for fn in self._fns:
+      image = fn(image, rng)
+    return image
+
+  def output_shape(self, shape: Shape) -> Shape:
+    """Static (h, w, c) of the output for an input of `shape`; None: unknown or varying."""
+    shape = tuple(shape)
+    for fn in self._fns:
+      shape = getattr(fn, "output_shape", lambda s: s)(shape)
+    return shape
+
+  @property
+  def random(self) -> bool:
+    """Whether any op draws from the rng (a training-only pipeline)."""
+    return any(name in _RANDOM for name, _, _ in self.ops)
+
+  def __str__(self) -> str:
+    return "|".join(_format_op(*op) for op in self.ops)
+
+  def __repr__(self) -> str:
+    return f"Pipeline({str(self)!r})"
+
+  def __eq__(self, other: object) -> bool:
+    return isinstance(other, Pipeline) and self.ops == other.ops
+
+  def __reduce__(self):
+    return Pipeline, (self.ops,)
+
+
+def _parse_op(text: str, pp: str) -> tuple[str, tuple, dict]:
+  try:
+    node = ast.parse(text, mode="eval").body
+  except SyntaxError:
+    node = None
+  if isinstance(node, ast.Name):
+    return node.id, (), {}
+  if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+          and all(kw.arg for kw in node.keywords)):
+    raise ValueError(f"cannot parse {text!r} in pp string {pp!r}: expected `name` or "
+                     "`name(literal, ..., key=literal)`, ops joined with '|'")
+  name = node.func.id
+
+  def literal(arg: ast.expr) -> Any:
+    try:
+      return ast.literal_eval(arg)
+    except (ValueError, TypeError, SyntaxError):
+      raise ValueError(f"op {name!r} in pp string {pp!r}: argument {ast.unparse(arg)!r} is "
+                       "not a Python literal (int, float, tuple, ...)") from None
+  return name, tuple(map(literal, node.args)), {kw.arg: literal(kw.value) for kw in node.keywords}
+
+
+def parse(pp: Optional[str]) -> Pipeline:
+  """Parse "op1(args)|op2|..." into a Pipeline; "" or None is the identity.
+
+  Every op is built here, so an unknown name or bad arguments fail when the config is
+  read, not in a worker process mid-epoch.
+  """
+  if pp is None or not pp.strip():
+    return Pipeline()
+  return Pipeline([_parse_op(part.strip(), pp) for part in pp.split("|")], pp=pp)
