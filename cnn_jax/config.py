@@ -58,6 +58,9 @@ def base_config() -> ConfigDict:
   c.augment.crop_padding = 0             # random crop after zero padding (translation)
   c.augment.flip = False                 # random horizontal flip
 
+  # Test-time augmentation: evaluate on each image and its mirror image, average the logits.
+  c.eval_flip = False
+
   c.batch_size = 128                     # global batch, over all devices and hosts
   c.eval_batch_size = 1000
   c.num_epochs = 10
@@ -145,6 +148,20 @@ def validate(config: ConfigDict) -> ConfigDict:
   if config.parallel not in ("sharded", "pmap"):
     raise ValueError(f"parallel must be 'sharded' or 'pmap', got {config.parallel!r}")
   return config
+
+
+def parse_arg(arg: Any, variants: tuple[str, ...] = ("smoke",)) -> Any:
+  """An experiment's `:ARG` ("smoke", "smoke,full") as attributes; unknown variants refused.
+
+  experiments/x.py:smok would otherwise silently run the full experiment.
+  """
+  import types
+  given = [a.strip() for a in str(arg or "").split(",") if a.strip()]
+  unknown = [a for a in given if a not in variants]
+  if unknown:
+    raise ValueError(f"unknown variant {unknown[0]!r} of this experiment; it has: "
+                     f"{', '.join(variants)} (or none)")
+  return types.SimpleNamespace(**{v: v in given for v in variants})
 
 
 def smoke_variant(c: ConfigDict) -> ConfigDict:
