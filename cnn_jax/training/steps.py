@@ -89,13 +89,13 @@ def train_step(state: TrainState, batch: Batch, *, preprocess: Optional[Preproce
   `optax.apply_if_finite` (config.skip_nonfinite_steps); its batch statistics are then
   dropped too, and metrics['skipped'] says so.
   """
+  if mix is not None and loss_fn is not None:
+    raise ValueError("mixup / cutmix (config.augment) give soft labels for the classification "
+                     "loss; a custom loss_fn cannot use them")
   loss_fn = loss_fn or (lambda out, b: classification_loss(out, b, label_smoothing))
   aug_rng, dropout_rng = step_rngs(state, axis_name)
   images = batch["image"] if preprocess is None else preprocess(batch["image"], aug_rng, True)
   if mix is not None:
-    if loss_fn is not None:
-      raise ValueError("mixup / cutmix (config.augment) give soft labels for the classification "
-                       "loss; a custom loss_fn cannot use them")
     images, probs = mix(images, batch["label"], jax.random.fold_in(aug_rng, MIX_STREAM))
     batch = {**batch, "label_probs": probs}
   has_bn = bool(state.batch_stats)
