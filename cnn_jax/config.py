@@ -54,9 +54,14 @@ def base_config() -> ConfigDict:
   c.dataset.cache_dir = placeholder(str)   # default $CNN_JAX_CACHE_DIR or ~/.cache/cnn_jax
   c.dataset.cache_max_mb = 4096
 
-  c.augment = ConfigDict()
-  c.augment.crop_padding = 0             # random crop after zero padding (translation)
-  c.augment.flip = False                 # random horizontal flip
+  # Training augmentation, ops joined by "|" and run on the device (cnn_jax/data/augment.py),
+  # e.g. "pad_crop(4)|flip_lr|color(0.4, 0.4, 0.4, 0.1)|cutout(8)|mixup(0.2)". Image ops, in
+  # the order written: pad_crop(padding) flip_lr(p=0.5) flip_ud(p=0.5)
+  # translate(max_dx, max_dy=None) rotate(max_degrees) scale(min_scale, max_scale)
+  # color(brightness, contrast, saturation, hue) brightness(d) contrast(lo, hi)
+  # saturation(lo, hi) hue(d) noise(std) cutout(size); then batch ops, which mix labels
+  # too: mixup(alpha) cutmix(alpha). "" : none.
+  c.augment = ""
 
   # Test-time augmentation: evaluate on each image and its mirror image, average the logits.
   c.eval_flip = False
@@ -147,6 +152,8 @@ def validate(config: ConfigDict) -> ConfigDict:
                      f"{config.matmul_precision!r}")
   if config.parallel not in ("sharded", "pmap"):
     raise ValueError(f"parallel must be 'sharded' or 'pmap', got {config.parallel!r}")
+  from cnn_jax.data import augment  # noqa: PLC0415 - jax only when a run is validated
+  augment.parse(config.augment)  # unknown ops / bad arguments, before anything compiles
   return config
 
 

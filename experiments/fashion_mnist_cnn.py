@@ -16,7 +16,7 @@ def get_config(arg=None):
   c.optimizer.weight_decay = 5e-4
   c.optimizer.schedule = "cosine"
   c.optimizer.warmup_epochs = 0.5
-  c.augment.flip = True
+  c.augment = "flip_lr"
   c.label_smoothing = 0.1
   if arg == "smoke":
     smoke_variant(c)

@@ -15,7 +15,7 @@ def get_config(arg=None):
   c.optimizer.learning_rate = 2e-3
   c.optimizer.schedule = "cosine"
   c.optimizer.warmup_epochs = 0.5
-  c.augment.crop_padding = 2          # random shifts of up to 2 pixels
+  c.augment = "pad_crop(2)"          # random shifts of up to 2 pixels
   if arg == "smoke":
     smoke_variant(c)
   return c

@@ -1,14 +1,12 @@
-"""tfds input pipeline on mock data, offline errors, preprocessing."""
+"""tfds input pipeline on mock data, offline errors (preprocessing: test_augment.py)."""
 import os
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 from cnn_jax import cli
-from cnn_jax.data import augment, input_pipeline, tfds_data
+from cnn_jax.data import input_pipeline, tfds_data
 from cnn_jax.training import trainer
 from helpers import tiny_config
 
@@ -53,24 +51,6 @@ def test_cli_train_reports_missing_data(tmp_path, capsys, monkeypatch):
                  "--config.dataset.allow_download=False"])
   assert rc == 1
   assert "t10k-labels-idx1-ubyte.gz" in capsys.readouterr().err
-
-
-def test_pad_normalize_and_augment():
-  pre = augment.make_preprocess_fn((32, 32), (0.5,), (0.5,))
-  imgs = jnp.full((2, 28, 28, 1), 255, jnp.uint8)
-  x = pre(imgs, jax.random.key(0), False)
-  assert x.shape == (2, 32, 32, 1)
-  assert float(x[0, 0, 0, 0]) == -1.0 and float(x[0, 2, 2, 0]) == 1.0  # pad 2 px of black
-  img = jnp.arange(16, dtype=jnp.float32).reshape(1, 4, 4, 1)
-  crops = augment.random_crop(jax.random.key(1), jnp.tile(img, (64, 1, 1, 1)), 1)
-  # every crop is the image shifted by at most one pixel: its centre pixel comes from img's 3x3 core
-  assert crops.shape == (64, 4, 4, 1)
-  assert set(np.asarray(crops[:, 1, 1, 0]).tolist()) <= {0., 1., 2., 4., 5., 6., 8., 9., 10.}
-  assert len(set(np.asarray(crops[:, 1, 1, 0]).tolist())) > 3
-  flips = augment.random_flip_left_right(jax.random.key(2), jnp.tile(img, (32, 1, 1, 1)))
-  flipped = np.asarray(flips[:, 0, 0, 0] == 3.0)
-  assert 0 < flipped.sum() < 32
-  np.testing.assert_array_equal(flips[flipped.argmax()], img[0, :, ::-1])
 
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets")

@@ -78,8 +78,8 @@ def test_stored_image_shape_from_meta_or_fallbacks():
 
 
 def test_preprocess_from_config_pads_and_augments_only_in_training():
-  cfg = tiny_config("lenet5", **{"dataset.image_size": (32, 32), "augment.crop_padding": 2,
-                                 "augment.flip": True})
+  cfg = tiny_config("lenet5", **{"dataset.image_size": (32, 32),
+                                 "augment": "pad_crop(2)|flip_lr|rotate(10)|color(0.3, 0.3)"})
   pre = augment.preprocess_from_config(cfg)
   images = random_split(8).images
   key = jax.random.key(1)

@@ -8,11 +8,32 @@ moves bytes and the device does the arithmetic.
 evaluation and prediction all call it, so a model never sees at test time images
 prepared differently from those it was trained on (e.g. MNIST digits zero-padded
 28 -> 32 for LeNet, not resized).
+
+Augmentation is one string, `config.augment`, in the style of big_vision's `pp`: ops
+joined by "|", each `name` or `name(args)`, the arguments Python literals (numbers,
+tuples, keyword arguments) read with `ast.literal_eval`:
+
+    "pad_crop(4)|flip_lr|color(0.4, 0.4, 0.4, 0.1)|cutout(8)|mixup(0.2)"
+
+The string is read, and every name and argument checked, when the run is set up (and
+by `config.validate`), before anything compiles. Image ops (see `IMAGE_OPS`) run in
+`preprocess` in the order written, on float32 images in [0, 1] after centre padding to
+`dataset.image_size` and before normalization, only when train=True; each image gets
+its own random draw. Batch ops (`BATCH_OPS`: mixup, cutmix) change the labels too: they
+are built by `mix_from_config` and applied by `steps.train_step` after `preprocess`,
+so they must come last in the string.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+import ast
+import dataclasses
+import difflib
+import inspect
+import math
+import re
+from typing import Any, Callable, Optional, Sequence
 
+import dm_pix as pix
 import jax
 import jax.numpy as jnp
 from ml_collections import ConfigDict
@@ -21,7 +42,21 @@ from cnn_jax.data import input_pipeline
 
 # preprocess(images_uint8_NHWC, rng, train) -> float32 normalized NHWC images.
 PreprocessFn = Callable[[jax.Array, jax.Array, bool], jax.Array]
+# mix(images_float, labels_int, rng) -> (images, label_probs (N, num_classes)).
+MixFn = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+# An image op: (float32 NHWC images in [0, 1], rng) -> images of the same shape.
+ImageOpFn = Callable[[jax.Array, jax.Array], jax.Array]
+# A batch op: (images, label_probs, rng) -> (images, label_probs).
+BatchOpFn = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 
+# Rec. 601 luma, the weights of torchvision's (and TensorFlow's, and pix's) rgb_to_grayscale.
+LUMA = (0.2989, 0.587, 0.114)
+
+
+# ----------------------------------------------------------------------------------------
+# Deterministic cores: one HWC image (or one batch for the mixes), explicit parameters.
+# The random ops below draw the parameters and vmap these; tests check these exactly.
+# ----------------------------------------------------------------------------------------
 
 def pad_or_crop_to(images: jax.Array, size: Sequence[int]) -> jax.Array:
   """Centre-pad with zeros (or centre-crop) NHWC images to (H, W) = size."""
@@ -38,6 +73,151 @@ def pad_or_crop_to(images: jax.Array, size: Sequence[int]) -> jax.Array:
   raise ValueError(f"cannot fit images of {h}x{w} to {th}x{tw}: resize them instead")
 
 
+def translate_image(img: jax.Array, dx: Any, dy: Any) -> jax.Array:
+  """img (H, W, C) shifted by dx columns right and dy rows down (integers), zero fill.
+
+  Not pix.affine_transform: an integer shift needs no interpolation, and a roll plus a
+  mask is exact and cheaper.
+  """
+  h, w = img.shape[:2]
+  shifted = jnp.roll(img, (dy, dx), axis=(0, 1))
+  rows = jnp.arange(h)[:, None, None] - dy
+  cols = jnp.arange(w)[None, :, None] - dx
+  inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+  return jnp.where(inside, shifted, jnp.zeros((), img.dtype))
+
+
+def _affine_zero_fill(img: jax.Array, matrix: jax.Array) -> jax.Array:
+  """pix.affine_transform about the image centre, bilinear, zero outside the image.
+
+  `matrix` (2x2) maps output (row, col) offsets from the centre to input offsets.
+  pix's mode="constant" returns the fill value for any coordinate outside
+  [0, size - 1] without blending, so an edge pixel could turn black through float
+  rounding (cos 90 degrees is not exactly 0 in float32) and the border would not be
+  interpolated with the fill. So the image gets a 1-pixel zero border first: bilinear
+  interpolation then blends with zeros up to one pixel outside, as torch's grid_sample
+  with padding_mode="zeros" does. pix computes coordinates with a matmul, which a GPU
+  would run in TF32 (an error of up to ~0.1 pixel at 224 px), hence precision highest.
+  """
+  padded = jnp.pad(img, ((1, 1), (1, 1), (0, 0)))
+  full = jnp.eye(3, dtype=jnp.float32).at[:2, :2].set(matrix)
+  centre = (jnp.asarray(padded.shape, jnp.float32) - 1.0) / 2.0
+  with jax.default_matmul_precision("highest"):
+    offset = centre - full @ centre
+    out = pix.affine_transform(padded, full, offset=offset, order=1, mode="constant", cval=0.0)
+  return out[1:-1, 1:-1]
+
+
+def rotate_image(img: jax.Array, angle: Any) -> jax.Array:
+  """img (H, W, C) rotated counter-clockwise (as displayed, row 0 on top) by `angle`
+  degrees about its centre; bilinear, zero fill. rotate_image(img, 90) == np.rot90(img)
+  for a square image (up to float rounding). Uses pix.affine_transform (see
+  `_affine_zero_fill`); pix.rotate is the same transform without the zero border."""
+  t = jnp.deg2rad(jnp.asarray(angle, jnp.float32))
+  c, s = jnp.cos(t), jnp.sin(t)
+  # Output offset (dr, dc) from the centre reads input offset R(-angle) (dr, dc); with
+  # rows pointing down, a counter-clockwise turn on screen is this matrix.
+  return _affine_zero_fill(img, jnp.stack([jnp.stack([c, s]), jnp.stack([-s, c])]))
+
+
+def scale_image(img: jax.Array, s: Any) -> jax.Array:
+  """img (H, W, C) zoomed by `s` about its centre (s > 1: zoom in), bilinear, zero fill
+  (pix.affine_transform, see `_affine_zero_fill`)."""
+  inv = 1.0 / jnp.asarray(s, jnp.float32)
+  return _affine_zero_fill(img, jnp.diag(jnp.stack([inv, inv])))
+
+
+def cutout_image(img: jax.Array, cy: Any, cx: Any, size: int) -> jax.Array:
+  """img (H, W, C) with rows [cy - size//2, cy - size//2 + size) x the same columns about
+  cx set to 0, clipped at the borders (DeVries & Taylor 2017). Own code: pix has none."""
+  h, w = img.shape[:2]
+  top, left = cy - size // 2, cx - size // 2
+  r = jnp.arange(h)[:, None, None]
+  c = jnp.arange(w)[None, :, None]
+  box = (r >= top) & (r < top + size) & (c >= left) & (c < left + size)
+  return jnp.where(box, jnp.zeros((), img.dtype), img)
+
+
+def grayscale(img: jax.Array) -> jax.Array:
+  """(..., 3) RGB -> (..., 1) luma with torchvision's weights. Written out elementwise
+  rather than pix.rgb_to_grayscale (same weights), whose tensordot a GPU may run in TF32."""
+  r, g, b = img[..., 0], img[..., 1], img[..., 2]
+  return (LUMA[0] * r + LUMA[1] * g + LUMA[2] * b)[..., None]
+
+
+def adjust_brightness(img: jax.Array, factor: Any) -> jax.Array:
+  """torchvision's adjust_brightness: clip(factor * img, 0, 1). Not pix.adjust_brightness,
+  which adds a delta (TensorFlow's definition)."""
+  return jnp.clip(factor * img, 0.0, 1.0)
+
+
+def adjust_contrast(img: jax.Array, factor: Any) -> jax.Array:
+  """torchvision's adjust_contrast: blend with the mean of the grayscale image (one value
+  for all channels). Not pix.adjust_contrast, which uses each channel's own mean (TF's);
+  the two agree on 1-channel images."""
+  gray = grayscale(img) if img.shape[-1] == 3 else img
+  mean = jnp.mean(gray, axis=(-3, -2, -1), keepdims=True)
+  return jnp.clip(factor * img + (1.0 - factor) * mean, 0.0, 1.0)
+
+
+def adjust_saturation(img: jax.Array, factor: Any) -> jax.Array:
+  """torchvision's adjust_saturation: blend with the grayscale image (RGB only). Not
+  pix.adjust_saturation, which scales the HSV saturation (TF's; different colours)."""
+  _need_rgb(img, "saturation")
+  return jnp.clip(factor * img + (1.0 - factor) * grayscale(img), 0.0, 1.0)
+
+
+def adjust_hue(img: jax.Array, delta: Any) -> jax.Array:
+  """Hue shifted by `delta` turns (in [-0.5, 0.5]) in HSV: pix.adjust_hue, which is
+  torchvision's adjust_hue (h = (h + delta) mod 1)."""
+  _need_rgb(img, "hue")
+  return pix.adjust_hue(img, delta)
+
+
+def _need_rgb(img: jax.Array, what: str) -> None:
+  if img.shape[-1] != 3:
+    raise ValueError(f"augmentation {what!r} needs RGB images, these have {img.shape[-1]} "
+                     "channel(s); color(...) leaves saturation and hue out for 1 channel")
+
+
+def mixup_batch(images: jax.Array, probs: jax.Array, lam: Any, perm: jax.Array
+                ) -> tuple[jax.Array, jax.Array]:
+  """lam * (x, p) + (1 - lam) * (x, p)[perm] (Zhang et al. 2018)."""
+  x = lam * images + (1.0 - lam) * images[perm]
+  return x, lam * probs + (1.0 - lam) * probs[perm]
+
+
+def cutmix_box(h: int, w: int, lam: Any, cy: Any, cx: Any) -> tuple[jax.Array, ...]:
+  """(y1, y2, x1, x2) of CutMix's box (Yun et al. 2019, reference code): sides
+  int(H sqrt(1 - lam)) x int(W sqrt(1 - lam)) centred at (cy, cx), clipped to the image."""
+  rat = jnp.sqrt(1.0 - lam)
+  ch = jnp.floor(h * rat).astype(jnp.int32)
+  cw = jnp.floor(w * rat).astype(jnp.int32)
+  y1, y2 = jnp.clip(cy - ch // 2, 0, h), jnp.clip(cy + ch // 2, 0, h)
+  x1, x2 = jnp.clip(cx - cw // 2, 0, w), jnp.clip(cx + cw // 2, 0, w)
+  return y1, y2, x1, x2
+
+
+def cutmix_batch(images: jax.Array, probs: jax.Array, box: Sequence[Any], perm: jax.Array
+                 ) -> tuple[jax.Array, jax.Array]:
+  """Paste box (y1, y2, x1, x2) of images[perm] into every image; the label weight of
+  the pasted image is the box's share of the image's area (lam recomputed as in the
+  reference code from the clipped box)."""
+  y1, y2, x1, x2 = box
+  h, w = images.shape[1:3]
+  r = jnp.arange(h)[:, None, None]
+  c = jnp.arange(w)[None, :, None]
+  inside = (r >= y1) & (r < y2) & (c >= x1) & (c < x2)
+  x = jnp.where(inside, images[perm], images)
+  lam = 1.0 - ((y2 - y1) * (x2 - x1)).astype(jnp.float32) / (h * w)
+  return x, lam * probs + (1.0 - lam) * probs[perm]
+
+
+# ----------------------------------------------------------------------------------------
+# Random ops on batches (the old entry points, kept: pad_crop | flip_lr draw exactly what
+# crop_padding / flip drew before the registry, so older runs replay the same).
+# ----------------------------------------------------------------------------------------
+
 def random_crop(rng: jax.Array, images: jax.Array, padding: int) -> jax.Array:
   """Zero-pad by `padding` and take a random crop of the original size per image."""
   n, h, w, c = images.shape
@@ -50,31 +230,395 @@ def random_crop(rng: jax.Array, images: jax.Array, padding: int) -> jax.Array:
   return jax.vmap(crop)(padded, offsets)
 
 
-def random_flip_left_right(rng: jax.Array, images: jax.Array) -> jax.Array:
-  flip = jax.random.bernoulli(rng, 0.5, (images.shape[0], 1, 1, 1))
-  return jnp.where(flip, images[:, :, ::-1], images)
+def random_flip_left_right(rng: jax.Array, images: jax.Array, p: float = 0.5) -> jax.Array:
+  flip = jax.random.bernoulli(rng, p, (images.shape[0], 1, 1, 1))
+  return jnp.where(flip, pix.flip_left_right(images), images)
+
+
+def random_flip_up_down(rng: jax.Array, images: jax.Array, p: float = 0.5) -> jax.Array:
+  flip = jax.random.bernoulli(rng, p, (images.shape[0], 1, 1, 1))
+  return jnp.where(flip, pix.flip_up_down(images), images)
+
+
+# ----------------------------------------------------------------------------------------
+# The registry: name -> builder(*args, **kwargs) that checks its arguments and returns
+# the op. Builders run when the string is parsed, so bad arguments fail before compiling.
+# ----------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Op:
+  text: str   # as written, e.g. "rotate(15)"
+  name: str
+  kind: str   # "image" or "batch"
+  fn: Callable
+
+
+IMAGE_OPS: dict[str, Callable[..., ImageOpFn]] = {}
+BATCH_OPS: dict[str, Callable[..., BatchOpFn]] = {}
+
+
+def _register(table: dict[str, Callable], name: str):
+  def deco(builder):
+    table[name] = builder
+    return builder
+  return deco
+
+
+def _number(what: str, v: Any, lo: Optional[float] = None, hi: Optional[float] = None,
+            open_lo: bool = False) -> float:
+  if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+    raise ValueError(f"{what} must be a finite number, got {v!r}")
+  if lo is not None and (v < lo or (open_lo and v == lo)):
+    raise ValueError(f"{what} must be {'>' if open_lo else '>='} {lo}, got {v!r}")
+  if hi is not None and v > hi:
+    raise ValueError(f"{what} must be <= {hi}, got {v!r}")
+  return float(v)
+
+
+def _integer(what: str, v: Any, lo: int) -> int:
+  if isinstance(v, bool) or not isinstance(v, int):
+    raise ValueError(f"{what} must be an integer, got {v!r}")
+  if v < lo:
+    raise ValueError(f"{what} must be >= {lo}, got {v!r}")
+  return v
+
+
+def _factor_range(what: str, lo: Any, hi: Any) -> tuple[float, float]:
+  lo, hi = _number(f"{what} lower bound", lo, 0.0), _number(f"{what} upper bound", hi, 0.0)
+  if lo > hi:
+    raise ValueError(f"{what} range must have lower <= upper, got ({lo}, {hi})")
+  return lo, hi
+
+
+def _jitter_range(what: str, v: Any, center: float, bound: tuple[float, float],
+                  clip_first_on_zero: bool = True) -> Optional[tuple[float, float]]:
+  """torchvision ColorJitter._check_input: a number v -> [center - v, center + v]
+  (clipped at 0 for factors), or an explicit (lo, hi); None where it changes nothing."""
+  if isinstance(v, (tuple, list)):
+    if len(v) != 2:
+      raise ValueError(f"{what} must be a number or a (min, max) pair, got {v!r}")
+    lo, hi = (_number(f"{what} bound", x) for x in v)
+    if not bound[0] <= lo <= hi <= bound[1]:
+      raise ValueError(f"{what} range must satisfy {bound[0]} <= min <= max <= {bound[1]}, "
+                       f"got {v!r}")
+  else:
+    v = _number(what, v, 0.0)
+    lo, hi = center - v, center + v
+    if clip_first_on_zero:
+      lo = max(lo, 0.0)
+    if not bound[0] <= lo <= hi <= bound[1]:
+      raise ValueError(f"{what} must be in [0, {bound[1] - center}], got {v!r}")
+  return None if lo == hi == center else (lo, hi)
+
+
+def _uniform(rng: jax.Array, n: int, lo: float, hi: float) -> jax.Array:
+  return jax.random.uniform(rng, (n,), jnp.float32, lo, hi)
+
+
+def _per_image(fn: Callable, x: jax.Array, *params: jax.Array) -> jax.Array:
+  return jax.vmap(fn)(x, *params)
+
+
+@_register(IMAGE_OPS, "pad_crop")
+def _pad_crop(padding):
+  """Zero-pad by `padding` pixels and crop back at a random offset (translation)."""
+  padding = _integer("pad_crop padding", padding, 0)
+  return lambda x, rng: random_crop(rng, x, padding) if padding else x
+
+
+@_register(IMAGE_OPS, "flip_lr")
+def _flip_lr(p=0.5):
+  """Mirror left-right with probability p."""
+  p = _number("flip_lr p", p, 0.0, 1.0)
+  return lambda x, rng: random_flip_left_right(rng, x, p)
+
+
+@_register(IMAGE_OPS, "flip_ud")
+def _flip_ud(p=0.5):
+  """Mirror up-down with probability p."""
+  p = _number("flip_ud p", p, 0.0, 1.0)
+  return lambda x, rng: random_flip_up_down(rng, x, p)
+
+
+@_register(IMAGE_OPS, "translate")
+def _translate(max_dx, max_dy=None):
+  """Shift by whole pixels, dx in [-max_dx, max_dx], dy in [-max_dy, max_dy] (default
+  max_dx), zero fill."""
+  max_dx = _integer("translate max_dx", max_dx, 0)
+  max_dy = max_dx if max_dy is None else _integer("translate max_dy", max_dy, 0)
+
+  def op(x, rng):
+    kx, ky = jax.random.split(rng)
+    dx = jax.random.randint(kx, (x.shape[0],), -max_dx, max_dx + 1)
+    dy = jax.random.randint(ky, (x.shape[0],), -max_dy, max_dy + 1)
+    return _per_image(translate_image, x, dx, dy)
+  return op
+
+
+@_register(IMAGE_OPS, "rotate")
+def _rotate(max_degrees):
+  """Rotate about the centre by an angle uniform in [-max_degrees, max_degrees]."""
+  m = _number("rotate max_degrees", max_degrees, 0.0, 180.0)
+  return lambda x, rng: _per_image(rotate_image, x, _uniform(rng, x.shape[0], -m, m))
+
+
+@_register(IMAGE_OPS, "scale")
+def _scale(min_scale, max_scale):
+  """Zoom about the centre by a factor uniform in [min_scale, max_scale]."""
+  lo = _number("scale min_scale", min_scale, 0.0, open_lo=True)
+  hi = _number("scale max_scale", max_scale, 0.0, open_lo=True)
+  if lo > hi:
+    raise ValueError(f"scale needs min_scale <= max_scale, got ({lo}, {hi})")
+  return lambda x, rng: _per_image(scale_image, x, _uniform(rng, x.shape[0], lo, hi))
+
+
+def _random_factor_op(adjust: Callable, rng_range: tuple[float, float]) -> ImageOpFn:
+  lo, hi = rng_range
+  return lambda x, rng: _per_image(adjust, x, _uniform(rng, x.shape[0], lo, hi))
+
+
+@_register(IMAGE_OPS, "brightness")
+def _brightness(d):
+  """Multiply by a factor uniform in [max(0, 1 - d), 1 + d] (torchvision's brightness)."""
+  r = _jitter_range("brightness", _number("brightness d", d, 0.0), 1.0, (0.0, math.inf))
+  return _random_factor_op(adjust_brightness, r or (1.0, 1.0))
+
+
+@_register(IMAGE_OPS, "contrast")
+def _contrast(lo, hi):
+  """torchvision's adjust_contrast with a factor uniform in [lo, hi]."""
+  return _random_factor_op(adjust_contrast, _factor_range("contrast", lo, hi))
+
+
+@_register(IMAGE_OPS, "saturation")
+def _saturation(lo, hi):
+  """torchvision's adjust_saturation with a factor uniform in [lo, hi] (RGB only)."""
+  return _random_factor_op(adjust_saturation, _factor_range("saturation", lo, hi))
+
+
+@_register(IMAGE_OPS, "hue")
+def _hue(d):
+  """Shift hue by a delta uniform in [-d, d] turns, d <= 0.5 (RGB only)."""
+  d = _number("hue d", d, 0.0, 0.5)
+  return _random_factor_op(adjust_hue, (-d, d))
+
+
+_COLOR_ADJUST = {"brightness": adjust_brightness, "contrast": adjust_contrast,
+                 "saturation": adjust_saturation, "hue": adjust_hue}
+
+
+@_register(IMAGE_OPS, "color")
+def _color(brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0):
+  """torchvision's ColorJitter, per image: each argument a number or a (min, max) pair as
+  there; the enabled adjustments in a random order of their own for every image. On
+  1-channel images only brightness and contrast apply (torchvision leaves gray images'
+  saturation and hue alone). Under vmap the random order is a select over all enabled
+  adjustments at each of their positions: k^2 adjustments' work for k enabled."""
+  ranges = {"brightness": _jitter_range("color brightness", brightness, 1.0, (0.0, math.inf)),
+            "contrast": _jitter_range("color contrast", contrast, 1.0, (0.0, math.inf)),
+            "saturation": _jitter_range("color saturation", saturation, 1.0, (0.0, math.inf)),
+            "hue": _jitter_range("color hue", hue, 0.0, (-0.5, 0.5), clip_first_on_zero=False)}
+
+  def op(x, rng):
+    gray_ok = ("brightness", "contrast")
+    names = [k for k, r in ranges.items() if r is not None and (x.shape[-1] == 3 or k in gray_ok)]
+    if not names:
+      return x
+    n, k = x.shape[0], len(names)
+    keys = jax.random.split(rng, k + 1)
+    factors = jnp.stack([_uniform(keys[i], n, *ranges[name]) for i, name in enumerate(names)], 1)
+    orders = jax.vmap(lambda key: jax.random.permutation(key, k))(jax.random.split(keys[k], n))
+    branches = [lambda img, f, j=j: _COLOR_ADJUST[names[j]](img, f[j]) for j in range(k)]
+
+    def one(img, f, order):
+      for pos in range(k):
+        img = jax.lax.switch(order[pos], branches, img, f)
+      return img
+
+    return jax.vmap(one)(x, factors, orders)
+  return op
+
+
+@_register(IMAGE_OPS, "noise")
+def _noise(std):
+  """Add Gaussian noise of standard deviation `std`, clip to [0, 1]."""
+  std = _number("noise std", std, 0.0)
+  return lambda x, rng: jnp.clip(x + std * jax.random.normal(rng, x.shape, x.dtype), 0.0, 1.0)
+
+
+@_register(IMAGE_OPS, "cutout")
+def _cutout(size):
+  """Zero one size x size square whose centre is uniform over the image (clipped)."""
+  size = _integer("cutout size", size, 1)
+
+  def op(x, rng):
+    ky, kx = jax.random.split(rng)
+    cy = jax.random.randint(ky, (x.shape[0],), 0, x.shape[1])
+    cx = jax.random.randint(kx, (x.shape[0],), 0, x.shape[2])
+    return jax.vmap(lambda img, y, xx: cutout_image(img, y, xx, size))(x, cy, cx)
+  return op
+
+
+@_register(BATCH_OPS, "mixup")
+def _mixup(alpha):
+  """Mix each image and label with another of the batch (a random permutation), one
+  lam ~ Beta(alpha, alpha) for the batch."""
+  alpha = _number("mixup alpha", alpha, 0.0, open_lo=True)
+
+  def op(x, probs, rng):
+    kl, kp = jax.random.split(rng)
+    lam = jax.random.beta(kl, alpha, alpha)
+    return mixup_batch(x, probs, lam, jax.random.permutation(kp, x.shape[0]))
+  return op
+
+
+@_register(BATCH_OPS, "cutmix")
+def _cutmix(alpha):
+  """Paste one box (area fraction 1 - lam, lam ~ Beta(alpha, alpha), centre uniform) of
+  a permuted batch into the batch; labels weighted by the clipped box's area."""
+  alpha = _number("cutmix alpha", alpha, 0.0, open_lo=True)
+
+  def op(x, probs, rng):
+    kl, kp, ky, kx = jax.random.split(rng, 4)
+    h, w = x.shape[1:3]
+    lam = jax.random.beta(kl, alpha, alpha)
+    box = cutmix_box(h, w, lam, jax.random.randint(ky, (), 0, h), jax.random.randint(kx, (), 0, w))
+    return cutmix_batch(x, probs, box, jax.random.permutation(kp, x.shape[0]))
+  return op
+
+
+def op_names() -> list[str]:
+  return sorted({**IMAGE_OPS, **BATCH_OPS})
+
+
+_OP_RE = re.compile(r"\s*([A-Za-z_]\w*)\s*(?:\((.*)\))?\s*", re.S)
+
+
+def _parse_args(text: str, argstr: str) -> tuple[list[Any], dict[str, Any]]:
+  """Positional and keyword arguments of `name(argstr)`, each a Python literal."""
+  def fail(why: str):
+    return ValueError(f"cannot read the arguments of augmentation op {text!r}: {why}; they "
+                      "must be Python literals (numbers, tuples, key=value)")
+
+  try:
+    call = ast.parse(f"_({argstr})", mode="eval").body
+  except SyntaxError as e:
+    raise fail(f"invalid syntax ({e.msg})") from None
+  if not isinstance(call, ast.Call):
+    raise fail("not an argument list")
+
+  def literal(node):
+    if isinstance(node, ast.Starred):
+      raise fail(f"{ast.unparse(node)} is not a literal")
+    try:
+      return ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+      raise fail(f"{ast.unparse(node)} is not a literal") from None
+
+  if any(k.arg is None for k in call.keywords):
+    raise fail("**kwargs is not a literal")
+  return [literal(a) for a in call.args], {k.arg: literal(k.value) for k in call.keywords}
+
+
+def parse(spec: str) -> list[Op]:
+  """The ops of an augmentation string, every name and argument checked."""
+  if not isinstance(spec, str):
+    raise ValueError(f"config.augment must be a string of ops such as 'pad_crop(2)|flip_lr', "
+                     f"got {spec!r}")
+  ops: list[Op] = []
+  for piece in spec.split("|"):
+    text = piece.strip()
+    if not text:
+      continue
+    m = _OP_RE.fullmatch(piece)
+    if not m:
+      raise ValueError(f"cannot read augmentation op {text!r} in {spec!r}: write name or "
+                       "name(args), e.g. 'rotate(15)'")
+    name, argstr = m.group(1), m.group(2) or ""
+    kind = "image" if name in IMAGE_OPS else "batch" if name in BATCH_OPS else None
+    if kind is None:
+      close = difflib.get_close_matches(name, op_names(), n=3)
+      hint = f" Did you mean {', '.join(close)}?" if close else ""
+      raise ValueError(f"unknown augmentation op {name!r} in {spec!r}.{hint} "
+                       f"Known ops: {', '.join(op_names())}.")
+    builder = (IMAGE_OPS if kind == "image" else BATCH_OPS)[name]
+    args, kwargs = _parse_args(text, argstr)
+    sig = inspect.signature(builder)
+    try:
+      sig.bind(*args, **kwargs)
+    except TypeError as e:
+      raise ValueError(f"augmentation op {text!r}: {e}; it takes {name}{sig}") from None
+    try:
+      fn = builder(*args, **kwargs)
+    except (ValueError, TypeError) as e:
+      raise ValueError(f"augmentation op {text!r}: {e}") from None
+    if kind == "image" and any(o.kind == "batch" for o in ops):
+      raise ValueError(f"augmentation op {text!r} comes after a batch op ("
+                       f"{', '.join(o.text for o in ops if o.kind == 'batch')}) in {spec!r}: "
+                       "mixup / cutmix run in the train step after all image ops, put them last")
+    ops.append(Op(text, name, kind, fn))
+  return ops
+
+
+def augment_spec(config: ConfigDict) -> str:
+  """config.augment; also reads the two keys it replaced (augment.crop_padding,
+  augment.flip) from the saved configs of older runs."""
+  aug = config.get("augment")
+  if aug is None:
+    return ""
+  if isinstance(aug, str):
+    return aug
+  if isinstance(aug, (dict, ConfigDict)):
+    parts = []
+    if int(aug.get("crop_padding", 0) or 0):
+      parts.append(f"pad_crop({int(aug['crop_padding'])})")
+    if aug.get("flip", False):
+      parts.append("flip_lr")
+    return "|".join(parts)
+  raise ValueError(f"config.augment must be a string of ops, got {aug!r}")
 
 
 def make_preprocess_fn(image_size: Optional[Sequence[int]], mean: Sequence[float],
-                       std: Sequence[float], crop_padding: int = 0, flip: bool = False
-                       ) -> PreprocessFn:
-  """Return preprocess(images_uint8, rng, train) -> float32 normalized images."""
+                       std: Sequence[float], ops: str = "") -> PreprocessFn:
+  """Return preprocess(images_uint8, rng, train) -> float32 normalized images.
+
+  `ops` is an augmentation string; its image ops run with train=True only, between
+  padding to image_size and normalization, each with its own key split from rng. Its
+  batch ops (mixup, cutmix) are left to `make_mix_fn`.
+  """
   mean_a = jnp.asarray(mean, jnp.float32)
   std_a = jnp.asarray(std, jnp.float32)
+  image_ops = [op for op in parse(ops) if op.kind == "image"]
 
   def preprocess(images: jax.Array, rng: jax.Array, train: bool) -> jax.Array:
     x = images.astype(jnp.float32) / 255.0
     if image_size is not None:
       x = pad_or_crop_to(x, image_size)
-    if train and crop_padding:
-      rng, sub = jax.random.split(rng)
-      x = random_crop(sub, x, crop_padding)
-    if train and flip:
-      rng, sub = jax.random.split(rng)
-      x = random_flip_left_right(sub, x)
+    if train:
+      for op in image_ops:
+        rng, sub = jax.random.split(rng)
+        x = op.fn(x, sub)
     return (x - mean_a) / std_a
 
   return preprocess
+
+
+def make_mix_fn(ops: str, num_classes: int) -> Optional[MixFn]:
+  """mix(images, labels, rng) -> (images, label_probs) from the batch ops of `ops`
+  (None if it has none): labels one-hot, then each op in turn with its own key."""
+  batch_ops = [op for op in parse(ops) if op.kind == "batch"]
+  if not batch_ops:
+    return None
+
+  def mix(images: jax.Array, labels: jax.Array, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
+    x = images if jnp.issubdtype(images.dtype, jnp.floating) else images.astype(jnp.float32)
+    probs = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+    for op in batch_ops:
+      rng, sub = jax.random.split(rng)
+      x, probs = op.fn(x, probs, sub)
+    return x, probs
+
+  return mix
 
 
 def preprocess_from_config(config: ConfigDict) -> PreprocessFn:
@@ -82,11 +626,15 @@ def preprocess_from_config(config: ConfigDict) -> PreprocessFn:
 
   Reads the data set's normalization (`config.dataset.name`), the size its images are
   centre-padded / cropped to (`config.dataset.image_size`) and the training-only
-  augmentation (`config.augment.crop_padding`, `config.augment.flip`). Callers feed
-  images as the data set stores them; with train=False the result is deterministic.
+  augmentation (`config.augment`). Callers feed images as the data set stores them;
+  with train=False the result is deterministic.
   """
   mean, std = input_pipeline.normalization(config.dataset.name)
-  aug = config.get("augment") or ConfigDict()
   image_size = config.dataset.get("image_size")
   return make_preprocess_fn(tuple(image_size) if image_size else None, mean, std,
-                            int(aug.get("crop_padding", 0) or 0), bool(aug.get("flip", False)))
+                            augment_spec(config))
+
+
+def mix_from_config(config: ConfigDict, num_classes: int) -> Optional[MixFn]:
+  """The batch ops (mixup, cutmix) of `config.augment`, for `steps.train_step`'s `mix`."""
+  return make_mix_fn(augment_spec(config), num_classes)

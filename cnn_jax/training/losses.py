@@ -8,11 +8,16 @@ import optax
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
   """Per-example softmax cross entropy with optional label smoothing."""
-  num_classes = logits.shape[-1]
-  targets = jax.nn.one_hot(labels, num_classes)
+  return soft_cross_entropy(logits, jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+
+
+def soft_cross_entropy(logits: jax.Array, probs: jax.Array, label_smoothing: float = 0.0
+                       ) -> jax.Array:
+  """Per-example cross entropy against label distributions `probs` (N, num_classes), e.g.
+  mixup / cutmix targets; label smoothing mixes them with the uniform distribution."""
   if label_smoothing:
-    targets = optax.smooth_labels(targets, label_smoothing)
-  return optax.softmax_cross_entropy(logits, targets)
+    probs = optax.smooth_labels(probs, label_smoothing)
+  return optax.softmax_cross_entropy(logits, probs)
 
 
 def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:

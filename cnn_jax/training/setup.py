@@ -180,6 +180,7 @@ def setup(config: ConfigDict, train_data: Optional[Any] = None, val_data: Option
                                            frozen=frozen, params=params)
   init_fn = lambda rng: create_train_state(model, tx, rng, input_shape)
   train_fn = functools.partial(steps.train_step, preprocess=preprocess,
+                               mix=augment.mix_from_config(config, num_classes),
                                label_smoothing=config.label_smoothing, frozen=frozen,
                                matmul_precision=config.matmul_precision)
   eval_fn = functools.partial(steps.eval_step, preprocess=preprocess,

@@ -19,7 +19,7 @@ import optax
 from jax import lax
 
 from cnn_jax import transfer
-from cnn_jax.data.augment import PreprocessFn
+from cnn_jax.data.augment import MixFn, PreprocessFn
 from cnn_jax.training import losses
 from cnn_jax.training.train_state import TrainState, variables_of
 
@@ -29,6 +29,9 @@ LossFn = Callable[[Any, Batch], tuple[jax.Array, dict[str, jax.Array]]]
 # GoogLeNet (Szegedy et al. 2015, section 5): "the loss of the auxiliary classifiers was
 # weighted by 0.3" and added to the main loss during training.
 AUX_LOSS_WEIGHT = 0.3
+# The mix key is fold_in(augmentation key, MIX_STREAM): preprocess keeps the augmentation
+# key (and so the draws) it had before mixes existed.
+MIX_STREAM = 0x6D6978
 
 
 def step_rngs(state: TrainState, axis_name: Optional[str] = None) -> tuple[jax.Array, jax.Array]:
@@ -51,34 +54,50 @@ def classification_loss(outputs: Any, batch: Batch, label_smoothing: float = 0.0
 
   outputs may be (logits, aux1, aux2, ...) — GoogLeNet with aux_logits in train mode —
   in which case each auxiliary cross entropy is added with weight 0.3, as in the paper.
+  With batch['label_probs'] (mixup / cutmix) the cross entropy is against those soft
+  labels (smoothed by label_smoothing); accuracies always count the hard batch['label'].
   """
   labels = batch["label"]
+  probs = batch.get("label_probs")
+  if probs is None:
+    ce = lambda lg: losses.cross_entropy(lg, labels, label_smoothing).mean()
+  else:
+    ce = lambda lg: losses.soft_cross_entropy(lg, probs, label_smoothing).mean()
   logits, aux = (outputs[0], outputs[1:]) if isinstance(outputs, (tuple, list)) else (outputs, ())
-  loss = losses.cross_entropy(logits, labels, label_smoothing).mean()
+  loss = ce(logits)
   metrics = {"accuracy": jnp.mean(losses.topk_correct(logits, labels, 1)),
              "top5_accuracy": jnp.mean(losses.topk_correct(logits, labels, 5))}
   if aux:
     metrics["main_loss"] = loss
-    loss = loss + AUX_LOSS_WEIGHT * sum(
-        losses.cross_entropy(a, labels, label_smoothing).mean() for a in aux)
+    loss = loss + AUX_LOSS_WEIGHT * sum(ce(a) for a in aux)
   return loss, metrics
 
 
 def train_step(state: TrainState, batch: Batch, *, preprocess: Optional[PreprocessFn] = None,
+               mix: Optional[MixFn] = None,
                loss_fn: Optional[LossFn] = None, label_smoothing: float = 0.0,
                axis_name: Optional[str] = None, frozen: Sequence[str] = (),
                matmul_precision: str = "default") -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on `batch` ({'image': uint8 NHWC, 'label': int, ...}).
 
   preprocess(images, rng, train) turns stored images into model input (None: as is).
+  mix(images, labels, rng) -> (images, label_probs) (mixup / cutmix, `augment.make_mix_fn`)
+  then mixes the preprocessed batch; the classification loss uses the soft labels, the
+  accuracies the original ones. Its key is folded from the augmentation key.
   loss_fn(model outputs, batch) -> (loss, metrics); default `classification_loss`.
   A step whose gradient is not finite is dropped by the optimizer when it is wrapped in
   `optax.apply_if_finite` (config.skip_nonfinite_steps); its batch statistics are then
   dropped too, and metrics['skipped'] says so.
   """
+  if mix is not None and loss_fn is not None:
+    raise ValueError("mixup / cutmix (config.augment) give soft labels for the classification "
+                     "loss; a custom loss_fn cannot use them")
   loss_fn = loss_fn or (lambda out, b: classification_loss(out, b, label_smoothing))
   aug_rng, dropout_rng = step_rngs(state, axis_name)
   images = batch["image"] if preprocess is None else preprocess(batch["image"], aug_rng, True)
+  if mix is not None:
+    images, probs = mix(images, batch["label"], jax.random.fold_in(aug_rng, MIX_STREAM))
+    batch = {**batch, "label_probs": probs}
   has_bn = bool(state.batch_stats)
 
   def total_loss(params):
