@@ -624,12 +624,14 @@ def make_mix_fn(ops: str, num_classes: int) -> Optional[MixFn]:
 def preprocess_from_config(config: ConfigDict) -> PreprocessFn:
   """The preprocessing of the run described by `config`, for training, eval and predict.
 
-  Reads the data set's normalization (`config.dataset.name`), the size its images are
+  Reads the data set's normalization (`dataset.mean` / `std`, else by `dataset.name`), the size its images are
   centre-padded / cropped to (`config.dataset.image_size`) and the training-only
   augmentation (`config.augment`). Callers feed images as the data set stores them;
   with train=False the result is deterministic.
   """
   mean, std = input_pipeline.normalization(config.dataset.name)
+  if config.dataset.get("mean") is not None:  # the config's statistics win (image folders)
+    mean, std = tuple(config.dataset.mean), tuple(config.dataset.std)
   image_size = config.dataset.get("image_size")
   return make_preprocess_fn(tuple(image_size) if image_size else None, mean, std,
                             augment_spec(config))

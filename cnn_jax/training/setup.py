@@ -184,7 +184,7 @@ def setup(config: ConfigDict, train_data: Optional[Any] = None, val_data: Option
                                label_smoothing=config.label_smoothing, frozen=frozen,
                                matmul_precision=config.matmul_precision)
   eval_fn = functools.partial(steps.eval_step, preprocess=preprocess,
-                              matmul_precision=config.matmul_precision)
+                              matmul_precision=config.matmul_precision, flip=config.eval_flip)
   compiled = parallel.compile_steps(config.parallel, init_fn, train_fn, eval_fn)
   return Setup(config, model, input_shape, data_shape, num_classes, preprocess, train_data,
                val_data, test_data, spe, compiled, learning_rate)

@@ -129,13 +129,18 @@ def train_step(state: TrainState, batch: Batch, *, preprocess: Optional[Preproce
 
 
 def eval_step(state: TrainState, batch: Batch, *, preprocess: Optional[PreprocessFn] = None,
-              axis_name: Optional[str] = None, matmul_precision: str = "default"
-              ) -> dict[str, jax.Array]:
-  """Sums (not means) of loss / correct over the real examples of `batch` (its `mask`)."""
+              axis_name: Optional[str] = None, matmul_precision: str = "default",
+              flip: bool = False) -> dict[str, jax.Array]:
+  """Sums (not means) of loss / correct over the real examples of `batch` (its `mask`).
+
+  flip: test-time augmentation, the mean of the logits of each image and its mirror image.
+  """
   images = batch["image"] if preprocess is None else preprocess(batch["image"],
                                                                 jax.random.key(0), False)
   with jax.default_matmul_precision(matmul_precision):
     logits = state.apply_fn(variables_of(state), images, train=False)
+    if flip:
+      logits = 0.5 * (logits + state.apply_fn(variables_of(state), images[:, :, ::-1], train=False))
   mask = batch.get("mask", jnp.ones(logits.shape[0], jnp.float32))
   sums = {"loss": jnp.sum(losses.cross_entropy(logits, batch["label"]) * mask),
           "correct": jnp.sum(losses.topk_correct(logits, batch["label"], 1) * mask),
