@@ -38,7 +38,8 @@ def main():
 
     input_pipeline.train_batches = slow_batches
   cfg = tiny_config("mnist_cnn", num_epochs=2, checkpoint_every_steps=3, log_every_steps=4)
-  cfg.augment = "pad_crop(2)"  # augmentation and dropout: both must replay exactly
+  # augmentation (image ops and a batch mix), dropout: all must replay exactly
+  cfg.augment = "pad_crop(2)|cutout(6)|mixup(0.2)"
   train, test = random_split(512, seed=0), random_split(100, seed=1)
   try:
     r = trainer.train_and_evaluate(cfg, args.workdir, train, test)

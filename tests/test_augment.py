@@ -104,9 +104,9 @@ def test_rotate_by_90_degrees_is_rot90():
     np.testing.assert_allclose(rotate(img, 180.0), np.rot90(img, 2), atol=1e-5)
     np.testing.assert_allclose(rotate(img, 0.0), img, atol=1e-6)
   # 45 degrees: the centre stays, the corners (outside the turned square) are zero filled
-  ones = np.ones((9, 9, 1), np.float32)
+  ones = np.ones((7, 7, 3), np.float32)
   r = np.asarray(rotate(ones, 45.0))[..., 0]
-  assert r[4, 4] == pytest.approx(1.0) and r[0, 0] == r[8, 8] == 0.0
+  assert r[3, 3] == pytest.approx(1.0) and r[0, 0] == r[6, 6] == 0.0
   # random angles: per image, within [-max, max] (a turned bar's slope tells the angle)
   x = np.zeros((8, 9, 9, 1), np.float32)
   x[:, 4, :] = 1.0
