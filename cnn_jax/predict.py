@@ -45,6 +45,7 @@ class Predictor:
   preprocess: PreprocessFn
   image_shape: tuple[int, int, int]
   class_names: Optional[Sequence[str]] = None
+  host_pp: str = ""  # the run's dataset.pp_eval: host-side ops applied after decoding
   probs_fn: Callable[[Any, jax.Array], jax.Array] = field(init=False, repr=False)
 
   def __post_init__(self) -> None:
@@ -55,14 +56,21 @@ class Predictor:
     return self.probs_fn(self.variables, jnp.asarray(images))
 
   def load_image(self, path: str) -> np.ndarray:
-    """Decode, convert to the data's channels and resize (bilinear) to `image_shape`."""
+    """Decode, convert to the data's channels, apply the run's eval pp (e.g. resize the
+    shorter side and centre-crop), then resize (bilinear) to `image_shape` if it differs."""
     from PIL import Image
+    from cnn_jax.data import ops
     h, w, c = self.image_shape
     try:
       img = Image.open(path)
       img = img.convert("L" if c == 1 else "RGB")
     except OSError as e:  # missing, unreadable or not an image
       raise ValueError(f"cannot read image {path}: {e}") from e
+    if self.host_pp:
+      arr = np.asarray(img, np.uint8)
+      arr = ops.parse(self.host_pp)(arr[..., None] if arr.ndim == 2 else arr,
+                                    np.random.default_rng(0))
+      img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
     if img.size != (w, h):
       img = img.resize((w, h), Image.BILINEAR)
     arr = np.asarray(img, np.uint8)
@@ -112,14 +120,16 @@ def from_workdir(workdir: str, which: str = "best") -> Predictor:
   from cnn_jax import inference
   from cnn_jax.data import augment, tfds_data
   model, variables, config, meta = inference.load_run(workdir, which)
-  names = None
-  try:
-    builder = tfds_data._builder(config.dataset.name, config.dataset.data_dir)
-    names = builder.info.features["label"].names
-  except Exception:  # noqa: BLE001 - names are a nicety; indices still print
-    pass
+  names = meta.get("class_names")
+  if not names and config.dataset.name != "folder":
+    try:
+      builder = tfds_data._builder(config.dataset.name, config.dataset.data_dir)
+      names = builder.info.features["label"].names
+    except Exception:  # noqa: BLE001 - names are a nicety; indices still print
+      pass
   return Predictor(model, variables, augment.preprocess_from_config(config),
-                   stored_image_shape(meta, config), names)
+                   stored_image_shape(meta, config), names,
+                   host_pp=config.dataset.get("pp_eval") or "")
 
 
 def from_weights(model_name: str, weights: str) -> Predictor:

@@ -38,7 +38,9 @@ def _mean_metrics(buffer: list[dict]) -> dict[str, float]:
 
 
 def _meta(s: Setup, epoch: int, step: int) -> dict[str, Any]:
+  data = s.val_data or s.test_data or s.train_data
   return {"epoch": epoch, "step": step, "num_classes": s.num_classes,
+          "class_names": getattr(data, "class_names", None),
           "input_shape": list(s.input_shape), "data_shape": list(s.data_shape),
           "config": json.loads(s.config.to_json_best_effort())}
 
