@@ -12,7 +12,7 @@ import torch
 from ml_collections import ConfigDict
 
 from cnn_jax import config as config_lib
-from cnn_jax.data import augment
+from cnn_jax.data import augment, image_ops
 from cnn_jax.training import losses, steps
 from cnn_jax.training.train_state import create_train_state
 from helpers import random_split, tiny_config
@@ -39,12 +39,12 @@ def test_pad_normalize_and_augment():
   assert x.shape == (2, 32, 32, 1)
   assert float(x[0, 0, 0, 0]) == -1.0 and float(x[0, 2, 2, 0]) == 1.0  # pad 2 px of black
   img = jnp.arange(16, dtype=jnp.float32).reshape(1, 4, 4, 1)
-  crops = augment.random_crop(jax.random.key(1), jnp.tile(img, (64, 1, 1, 1)), 1)
+  crops = image_ops.random_crop(jax.random.key(1), jnp.tile(img, (64, 1, 1, 1)), 1)
   # every crop is the image shifted by at most one pixel: its centre pixel comes from img's 3x3 core
   assert crops.shape == (64, 4, 4, 1)
   assert set(np.asarray(crops[:, 1, 1, 0]).tolist()) <= {0., 1., 2., 4., 5., 6., 8., 9., 10.}
   assert len(set(np.asarray(crops[:, 1, 1, 0]).tolist())) > 3
-  flips = augment.random_flip_left_right(jax.random.key(2), jnp.tile(img, (32, 1, 1, 1)))
+  flips = image_ops.random_flip_left_right(jax.random.key(2), jnp.tile(img, (32, 1, 1, 1)))
   flipped = np.asarray(flips[:, 0, 0, 0] == 3.0)
   assert 0 < flipped.sum() < 32
   np.testing.assert_array_equal(flips[flipped.argmax()], img[0, :, ::-1])
@@ -57,7 +57,7 @@ def test_pad_crop_and_flip_lr_draw_what_crop_padding_and_flip_drew():
   new = augment.make_preprocess_fn(None, (0.,), (1.,), "pad_crop(2)|flip_lr")(images, rng, True)
   x = images.astype(np.float32) / 255.0  # the code before the registry:
   r, sub = jax.random.split(rng)
-  x = augment.random_crop(sub, x, 2)
+  x = image_ops.random_crop(sub, x, 2)
   r, sub = jax.random.split(r)
   x = jnp.where(jax.random.bernoulli(sub, 0.5, (16, 1, 1, 1)), x[:, :, ::-1], x)
   np.testing.assert_array_equal(new, x)
@@ -78,24 +78,24 @@ def test_translate_is_a_roll_with_zero_fill():
   img = rand_images(1, 7, 9)[0]
   want = np.roll(img, (2, 1), axis=(0, 1))  # dx=1 column right, dy=2 rows down
   want[:2], want[:, :1] = 0, 0
-  np.testing.assert_array_equal(augment.translate_image(img, 1, 2), want)
+  np.testing.assert_array_equal(image_ops.translate_image(img, 1, 2), want)
   want = np.roll(img, (1, -3), axis=(0, 1))
   want[:1], want[:, -3:] = 0, 0
-  np.testing.assert_array_equal(augment.translate_image(img, -3, 1), want)
+  np.testing.assert_array_equal(image_ops.translate_image(img, -3, 1), want)
   # the random op: every image is one of the allowed shifts of itself
   x = np.tile(img, (16, 1, 1, 1))
   out = np.asarray(augment.parse("translate(2, 1)")[0].fn(x, jax.random.key(3)))
   shifts = set()
   for o in out:
     match = [(dx, dy) for dx in range(-2, 3) for dy in range(-1, 2)
-             if np.array_equal(o, augment.translate_image(img, dx, dy))]
+             if np.array_equal(o, image_ops.translate_image(img, dx, dy))]
     assert match
     shifts.add(match[0])
   assert len(shifts) > 3
 
 
 def test_rotate_by_90_degrees_is_rot90():
-  rotate = jax.jit(augment.rotate_image)
+  rotate = jax.jit(image_ops.rotate_image)
   for shape in ((6, 6, 1), (7, 7, 3)):
     img = np.random.RandomState(1).rand(*shape).astype(np.float32)
     # rotations by multiples of 90 degrees sample exact pixel centres: only float rounding
@@ -116,7 +116,7 @@ def test_rotate_by_90_degrees_is_rot90():
 
 
 def test_scale_zooms_about_the_centre():
-  scale = jax.jit(augment.scale_image)
+  scale = jax.jit(image_ops.scale_image)
   const = np.full((10, 10, 2), 0.7, np.float32)
   np.testing.assert_allclose(scale(const, 2.0), const, rtol=1e-6)
   np.testing.assert_allclose(scale(const, 1.5), const, rtol=1e-6)
@@ -148,7 +148,7 @@ def test_color_adjustments_match_torchvision(name, factors):
     img[0, :4] = 0.25  # some gray pixels (zero saturation: hue undefined)
     for f in factors:
       want = getattr(TF, f"adjust_{name}")(torch.from_numpy(img).permute(2, 0, 1), f)
-      got = getattr(augment, f"adjust_{name}")(img, f)
+      got = getattr(image_ops, f"adjust_{name}")(img, f)
       np.testing.assert_allclose(got, want.permute(1, 2, 0).numpy(), atol=atol, rtol=0)
 
 
@@ -163,8 +163,8 @@ def test_random_color_ops_draw_factors_per_image_in_range():
   # ColorJitter's random order, per image: brightness x2 and contrast 0.5 do not commute
   x = rand_images(64, seed=1) * 0.4
   out = np.asarray(augment.parse("color(brightness=(2, 2), contrast=(0.5, 0.5))")[0].fn(x, rng))
-  b_then_c = np.stack([augment.adjust_contrast(augment.adjust_brightness(i, 2.0), 0.5) for i in x])
-  c_then_b = np.stack([augment.adjust_brightness(augment.adjust_contrast(i, 0.5), 2.0) for i in x])
+  b_then_c = np.stack([image_ops.adjust_contrast(image_ops.adjust_brightness(i, 2.0), 0.5) for i in x])
+  c_then_b = np.stack([image_ops.adjust_brightness(image_ops.adjust_contrast(i, 0.5), 2.0) for i in x])
   first = np.all(np.isclose(out, b_then_c, atol=1e-6), axis=(1, 2, 3))
   second = np.all(np.isclose(out, c_then_b, atol=1e-6), axis=(1, 2, 3))
   assert (first | second).all() and first.sum() > 10 and second.sum() > 10
@@ -189,11 +189,11 @@ def test_noise_statistics():
 
 def test_cutout_zeroes_one_square_clipped_at_the_border():
   img = np.ones((12, 10, 2), np.float32)
-  out = np.asarray(augment.cutout_image(img, 6, 5, 4))
+  out = np.asarray(image_ops.cutout_image(img, 6, 5, 4))
   assert (out == 0).all(-1).sum() == 16 and (out[4:8, 3:7] == 0).all()
-  odd = np.asarray(augment.cutout_image(img, 6, 5, 3))
+  odd = np.asarray(image_ops.cutout_image(img, 6, 5, 3))
   assert (odd == 0).all(-1).sum() == 9 and (odd[5:8, 4:7] == 0).all()
-  corner = np.asarray(augment.cutout_image(img, 0, 9, 4))  # rows -2..1, columns 7..10
+  corner = np.asarray(image_ops.cutout_image(img, 0, 9, 4))  # rows -2..1, columns 7..10
   assert (corner == 0).all(-1).sum() == 2 * 3 and (corner[:2, 7:] == 0).all()
   x = np.ones((64, 12, 12, 1), np.float32)
   out = np.asarray(augment.parse("cutout(4)")[0].fn(x, jax.random.key(0)))
@@ -240,7 +240,7 @@ def test_cutmix_box_area_matches_its_label_weights():
       assert probs[i, j] == pytest.approx(1.0 - probs[i, i], abs=1e-6)
       rows, cols = np.nonzero(pasted[i])
       assert (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1) == len(rows)
-  y1, y2, x1, x2 = augment.cutmix_box(10, 10, 0.75, 0, 9)  # half-size sides, clipped
+  y1, y2, x1, x2 = image_ops.cutmix_box(10, 10, 0.75, 0, 9)  # half-size sides, clipped
   assert (int(y1), int(y2), int(x1), int(x2)) == (0, 2, 7, 10)
 
 

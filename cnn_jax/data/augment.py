@@ -21,7 +21,8 @@ by `config.validate`), before anything compiles. Image ops (see `IMAGE_OPS`) run
 `dataset.image_size` and before normalization, only when train=True; each image gets
 its own random draw. Batch ops (`BATCH_OPS`: mixup, cutmix) change the labels too: they
 are built by `mix_from_config` and applied by `steps.train_step` after `preprocess`,
-so they must come last in the string.
+so they must come last in the string. The image functions the ops apply, deterministic
+given their parameters, are in `image_ops`.
 """
 from __future__ import annotations
 
@@ -33,12 +34,11 @@ import math
 import re
 from typing import Any, Callable, Optional, Sequence
 
-import dm_pix as pix
 import jax
 import jax.numpy as jnp
 from ml_collections import ConfigDict
 
-from cnn_jax.data import input_pipeline
+from cnn_jax.data import image_ops, input_pipeline
 
 # preprocess(images_uint8_NHWC, rng, train) -> float32 normalized NHWC images.
 PreprocessFn = Callable[[jax.Array, jax.Array, bool], jax.Array]
@@ -48,196 +48,6 @@ MixFn = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 ImageOpFn = Callable[[jax.Array, jax.Array], jax.Array]
 # A batch op: (images, label_probs, rng) -> (images, label_probs).
 BatchOpFn = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
-
-# Rec. 601 luma, the weights of torchvision's (and TensorFlow's, and pix's) rgb_to_grayscale.
-LUMA = (0.2989, 0.587, 0.114)
-
-
-# ----------------------------------------------------------------------------------------
-# Deterministic cores: one HWC image (or one batch for the mixes), explicit parameters.
-# The random ops below draw the parameters and vmap these; tests check these exactly.
-# ----------------------------------------------------------------------------------------
-
-def pad_or_crop_to(images: jax.Array, size: Sequence[int]) -> jax.Array:
-  """Centre-pad with zeros (or centre-crop) NHWC images to (H, W) = size."""
-  h, w = images.shape[1:3]
-  th, tw = size
-  if (h, w) == (th, tw):
-    return images
-  if th >= h and tw >= w:
-    ph, pw = th - h, tw - w
-    return jnp.pad(images, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)))
-  if th <= h and tw <= w:
-    top, left = (h - th) // 2, (w - tw) // 2
-    return images[:, top:top + th, left:left + tw]
-  raise ValueError(f"cannot fit images of {h}x{w} to {th}x{tw}: resize them instead")
-
-
-def translate_image(img: jax.Array, dx: Any, dy: Any) -> jax.Array:
-  """img (H, W, C) shifted by dx columns right and dy rows down (integers), zero fill.
-
-  Not pix.affine_transform: an integer shift needs no interpolation, and a roll plus a
-  mask is exact and cheaper.
-  """
-  h, w = img.shape[:2]
-  shifted = jnp.roll(img, (dy, dx), axis=(0, 1))
-  rows = jnp.arange(h)[:, None, None] - dy
-  cols = jnp.arange(w)[None, :, None] - dx
-  inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
-  return jnp.where(inside, shifted, jnp.zeros((), img.dtype))
-
-
-def _affine_zero_fill(img: jax.Array, matrix: jax.Array) -> jax.Array:
-  """pix.affine_transform about the image centre, bilinear, zero outside the image.
-
-  `matrix` (2x2) maps output (row, col) offsets from the centre to input offsets.
-  pix's mode="constant" returns the fill value for any coordinate outside
-  [0, size - 1] without blending, so an edge pixel could turn black through float
-  rounding (cos 90 degrees is not exactly 0 in float32) and the border would not be
-  interpolated with the fill. So the image gets a 1-pixel zero border first: bilinear
-  interpolation then blends with zeros up to one pixel outside, as torch's grid_sample
-  with padding_mode="zeros" does. pix computes coordinates with a matmul, which a GPU
-  would run in TF32 (an error of up to ~0.1 pixel at 224 px), hence precision highest.
-  """
-  padded = jnp.pad(img, ((1, 1), (1, 1), (0, 0)))
-  full = jnp.eye(3, dtype=jnp.float32).at[:2, :2].set(matrix)
-  centre = (jnp.asarray(padded.shape, jnp.float32) - 1.0) / 2.0
-  with jax.default_matmul_precision("highest"):
-    offset = centre - full @ centre
-    out = pix.affine_transform(padded, full, offset=offset, order=1, mode="constant", cval=0.0)
-  return out[1:-1, 1:-1]
-
-
-def rotate_image(img: jax.Array, angle: Any) -> jax.Array:
-  """img (H, W, C) rotated counter-clockwise (as displayed, row 0 on top) by `angle`
-  degrees about its centre; bilinear, zero fill. rotate_image(img, 90) == np.rot90(img)
-  for a square image (up to float rounding). Uses pix.affine_transform (see
-  `_affine_zero_fill`); pix.rotate is the same transform without the zero border."""
-  t = jnp.deg2rad(jnp.asarray(angle, jnp.float32))
-  c, s = jnp.cos(t), jnp.sin(t)
-  # Output offset (dr, dc) from the centre reads input offset R(-angle) (dr, dc); with
-  # rows pointing down, a counter-clockwise turn on screen is this matrix.
-  return _affine_zero_fill(img, jnp.stack([jnp.stack([c, s]), jnp.stack([-s, c])]))
-
-
-def scale_image(img: jax.Array, s: Any) -> jax.Array:
-  """img (H, W, C) zoomed by `s` about its centre (s > 1: zoom in), bilinear, zero fill
-  (pix.affine_transform, see `_affine_zero_fill`)."""
-  inv = 1.0 / jnp.asarray(s, jnp.float32)
-  return _affine_zero_fill(img, jnp.diag(jnp.stack([inv, inv])))
-
-
-def cutout_image(img: jax.Array, cy: Any, cx: Any, size: int) -> jax.Array:
-  """img (H, W, C) with rows [cy - size//2, cy - size//2 + size) x the same columns about
-  cx set to 0, clipped at the borders (DeVries & Taylor 2017). Own code: pix has none."""
-  h, w = img.shape[:2]
-  top, left = cy - size // 2, cx - size // 2
-  r = jnp.arange(h)[:, None, None]
-  c = jnp.arange(w)[None, :, None]
-  box = (r >= top) & (r < top + size) & (c >= left) & (c < left + size)
-  return jnp.where(box, jnp.zeros((), img.dtype), img)
-
-
-def grayscale(img: jax.Array) -> jax.Array:
-  """(..., 3) RGB -> (..., 1) luma with torchvision's weights. Written out elementwise
-  rather than pix.rgb_to_grayscale (same weights), whose tensordot a GPU may run in TF32."""
-  r, g, b = img[..., 0], img[..., 1], img[..., 2]
-  return (LUMA[0] * r + LUMA[1] * g + LUMA[2] * b)[..., None]
-
-
-def adjust_brightness(img: jax.Array, factor: Any) -> jax.Array:
-  """torchvision's adjust_brightness: clip(factor * img, 0, 1). Not pix.adjust_brightness,
-  which adds a delta (TensorFlow's definition)."""
-  return jnp.clip(factor * img, 0.0, 1.0)
-
-
-def adjust_contrast(img: jax.Array, factor: Any) -> jax.Array:
-  """torchvision's adjust_contrast: blend with the mean of the grayscale image (one value
-  for all channels). Not pix.adjust_contrast, which uses each channel's own mean (TF's);
-  the two agree on 1-channel images."""
-  gray = grayscale(img) if img.shape[-1] == 3 else img
-  mean = jnp.mean(gray, axis=(-3, -2, -1), keepdims=True)
-  return jnp.clip(factor * img + (1.0 - factor) * mean, 0.0, 1.0)
-
-
-def adjust_saturation(img: jax.Array, factor: Any) -> jax.Array:
-  """torchvision's adjust_saturation: blend with the grayscale image (RGB only). Not
-  pix.adjust_saturation, which scales the HSV saturation (TF's; different colours)."""
-  _need_rgb(img, "saturation")
-  return jnp.clip(factor * img + (1.0 - factor) * grayscale(img), 0.0, 1.0)
-
-
-def adjust_hue(img: jax.Array, delta: Any) -> jax.Array:
-  """Hue shifted by `delta` turns (in [-0.5, 0.5]) in HSV: pix.adjust_hue, which is
-  torchvision's adjust_hue (h = (h + delta) mod 1)."""
-  _need_rgb(img, "hue")
-  return pix.adjust_hue(img, delta)
-
-
-def _need_rgb(img: jax.Array, what: str) -> None:
-  if img.shape[-1] != 3:
-    raise ValueError(f"augmentation {what!r} needs RGB images, these have {img.shape[-1]} "
-                     "channel(s); color(...) leaves saturation and hue out for 1 channel")
-
-
-def mixup_batch(images: jax.Array, probs: jax.Array, lam: Any, perm: jax.Array
-                ) -> tuple[jax.Array, jax.Array]:
-  """lam * (x, p) + (1 - lam) * (x, p)[perm] (Zhang et al. 2018)."""
-  x = lam * images + (1.0 - lam) * images[perm]
-  return x, lam * probs + (1.0 - lam) * probs[perm]
-
-
-def cutmix_box(h: int, w: int, lam: Any, cy: Any, cx: Any) -> tuple[jax.Array, ...]:
-  """(y1, y2, x1, x2) of CutMix's box (Yun et al. 2019, reference code): sides
-  int(H sqrt(1 - lam)) x int(W sqrt(1 - lam)) centred at (cy, cx), clipped to the image."""
-  rat = jnp.sqrt(1.0 - lam)
-  ch = jnp.floor(h * rat).astype(jnp.int32)
-  cw = jnp.floor(w * rat).astype(jnp.int32)
-  y1, y2 = jnp.clip(cy - ch // 2, 0, h), jnp.clip(cy + ch // 2, 0, h)
-  x1, x2 = jnp.clip(cx - cw // 2, 0, w), jnp.clip(cx + cw // 2, 0, w)
-  return y1, y2, x1, x2
-
-
-def cutmix_batch(images: jax.Array, probs: jax.Array, box: Sequence[Any], perm: jax.Array
-                 ) -> tuple[jax.Array, jax.Array]:
-  """Paste box (y1, y2, x1, x2) of images[perm] into every image; the label weight of
-  the pasted image is the box's share of the image's area (lam recomputed as in the
-  reference code from the clipped box)."""
-  y1, y2, x1, x2 = box
-  h, w = images.shape[1:3]
-  r = jnp.arange(h)[:, None, None]
-  c = jnp.arange(w)[None, :, None]
-  inside = (r >= y1) & (r < y2) & (c >= x1) & (c < x2)
-  x = jnp.where(inside, images[perm], images)
-  lam = 1.0 - ((y2 - y1) * (x2 - x1)).astype(jnp.float32) / (h * w)
-  return x, lam * probs + (1.0 - lam) * probs[perm]
-
-
-# ----------------------------------------------------------------------------------------
-# Random ops on batches (the old entry points, kept: pad_crop | flip_lr draw exactly what
-# crop_padding / flip drew before the registry, so older runs replay the same).
-# ----------------------------------------------------------------------------------------
-
-def random_crop(rng: jax.Array, images: jax.Array, padding: int) -> jax.Array:
-  """Zero-pad by `padding` and take a random crop of the original size per image."""
-  n, h, w, c = images.shape
-  padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-  offsets = jax.random.randint(rng, (n, 2), 0, 2 * padding + 1)
-
-  def crop(img, off):
-    return jax.lax.dynamic_slice(img, (off[0], off[1], 0), (h, w, c))
-
-  return jax.vmap(crop)(padded, offsets)
-
-
-def random_flip_left_right(rng: jax.Array, images: jax.Array, p: float = 0.5) -> jax.Array:
-  flip = jax.random.bernoulli(rng, p, (images.shape[0], 1, 1, 1))
-  return jnp.where(flip, pix.flip_left_right(images), images)
-
-
-def random_flip_up_down(rng: jax.Array, images: jax.Array, p: float = 0.5) -> jax.Array:
-  flip = jax.random.bernoulli(rng, p, (images.shape[0], 1, 1, 1))
-  return jnp.where(flip, pix.flip_up_down(images), images)
 
 
 # ----------------------------------------------------------------------------------------
@@ -323,21 +133,21 @@ def _per_image(fn: Callable, x: jax.Array, *params: jax.Array) -> jax.Array:
 def _pad_crop(padding):
   """Zero-pad by `padding` pixels and crop back at a random offset (translation)."""
   padding = _integer("pad_crop padding", padding, 0)
-  return lambda x, rng: random_crop(rng, x, padding) if padding else x
+  return lambda x, rng: image_ops.random_crop(rng, x, padding) if padding else x
 
 
 @_register(IMAGE_OPS, "flip_lr")
 def _flip_lr(p=0.5):
   """Mirror left-right with probability p."""
   p = _number("flip_lr p", p, 0.0, 1.0)
-  return lambda x, rng: random_flip_left_right(rng, x, p)
+  return lambda x, rng: image_ops.random_flip_left_right(rng, x, p)
 
 
 @_register(IMAGE_OPS, "flip_ud")
 def _flip_ud(p=0.5):
   """Mirror up-down with probability p."""
   p = _number("flip_ud p", p, 0.0, 1.0)
-  return lambda x, rng: random_flip_up_down(rng, x, p)
+  return lambda x, rng: image_ops.random_flip_up_down(rng, x, p)
 
 
 @_register(IMAGE_OPS, "translate")
@@ -351,7 +161,7 @@ def _translate(max_dx, max_dy=None):
     kx, ky = jax.random.split(rng)
     dx = jax.random.randint(kx, (x.shape[0],), -max_dx, max_dx + 1)
     dy = jax.random.randint(ky, (x.shape[0],), -max_dy, max_dy + 1)
-    return _per_image(translate_image, x, dx, dy)
+    return _per_image(image_ops.translate_image, x, dx, dy)
   return op
 
 
@@ -359,7 +169,7 @@ def _translate(max_dx, max_dy=None):
 def _rotate(max_degrees):
   """Rotate about the centre by an angle uniform in [-max_degrees, max_degrees]."""
   m = _number("rotate max_degrees", max_degrees, 0.0, 180.0)
-  return lambda x, rng: _per_image(rotate_image, x, _uniform(rng, x.shape[0], -m, m))
+  return lambda x, rng: _per_image(image_ops.rotate_image, x, _uniform(rng, x.shape[0], -m, m))
 
 
 @_register(IMAGE_OPS, "scale")
@@ -369,7 +179,7 @@ def _scale(min_scale, max_scale):
   hi = _number("scale max_scale", max_scale, 0.0, open_lo=True)
   if lo > hi:
     raise ValueError(f"scale needs min_scale <= max_scale, got ({lo}, {hi})")
-  return lambda x, rng: _per_image(scale_image, x, _uniform(rng, x.shape[0], lo, hi))
+  return lambda x, rng: _per_image(image_ops.scale_image, x, _uniform(rng, x.shape[0], lo, hi))
 
 
 def _random_factor_op(adjust: Callable, rng_range: tuple[float, float]) -> ImageOpFn:
@@ -381,30 +191,31 @@ def _random_factor_op(adjust: Callable, rng_range: tuple[float, float]) -> Image
 def _brightness(d):
   """Multiply by a factor uniform in [max(0, 1 - d), 1 + d] (torchvision's brightness)."""
   r = _jitter_range("brightness", _number("brightness d", d, 0.0), 1.0, (0.0, math.inf))
-  return _random_factor_op(adjust_brightness, r or (1.0, 1.0))
+  return _random_factor_op(image_ops.adjust_brightness, r or (1.0, 1.0))
 
 
 @_register(IMAGE_OPS, "contrast")
 def _contrast(lo, hi):
   """torchvision's adjust_contrast with a factor uniform in [lo, hi]."""
-  return _random_factor_op(adjust_contrast, _factor_range("contrast", lo, hi))
+  return _random_factor_op(image_ops.adjust_contrast, _factor_range("contrast", lo, hi))
 
 
 @_register(IMAGE_OPS, "saturation")
 def _saturation(lo, hi):
   """torchvision's adjust_saturation with a factor uniform in [lo, hi] (RGB only)."""
-  return _random_factor_op(adjust_saturation, _factor_range("saturation", lo, hi))
+  return _random_factor_op(image_ops.adjust_saturation, _factor_range("saturation", lo, hi))
 
 
 @_register(IMAGE_OPS, "hue")
 def _hue(d):
   """Shift hue by a delta uniform in [-d, d] turns, d <= 0.5 (RGB only)."""
   d = _number("hue d", d, 0.0, 0.5)
-  return _random_factor_op(adjust_hue, (-d, d))
+  return _random_factor_op(image_ops.adjust_hue, (-d, d))
 
 
-_COLOR_ADJUST = {"brightness": adjust_brightness, "contrast": adjust_contrast,
-                 "saturation": adjust_saturation, "hue": adjust_hue}
+_COLOR_ADJUST = {"brightness": image_ops.adjust_brightness,
+                 "contrast": image_ops.adjust_contrast,
+                 "saturation": image_ops.adjust_saturation, "hue": image_ops.adjust_hue}
 
 
 @_register(IMAGE_OPS, "color")
@@ -455,7 +266,7 @@ def _cutout(size):
     ky, kx = jax.random.split(rng)
     cy = jax.random.randint(ky, (x.shape[0],), 0, x.shape[1])
     cx = jax.random.randint(kx, (x.shape[0],), 0, x.shape[2])
-    return jax.vmap(lambda img, y, xx: cutout_image(img, y, xx, size))(x, cy, cx)
+    return jax.vmap(lambda img, y, xx: image_ops.cutout_image(img, y, xx, size))(x, cy, cx)
   return op
 
 
@@ -468,7 +279,7 @@ def _mixup(alpha):
   def op(x, probs, rng):
     kl, kp = jax.random.split(rng)
     lam = jax.random.beta(kl, alpha, alpha)
-    return mixup_batch(x, probs, lam, jax.random.permutation(kp, x.shape[0]))
+    return image_ops.mixup_batch(x, probs, lam, jax.random.permutation(kp, x.shape[0]))
   return op
 
 
@@ -482,8 +293,9 @@ def _cutmix(alpha):
     kl, kp, ky, kx = jax.random.split(rng, 4)
     h, w = x.shape[1:3]
     lam = jax.random.beta(kl, alpha, alpha)
-    box = cutmix_box(h, w, lam, jax.random.randint(ky, (), 0, h), jax.random.randint(kx, (), 0, w))
-    return cutmix_batch(x, probs, box, jax.random.permutation(kp, x.shape[0]))
+    box = image_ops.cutmix_box(h, w, lam, jax.random.randint(ky, (), 0, h),
+                               jax.random.randint(kx, (), 0, w))
+    return image_ops.cutmix_batch(x, probs, box, jax.random.permutation(kp, x.shape[0]))
   return op
 
 
@@ -588,14 +400,14 @@ def make_preprocess_fn(image_size: Optional[Sequence[int]], mean: Sequence[float
   """
   mean_a = jnp.asarray(mean, jnp.float32)
   std_a = jnp.asarray(std, jnp.float32)
-  image_ops = [op for op in parse(ops) if op.kind == "image"]
+  augment_ops = [op for op in parse(ops) if op.kind == "image"]
 
   def preprocess(images: jax.Array, rng: jax.Array, train: bool) -> jax.Array:
     x = images.astype(jnp.float32) / 255.0
     if image_size is not None:
-      x = pad_or_crop_to(x, image_size)
+      x = image_ops.pad_or_crop_to(x, image_size)
     if train:
-      for op in image_ops:
+      for op in augment_ops:
         rng, sub = jax.random.split(rng)
         x = op.fn(x, sub)
     return (x - mean_a) / std_a
