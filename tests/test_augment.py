@@ -248,7 +248,7 @@ def test_parse_errors_name_the_op_and_the_alternatives():
   with pytest.raises(ValueError) as e:
     augment.parse("pad_crop(2)|flip_rl")
   msg = str(e.value)
-  assert "'flip_rl'" in msg and "Did you mean flip_lr" in msg
+  assert "'flip_rl'" in msg and "Did you mean 'flip_lr'" in msg
   assert all(name in msg for name in augment.op_names())
   for bad, why in [("rotate(1, 2)", "too many positional"), ("pad_crop()", "missing"),
                    ("pad_crop(2.5)", "integer"), ("flip_lr(p=2)", "<= 1"),

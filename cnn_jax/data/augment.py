@@ -11,7 +11,8 @@ prepared differently from those it was trained on (e.g. MNIST digits zero-padded
 
 Augmentation is one string, `config.augment`, in the style of big_vision's `pp`: ops
 joined by "|", each `name` or `name(args)`, the arguments Python literals (numbers,
-tuples, keyword arguments) read with `ast.literal_eval`:
+tuples, keyword arguments) read with `ast.literal_eval` by `pp_spec`, the parser
+the host-side `ops` share:
 
     "pad_crop(4)|flip_lr|color(0.4, 0.4, 0.4, 0.1)|cutout(8)|mixup(0.2)"
 
@@ -26,19 +27,15 @@ given their parameters, are in `image_ops`.
 """
 from __future__ import annotations
 
-import ast
 import dataclasses
-import difflib
-import inspect
-import math
-import re
 from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 from ml_collections import ConfigDict
 
-from cnn_jax.data import image_ops, input_pipeline
+from cnn_jax.data import image_ops, input_pipeline, pp_spec
+from cnn_jax.data.pp_spec import integer, number, number_range
 
 # preprocess(images_uint8_NHWC, rng, train) -> float32 normalized NHWC images.
 PreprocessFn = Callable[[jax.Array, jax.Array, bool], jax.Array]
@@ -74,51 +71,17 @@ def _register(table: dict[str, Callable], name: str):
   return deco
 
 
-def _number(what: str, v: Any, lo: Optional[float] = None, hi: Optional[float] = None,
-            open_lo: bool = False) -> float:
-  if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-    raise ValueError(f"{what} must be a finite number, got {v!r}")
-  if lo is not None and (v < lo or (open_lo and v == lo)):
-    raise ValueError(f"{what} must be {'>' if open_lo else '>='} {lo}, got {v!r}")
-  if hi is not None and v > hi:
-    raise ValueError(f"{what} must be <= {hi}, got {v!r}")
-  return float(v)
-
-
-def _integer(what: str, v: Any, lo: int) -> int:
-  if isinstance(v, bool) or not isinstance(v, int):
-    raise ValueError(f"{what} must be an integer, got {v!r}")
-  if v < lo:
-    raise ValueError(f"{what} must be >= {lo}, got {v!r}")
-  return v
-
-
-def _factor_range(what: str, lo: Any, hi: Any) -> tuple[float, float]:
-  lo, hi = _number(f"{what} lower bound", lo, 0.0), _number(f"{what} upper bound", hi, 0.0)
-  if lo > hi:
-    raise ValueError(f"{what} range must have lower <= upper, got ({lo}, {hi})")
-  return lo, hi
-
-
-def _jitter_range(what: str, v: Any, center: float, bound: tuple[float, float],
-                  clip_first_on_zero: bool = True) -> Optional[tuple[float, float]]:
-  """torchvision ColorJitter._check_input: a number v -> [center - v, center + v]
-  (clipped at 0 for factors), or an explicit (lo, hi); None where it changes nothing."""
+def _jitter_range(what: str, v: Any, hue: bool = False) -> Optional[tuple[float, float]]:
+  """torchvision ColorJitter._check_input: a number v -> [center - v, center + v] (a
+  factor's clipped at 0, hue's v <= 0.5), or an explicit (min, max); None where it changes
+  nothing."""
+  center, lo, hi = (0.0, -0.5, 0.5) if hue else (1.0, 0.0, None)
   if isinstance(v, (tuple, list)):
-    if len(v) != 2:
-      raise ValueError(f"{what} must be a number or a (min, max) pair, got {v!r}")
-    lo, hi = (_number(f"{what} bound", x) for x in v)
-    if not bound[0] <= lo <= hi <= bound[1]:
-      raise ValueError(f"{what} range must satisfy {bound[0]} <= min <= max <= {bound[1]}, "
-                       f"got {v!r}")
+    r = number_range(what, v, lo, hi, names=("min", "max"))
   else:
-    v = _number(what, v, 0.0)
-    lo, hi = center - v, center + v
-    if clip_first_on_zero:
-      lo = max(lo, 0.0)
-    if not bound[0] <= lo <= hi <= bound[1]:
-      raise ValueError(f"{what} must be in [0, {bound[1] - center}], got {v!r}")
-  return None if lo == hi == center else (lo, hi)
+    v = number(what, v, 0.0, hi)
+    r = (-v if hue else max(1.0 - v, 0.0), center + v)
+  return None if r[0] == r[1] == center else r
 
 
 def _uniform(rng: jax.Array, n: int, lo: float, hi: float) -> jax.Array:
@@ -132,21 +95,21 @@ def _per_image(fn: Callable, x: jax.Array, *params: jax.Array) -> jax.Array:
 @_register(IMAGE_OPS, "pad_crop")
 def _pad_crop(padding):
   """Zero-pad by `padding` pixels and crop back at a random offset (translation)."""
-  padding = _integer("pad_crop padding", padding, 0)
+  padding = integer("padding", padding, 0)
   return lambda x, rng: image_ops.random_crop(rng, x, padding) if padding else x
 
 
 @_register(IMAGE_OPS, "flip_lr")
 def _flip_lr(p=0.5):
   """Mirror left-right with probability p."""
-  p = _number("flip_lr p", p, 0.0, 1.0)
+  p = number("p", p, 0.0, 1.0)
   return lambda x, rng: image_ops.random_flip_left_right(rng, x, p)
 
 
 @_register(IMAGE_OPS, "flip_ud")
 def _flip_ud(p=0.5):
   """Mirror up-down with probability p."""
-  p = _number("flip_ud p", p, 0.0, 1.0)
+  p = number("p", p, 0.0, 1.0)
   return lambda x, rng: image_ops.random_flip_up_down(rng, x, p)
 
 
@@ -154,8 +117,8 @@ def _flip_ud(p=0.5):
 def _translate(max_dx, max_dy=None):
   """Shift by whole pixels, dx in [-max_dx, max_dx], dy in [-max_dy, max_dy] (default
   max_dx), zero fill."""
-  max_dx = _integer("translate max_dx", max_dx, 0)
-  max_dy = max_dx if max_dy is None else _integer("translate max_dy", max_dy, 0)
+  max_dx = integer("max_dx", max_dx, 0)
+  max_dy = max_dx if max_dy is None else integer("max_dy", max_dy, 0)
 
   def op(x, rng):
     kx, ky = jax.random.split(rng)
@@ -168,17 +131,15 @@ def _translate(max_dx, max_dy=None):
 @_register(IMAGE_OPS, "rotate")
 def _rotate(max_degrees):
   """Rotate about the centre by an angle uniform in [-max_degrees, max_degrees]."""
-  m = _number("rotate max_degrees", max_degrees, 0.0, 180.0)
+  m = number("max_degrees", max_degrees, 0.0, 180.0)
   return lambda x, rng: _per_image(image_ops.rotate_image, x, _uniform(rng, x.shape[0], -m, m))
 
 
 @_register(IMAGE_OPS, "scale")
 def _scale(min_scale, max_scale):
   """Zoom about the centre by a factor uniform in [min_scale, max_scale]."""
-  lo = _number("scale min_scale", min_scale, 0.0, open_lo=True)
-  hi = _number("scale max_scale", max_scale, 0.0, open_lo=True)
-  if lo > hi:
-    raise ValueError(f"scale needs min_scale <= max_scale, got ({lo}, {hi})")
+  lo, hi = number_range("factors", (min_scale, max_scale), 0.0, open_lo=True,
+                        names=("min_scale", "max_scale"))
   return lambda x, rng: _per_image(image_ops.scale_image, x, _uniform(rng, x.shape[0], lo, hi))
 
 
@@ -190,26 +151,26 @@ def _random_factor_op(adjust: Callable, rng_range: tuple[float, float]) -> Image
 @_register(IMAGE_OPS, "brightness")
 def _brightness(d):
   """Multiply by a factor uniform in [max(0, 1 - d), 1 + d] (torchvision's brightness)."""
-  r = _jitter_range("brightness", _number("brightness d", d, 0.0), 1.0, (0.0, math.inf))
+  r = _jitter_range("d", number("d", d, 0.0))
   return _random_factor_op(image_ops.adjust_brightness, r or (1.0, 1.0))
 
 
 @_register(IMAGE_OPS, "contrast")
 def _contrast(lo, hi):
   """torchvision's adjust_contrast with a factor uniform in [lo, hi]."""
-  return _random_factor_op(image_ops.adjust_contrast, _factor_range("contrast", lo, hi))
+  return _random_factor_op(image_ops.adjust_contrast, number_range("factors", (lo, hi), 0.0))
 
 
 @_register(IMAGE_OPS, "saturation")
 def _saturation(lo, hi):
   """torchvision's adjust_saturation with a factor uniform in [lo, hi] (RGB only)."""
-  return _random_factor_op(image_ops.adjust_saturation, _factor_range("saturation", lo, hi))
+  return _random_factor_op(image_ops.adjust_saturation, number_range("factors", (lo, hi), 0.0))
 
 
 @_register(IMAGE_OPS, "hue")
 def _hue(d):
   """Shift hue by a delta uniform in [-d, d] turns, d <= 0.5 (RGB only)."""
-  d = _number("hue d", d, 0.0, 0.5)
+  d = number("d", d, 0.0, 0.5)
   return _random_factor_op(image_ops.adjust_hue, (-d, d))
 
 
@@ -225,10 +186,10 @@ def _color(brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0):
   1-channel images only brightness and contrast apply (torchvision leaves gray images'
   saturation and hue alone). Under vmap the random order is a select over all enabled
   adjustments at each of their positions: k^2 adjustments' work for k enabled."""
-  ranges = {"brightness": _jitter_range("color brightness", brightness, 1.0, (0.0, math.inf)),
-            "contrast": _jitter_range("color contrast", contrast, 1.0, (0.0, math.inf)),
-            "saturation": _jitter_range("color saturation", saturation, 1.0, (0.0, math.inf)),
-            "hue": _jitter_range("color hue", hue, 0.0, (-0.5, 0.5), clip_first_on_zero=False)}
+  ranges = {"brightness": _jitter_range("brightness", brightness),
+            "contrast": _jitter_range("contrast", contrast),
+            "saturation": _jitter_range("saturation", saturation),
+            "hue": _jitter_range("hue", hue, hue=True)}
 
   def op(x, rng):
     gray_ok = ("brightness", "contrast")
@@ -253,14 +214,14 @@ def _color(brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0):
 @_register(IMAGE_OPS, "noise")
 def _noise(std):
   """Add Gaussian noise of standard deviation `std`, clip to [0, 1]."""
-  std = _number("noise std", std, 0.0)
+  std = number("std", std, 0.0)
   return lambda x, rng: jnp.clip(x + std * jax.random.normal(rng, x.shape, x.dtype), 0.0, 1.0)
 
 
 @_register(IMAGE_OPS, "cutout")
 def _cutout(size):
   """Zero one size x size square whose centre is uniform over the image (clipped)."""
-  size = _integer("cutout size", size, 1)
+  size = integer("size", size, 1)
 
   def op(x, rng):
     ky, kx = jax.random.split(rng)
@@ -274,7 +235,7 @@ def _cutout(size):
 def _mixup(alpha):
   """Mix each image and label with another of the batch (a random permutation), one
   lam ~ Beta(alpha, alpha) for the batch."""
-  alpha = _number("mixup alpha", alpha, 0.0, open_lo=True)
+  alpha = number("alpha", alpha, 0.0, open_lo=True)
 
   def op(x, probs, rng):
     kl, kp = jax.random.split(rng)
@@ -287,7 +248,7 @@ def _mixup(alpha):
 def _cutmix(alpha):
   """Paste one box (area fraction 1 - lam, lam ~ Beta(alpha, alpha), centre uniform) of
   a permuted batch into the batch; labels weighted by the clipped box's area."""
-  alpha = _number("cutmix alpha", alpha, 0.0, open_lo=True)
+  alpha = number("alpha", alpha, 0.0, open_lo=True)
 
   def op(x, probs, rng):
     kl, kp, ky, kx = jax.random.split(rng, 4)
@@ -303,67 +264,18 @@ def op_names() -> list[str]:
   return sorted({**IMAGE_OPS, **BATCH_OPS})
 
 
-_OP_RE = re.compile(r"\s*([A-Za-z_]\w*)\s*(?:\((.*)\))?\s*", re.S)
-
-
-def _parse_args(text: str, argstr: str) -> tuple[list[Any], dict[str, Any]]:
-  """Positional and keyword arguments of `name(argstr)`, each a Python literal."""
-  def fail(why: str):
-    return ValueError(f"cannot read the arguments of augmentation op {text!r}: {why}; they "
-                      "must be Python literals (numbers, tuples, key=value)")
-
-  try:
-    call = ast.parse(f"_({argstr})", mode="eval").body
-  except SyntaxError as e:
-    raise fail(f"invalid syntax ({e.msg})") from None
-  if not isinstance(call, ast.Call):
-    raise fail("not an argument list")
-
-  def literal(node):
-    if isinstance(node, ast.Starred):
-      raise fail(f"{ast.unparse(node)} is not a literal")
-    try:
-      return ast.literal_eval(node)
-    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-      raise fail(f"{ast.unparse(node)} is not a literal") from None
-
-  if any(k.arg is None for k in call.keywords):
-    raise fail("**kwargs is not a literal")
-  return [literal(a) for a in call.args], {k.arg: literal(k.value) for k in call.keywords}
-
-
 def parse(spec: str) -> list[Op]:
   """The ops of an augmentation string, every name and argument checked."""
   if not isinstance(spec, str):
     raise ValueError(f"config.augment must be a string of ops such as 'pad_crop(2)|flip_lr', "
                      f"got {spec!r}")
   ops: list[Op] = []
-  for piece in spec.split("|"):
-    text = piece.strip()
-    if not text:
-      continue
-    m = _OP_RE.fullmatch(piece)
-    if not m:
-      raise ValueError(f"cannot read augmentation op {text!r} in {spec!r}: write name or "
-                       "name(args), e.g. 'rotate(15)'")
-    name, argstr = m.group(1), m.group(2) or ""
+  for name, args, kwargs, text in pp_spec.split_ops(spec, "augment string", skip_empty=True):
     kind = "image" if name in IMAGE_OPS else "batch" if name in BATCH_OPS else None
     if kind is None:
-      close = difflib.get_close_matches(name, op_names(), n=3)
-      hint = f" Did you mean {', '.join(close)}?" if close else ""
-      raise ValueError(f"unknown augmentation op {name!r} in {spec!r}.{hint} "
-                       f"Known ops: {', '.join(op_names())}.")
+      raise pp_spec.unknown_op_error(name, op_names(), spec, "augment string")
     builder = (IMAGE_OPS if kind == "image" else BATCH_OPS)[name]
-    args, kwargs = _parse_args(text, argstr)
-    sig = inspect.signature(builder)
-    try:
-      sig.bind(*args, **kwargs)
-    except TypeError as e:
-      raise ValueError(f"augmentation op {text!r}: {e}; it takes {name}{sig}") from None
-    try:
-      fn = builder(*args, **kwargs)
-    except (ValueError, TypeError) as e:
-      raise ValueError(f"augmentation op {text!r}: {e}") from None
+    fn = pp_spec.build(builder, name, args, kwargs, spec, "augment string")
     if kind == "image" and any(o.kind == "batch" for o in ops):
       raise ValueError(f"augmentation op {text!r} comes after a batch op ("
                        f"{', '.join(o.text for o in ops if o.kind == 'batch')}) in {spec!r}: "

@@ -12,15 +12,14 @@ torchvision's PIL path, so results match torchvision on PIL images exactly.
 """
 from __future__ import annotations
 
-import ast
-import difflib
-import inspect
 import io
 import math
 from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image
+
+from cnn_jax.data import pp_spec
 
 # (image uint8 HWC, rng) -> image uint8 HWC.
 HostOp = Callable[[np.ndarray, np.random.Generator], np.ndarray]
@@ -47,30 +46,6 @@ def names() -> list[str]:
 def _check(ok: bool, message: str) -> None:
   if not ok:
     raise ValueError(message)
-
-
-def _int(x: Any, minimum: Optional[int] = None) -> bool:
-  return (isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-          and (minimum is None or x >= minimum))
-
-
-def _number(x: Any) -> bool:
-  return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
-
-
-def _pair(x: Any, what: str, minimum: int = 1) -> tuple[int, int]:
-  """An int or an (h, w) pair of ints >= minimum, as (h, w)."""
-  pair = (x, x) if _int(x) else tuple(x) if isinstance(x, (tuple, list)) else ()
-  _check(len(pair) == 2 and all(_int(v, minimum) for v in pair),
-         f"{what} must be an int >= {minimum} or an (h, w) pair of them, got {x!r}")
-  return int(pair[0]), int(pair[1])
-
-
-def _range(x: Any, what: str) -> tuple[float, float]:
-  """A (lo, hi) pair of numbers with 0 < lo <= hi."""
-  ok = isinstance(x, (tuple, list)) and len(x) == 2 and all(map(_number, x))
-  _check(ok and 0 < x[0] <= x[1], f"{what} must be a (lo, hi) pair with 0 < lo <= hi, got {x!r}")
-  return float(x[0]), float(x[1])
 
 
 def _shaped(fn: HostOp, shape_fn: Callable[[Shape], Shape]) -> HostOp:
@@ -112,7 +87,8 @@ def _decode(channels: int = 3) -> HostOp:
 
   Encoded inputs have no static (h, w): give output_shape (None, None, c) for them.
   """
-  _check(_int(channels) and channels in (1, 3), f"channels must be 1 or 3, got {channels!r}")
+  _check(pp_spec.is_int(channels) and channels in (1, 3),
+         f"channels must be 1 or 3, got {channels!r}")
 
   def fn(x: Any, rng: np.random.Generator) -> np.ndarray:
     if isinstance(x, np.ndarray) and x.dtype.kind in "OSV" and x.size == 1:
@@ -127,7 +103,7 @@ def _decode(channels: int = 3) -> HostOp:
 @_register("resize")
 def _resize_op(size: Size) -> HostOp:
   """Resize to exactly `size` (the aspect ratio is not kept)."""
-  h, w = _pair(size, "size")
+  h, w = pp_spec.int_pair("size", size)
   return _shaped(lambda im, rng: _resize(im, h, w), lambda s: (h, w, s[2]))
 
 
@@ -138,7 +114,7 @@ def _resize_small(size: int) -> HostOp:
   The longer side is int(round(long * size / short)), as big_vision does; torchvision's
   Resize(int) truncates instead, so the two can differ by one pixel there.
   """
-  _check(_int(size, 1), f"size must be a positive int, got {size!r}")
+  pp_spec.integer("size", size, 1)
 
   def shape(s: Shape) -> Shape:
     known = s[0] is not None and s[1] is not None
@@ -149,7 +125,7 @@ def _resize_small(size: int) -> HostOp:
 @_register("central_crop")
 def _central_crop(size: Size) -> HostOp:
   """Centre crop to `size`: top = (H - h) // 2, left = (W - w) // 2."""
-  h, w = _pair(size, "size")
+  h, w = pp_spec.int_pair("size", size)
 
   def fn(im: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     H, W = im.shape[:2]
@@ -163,8 +139,8 @@ def _central_crop(size: Size) -> HostOp:
 @_register("random_crop", random=True)
 def _random_crop(size: Size, padding: int = 0) -> HostOp:
   """Zero-pad by `padding` on each side, then crop a uniformly placed `size` window."""
-  h, w = _pair(size, "size")
-  _check(_int(padding, 0), f"padding must be an int >= 0, got {padding!r}")
+  h, w = pp_spec.int_pair("size", size)
+  padding = pp_spec.integer("padding", padding, 0)
 
   def fn(im: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     im = np.pad(im, ((padding, padding), (padding, padding), (0, 0))) if padding else im
@@ -200,8 +176,9 @@ def _resized_crop_box(H: int, W: int, scale: tuple[float, float], ratio: tuple[f
 def _random_resized_crop(size: Size, scale: tuple[float, float] = (0.08, 1.0),
                          ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> HostOp:
   """Inception-style crop (area fraction in `scale`, aspect in `ratio`) resized to `size`."""
-  h, w = _pair(size, "size")
-  scale, ratio = _range(scale, "scale"), _range(ratio, "ratio")
+  h, w = pp_spec.int_pair("size", size)
+  scale = pp_spec.number_range("scale", scale, 0, open_lo=True)
+  ratio = pp_spec.number_range("ratio", ratio, 0, open_lo=True)
 
   def fn(im: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     top, left, ch, cw = _resized_crop_box(im.shape[0], im.shape[1], scale, ratio, rng)
@@ -212,14 +189,14 @@ def _random_resized_crop(size: Size, scale: tuple[float, float] = (0.08, 1.0),
 @_register("flip_lr", random=True)
 def _flip_lr(p: float = 0.5) -> HostOp:
   """Mirror left-right with probability p (one rng draw per example, whatever p)."""
-  _check(_number(p) and 0 <= p <= 1, f"p must be a probability in [0, 1], got {p!r}")
+  pp_spec.number("p", p, 0, 1)
   return lambda im, rng: im[:, ::-1] if rng.random() < p else im
 
 
 @_register("rot90")
 def _rot90(k: int = 1) -> HostOp:
   """Rotate by k * 90 degrees counter-clockwise (deterministic, e.g. for test-time views)."""
-  _check(_int(k), f"k must be an int, got {k!r}")
+  pp_spec.integer("k", k)
   return _shaped(lambda im, rng: np.rot90(im, k, axes=(0, 1)),
                  lambda s: (s[1], s[0], s[2]) if k % 2 else s)
 
@@ -227,8 +204,8 @@ def _rot90(k: int = 1) -> HostOp:
 @_register("pad")
 def _pad(padding: Size, value: int = 0) -> HostOp:
   """Constant padding: `padding` rows above and below, and columns left and right."""
-  ph, pw = _pair(padding, "padding", minimum=0)
-  _check(_int(value, 0) and value <= 255, f"value must be an int in [0, 255], got {value!r}")
+  ph, pw = pp_spec.int_pair("padding", padding, lo=0)
+  pp_spec.integer("value", value, 0, 255)
   grow = lambda n, p: None if n is None else n + 2 * p  # noqa: E731
   return _shaped(lambda im, rng: np.pad(im, ((ph, ph), (pw, pw), (0, 0)), constant_values=value),
                  lambda s: (grow(s[0], ph), grow(s[1], pw), s[2]))
@@ -246,27 +223,11 @@ def _to_gray() -> HostOp:
   return _shaped(lambda im, rng: _convert(im, 1), lambda s: (s[0], s[1], 1))
 
 
-def _format_op(name: str, args: tuple = (), kwargs: Optional[dict] = None) -> str:
-  items = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in (kwargs or {}).items()]
-  return f"{name}({', '.join(items)})" if items else name
-
-
 def _make(name: str, args: tuple, kwargs: dict, pp: str) -> HostOp:
   """Build one op; an unknown name or bad arguments is a ValueError that says where."""
   if name not in _REGISTRY:
-    close = difflib.get_close_matches(name, names(), n=3)
-    hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
-    raise ValueError(f"unknown op {name!r} in pp string {pp!r}.{hint} "
-                     f"Known ops: {', '.join(names())}")
-  factory = _REGISTRY[name]
-  params = inspect.signature(factory).parameters.values()
-  usage = ", ".join(p.name if p.default is p.empty else f"{p.name}={p.default!r}" for p in params)
-  try:
-    inspect.signature(factory).bind(*args, **kwargs)
-    return factory(*args, **kwargs)
-  except (TypeError, ValueError) as e:
-    raise ValueError(f"bad arguments to op {name!r} in pp string {pp!r}: {e} "
-                     f"(usage: {name}({usage}))") from e
+    raise pp_spec.unknown_op_error(name, names(), pp, "pp string")
+  return pp_spec.build(_REGISTRY[name], name, args, kwargs, pp, "pp string")
 
 
 class Pipeline:
@@ -298,7 +259,7 @@ class Pipeline:
     return any(name in _RANDOM for name, _, _ in self.ops)
 
   def __str__(self) -> str:
-    return "|".join(_format_op(*op) for op in self.ops)
+    return "|".join(pp_spec.format_op(*op) for op in self.ops)
 
   def __repr__(self) -> str:
     return f"Pipeline({str(self)!r})"
@@ -310,28 +271,6 @@ class Pipeline:
     return Pipeline, (self.ops,)
 
 
-def _parse_op(text: str, pp: str) -> tuple[str, tuple, dict]:
-  try:
-    node = ast.parse(text, mode="eval").body
-  except SyntaxError:
-    node = None
-  if isinstance(node, ast.Name):
-    return node.id, (), {}
-  if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-          and all(kw.arg for kw in node.keywords)):
-    raise ValueError(f"cannot parse {text!r} in pp string {pp!r}: expected `name` or "
-                     "`name(literal, ..., key=literal)`, ops joined with '|'")
-  name = node.func.id
-
-  def literal(arg: ast.expr) -> Any:
-    try:
-      return ast.literal_eval(arg)
-    except (ValueError, TypeError, SyntaxError):
-      raise ValueError(f"op {name!r} in pp string {pp!r}: argument {ast.unparse(arg)!r} is "
-                       "not a Python literal (int, float, tuple, ...)") from None
-  return name, tuple(map(literal, node.args)), {kw.arg: literal(kw.value) for kw in node.keywords}
-
-
 def parse(pp: Optional[str]) -> Pipeline:
   """Parse "op1(args)|op2|..." into a Pipeline; "" or None is the identity.
 
@@ -340,4 +279,4 @@ def parse(pp: Optional[str]) -> Pipeline:
   """
   if pp is None or not pp.strip():
     return Pipeline()
-  return Pipeline([_parse_op(part.strip(), pp) for part in pp.split("|")], pp=pp)
+  return Pipeline([call[:3] for call in pp_spec.split_ops(pp, "pp string")], pp=pp)
