@@ -138,11 +138,26 @@ class EvalBatch:
     return {**batch, "mask": mask}
 
 
+def _absl_flags_parsed() -> None:
+  """Let grain read its absl flags in a program that never parses absl's global flags.
+
+  grain (0.2.18) reads `--grain_enable_multiprocess_worker_profiling` when it starts worker
+  processes, and absl refuses to read an unparsed flag (UnparsedFlagAccessError,
+  google/grain#1355): every program that does not run `absl.app` — our CLI (it parses its
+  own FlagValues), pytest, a notebook — would fail with dataset.workers > 0. Unparsed,
+  every flag keeps its default; a later `FLAGS(argv)` still parses normally.
+  """
+  from absl import flags
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
 def _iterate(dataset: Any, workers: int, prefetch: int, threads: int) -> Iterator[dict]:
   import grain
   it = dataset.to_iter_dataset(grain.ReadOptions(num_threads=max(1, threads),
                                                  prefetch_buffer_size=max(1, prefetch)))
   if workers > 0:
+    _absl_flags_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
                                                      per_worker_buffer_size=max(1, prefetch)))
   return iter(it)
