@@ -100,10 +100,13 @@ def check_input(config: ConfigDict, data: Any, num_classes: int, split: str) -> 
     raise ValueError(f"model {config.model!r} expects {expected[0]}x{expected[1]}x{expected[2]} "
                      f"images but {config.dataset.name}/{split} gives "
                      f"{got[0]}x{got[1]}x{got[2]}.{hint}")
-  if data.num_classes > num_classes or (data.num_classes != num_classes
-                                        and not config.model_kwargs.get("num_classes")):
+  if data.num_classes > num_classes:
     raise ValueError(f"{config.dataset.name}/{split} has {data.num_classes} classes but the "
-                     f"model is built for {num_classes}; the splits disagree")
+                     f"model's head has {num_classes} outputs: raise (or unset) "
+                     "--config.model_kwargs.num_classes")
+  if data.num_classes != num_classes and not config.model_kwargs.get("num_classes"):
+    raise ValueError(f"{config.dataset.name}/{split} has {data.num_classes} classes but another "
+                     f"split has {num_classes}: the splits must share one label set")
   labels = getattr(data, "labels", None)
   if labels is not None and len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
     raise ValueError(f"{config.dataset.name}/{split} has labels in [{labels.min()}, "
