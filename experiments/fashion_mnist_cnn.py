@@ -2,10 +2,11 @@
 
   cnn-jax train --config experiments/fashion_mnist_cnn.py --workdir workdirs/fashion_mnist_cnn
 """
-from cnn_jax.config import base_config, smoke_variant
+from cnn_jax.config import base_config, parse_arg, smoke_variant
 
 
 def get_config(arg=None):
+  args = parse_arg(arg)
   c = base_config()
   c.model = "small_convnet"
   c.dataset.name = "fashion_mnist"
@@ -18,6 +19,6 @@ def get_config(arg=None):
   c.optimizer.warmup_epochs = 0.5
   c.augment = "flip_lr"
   c.label_smoothing = 0.1
-  if arg == "smoke":
+  if args.smoke:
     smoke_variant(c)
   return c

@@ -2,10 +2,11 @@
 
   cnn-jax train --config experiments/mnist_cnn.py --workdir workdirs/mnist_cnn
 """
-from cnn_jax.config import base_config, smoke_variant
+from cnn_jax.config import base_config, parse_arg, smoke_variant
 
 
 def get_config(arg=None):
+  args = parse_arg(arg)
   c = base_config()
   c.model = "mnist_cnn"
   c.dataset.name = "mnist"
@@ -16,6 +17,6 @@ def get_config(arg=None):
   c.optimizer.schedule = "cosine"
   c.optimizer.warmup_epochs = 0.5
   c.augment = "pad_crop(2)"          # random shifts of up to 2 pixels
-  if arg == "smoke":
+  if args.smoke:
     smoke_variant(c)
   return c

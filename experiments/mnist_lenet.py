@@ -2,10 +2,11 @@
 
   cnn-jax train --config experiments/mnist_lenet.py --workdir workdirs/mnist_lenet
 """
-from cnn_jax.config import base_config, smoke_variant
+from cnn_jax.config import base_config, parse_arg, smoke_variant
 
 
 def get_config(arg=None):
+  args = parse_arg(arg)
   c = base_config()
   c.model = "lenet5"
   c.dataset.name = "mnist"
@@ -16,6 +17,6 @@ def get_config(arg=None):
   c.optimizer.learning_rate = 2e-3
   c.optimizer.schedule = "cosine"
   c.optimizer.warmup_epochs = 0.5
-  if arg == "smoke":
+  if args.smoke:
     smoke_variant(c)
   return c
