@@ -27,6 +27,7 @@ def main():
   p.add_argument("workdir")
   p.add_argument("out")
   p.add_argument("--slow", type=float, default=0.0)
+  p.add_argument("--workers", type=int, default=0)
   args = p.parse_args()
   if args.slow:
     real = input_pipeline.train_batches
@@ -40,6 +41,9 @@ def main():
   cfg = tiny_config("mnist_cnn", num_epochs=2, checkpoint_every_steps=3, log_every_steps=4)
   # augmentation (image ops and a batch mix), dropout: all must replay exactly
   cfg.augment = "pad_crop(2)|cutout(6)|mixup(0.2)"
+  # Host-side random ops in grain workers too: the batches must not depend on the worker count.
+  cfg.dataset.pp_train = "random_crop(28, padding=1)|flip_lr"
+  cfg.dataset.workers = args.workers
   train, test = random_split(512, seed=0), random_split(100, seed=1)
   try:
     r = trainer.train_and_evaluate(cfg, args.workdir, train, test)

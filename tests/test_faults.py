@@ -24,9 +24,10 @@ from helpers import random_split, tiny_config
 WORKER = os.path.join(os.path.dirname(__file__), "resume_worker.py")
 
 
-def run_worker(workdir, out, slow=0.0):
+def run_worker(workdir, out, slow=0.0, workers=0):
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.getcwd())
-  return subprocess.Popen([sys.executable, WORKER, str(workdir), str(out), "--slow", str(slow)],
+  return subprocess.Popen([sys.executable, WORKER, str(workdir), str(out), "--slow", str(slow),
+                           "--workers", str(workers)],
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -64,15 +65,19 @@ def assert_same_run(a, b):
   assert all(d == 0.0 for d in diffs.values()), diffs  # bit for bit
 
 
-def test_sigkill_mid_epoch_then_resume_is_bit_exact(tmp_path, uninterrupted):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_sigkill_mid_epoch_then_resume_is_bit_exact(tmp_path, uninterrupted, workers):
   """Bit for bit on the CPU, where XLA's ops are deterministic. On a GPU the same holds only
-  with config.deterministic=True (--xla_gpu_deterministic_ops); see README "Numerics"."""
-  p = run_worker(tmp_path / "w", tmp_path / "out.npz", slow=0.05)
+  with config.deterministic=True (--xla_gpu_deterministic_ops); see README "Numerics".
+
+  workers=1: batches built (host-side random crop + flip) in a grain worker process, the
+  run killed and resumed, equals the uninterrupted run built in the main process."""
+  p = run_worker(tmp_path / "w", tmp_path / "out.npz", slow=0.05, workers=workers)
   step = wait_for_step(tmp_path / "w", 6, p)
   p.send_signal(signal.SIGKILL)
   p.wait(timeout=30)
   assert step % 16 != 0  # 16 steps per epoch: the kill came mid-epoch
-  p = run_worker(tmp_path / "w", tmp_path / "out.npz")
+  p = run_worker(tmp_path / "w", tmp_path / "out.npz", workers=workers)
   out, _ = p.communicate(timeout=300)
   assert p.returncode == 0, out
   assert_same_run(load_npz(tmp_path / "out.npz"), uninterrupted)
