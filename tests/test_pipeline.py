@@ -5,6 +5,8 @@ Images are tiny (a few pixels a side), so every test decodes in milliseconds.
 import io
 import logging
 import os
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -406,3 +408,42 @@ def test_shards_partition_a_folder_split(tmp_path, n):
   np.testing.assert_array_equal(
       np.concatenate([p.images for p in loaded]),
       np.stack([np.asarray(written[f][0].convert("RGB")) for f in src.files]))
+
+
+ORPHAN_CHILD = r"""
+import glob, os, sys, time
+import numpy as np
+from cnn_jax.data import input_pipeline
+from cnn_jax.data.sources import Split
+data = Split(np.zeros((64, 4, 4, 1), np.uint8), np.zeros(64, np.int32), 2)
+it = input_pipeline.train_batches(data, 8, 0, steps_per_epoch=8, num_steps=10**6,
+                                  pp="flip_lr", workers=1)
+next(it)
+kids = set()
+for f in glob.glob(f"/proc/{os.getpid()}/task/*/children"):
+  kids |= {int(p) for p in open(f).read().split()}
+print(" ".join(map(str, sorted(kids))), flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_grain_workers_die_with_a_sigkilled_trainer():
+  """A SIGKILLed run cannot clean up: its grain workers must not live on as orphans."""
+  import signal
+  import subprocess
+  p = subprocess.Popen([sys.executable, "-c", ORPHAN_CHILD], stdout=subprocess.PIPE, text=True,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  kids = [int(k) for k in p.stdout.readline().split()]
+  alive = lambda pid: os.path.exists(f"/proc/{pid}") and "Z" not in open(f"/proc/{pid}/stat").read().split()[2]
+  workers = [k for k in kids if "spawn_main" in open(f"/proc/{k}/cmdline").read()]
+  assert workers, kids
+  p.send_signal(signal.SIGKILL)
+  p.wait()
+  deadline = time.time() + 20
+  while time.time() < deadline and any(alive(k) for k in workers):
+    time.sleep(0.2)
+  leftover = [k for k in workers if alive(k)]
+  for k in leftover:
+    os.kill(k, signal.SIGKILL)
+  assert not leftover, "grain worker outlived its SIGKILLed parent"

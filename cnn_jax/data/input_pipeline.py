@@ -16,6 +16,7 @@ a fixed shape and carry a `mask`, so every example counts once and nothing recom
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Any, Iterator, Optional
 
 import numpy as np
@@ -152,6 +153,20 @@ def _absl_flags_parsed() -> None:
     flags.FLAGS.mark_as_parsed()
 
 
+def _die_with_parent(worker_index: int, worker_count: int) -> None:
+  """grain worker init: on Linux, ask the kernel to kill this worker when its parent dies.
+
+  A SIGKILLed (or OOM-killed) training process cannot clean up; without this its grain
+  workers live on as orphans holding memory and a CPU each.
+  """
+  del worker_index, worker_count
+  if sys.platform.startswith("linux"):
+    import ctypes
+    import signal
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def _iterate(dataset: Any, workers: int, prefetch: int, threads: int) -> Iterator[dict]:
   import grain
   it = dataset.to_iter_dataset(grain.ReadOptions(num_threads=max(1, threads),
@@ -159,7 +174,8 @@ def _iterate(dataset: Any, workers: int, prefetch: int, threads: int) -> Iterato
   if workers > 0:
     _absl_flags_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
-                                                     per_worker_buffer_size=max(1, prefetch)))
+                                                     per_worker_buffer_size=max(1, prefetch)),
+                         worker_init_fn=_die_with_parent)
   return iter(it)
 
 
