@@ -3,6 +3,7 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("CNN_JAX_COMPILATION_CACHE", "")  # tests do not write ~/.cache
 
 import jax  # noqa: E402
 
