@@ -1,21 +1,19 @@
 """The course's 784-128-64-10 MLP on Fashion-MNIST (109,386 parameters; the course: 84.18%).
 
+mnist_mlp.py's network and optimizer, 30 epochs, no augmentation.
+
   cnn-jax train --config experiments/fashion_mnist_mlp.py --workdir workdirs/fashion_mnist_mlp
 """
-from cnn_jax.config import base_config, parse_arg, smoke_variant
+import os
+import runpy
+
+mnist_mlp_config = runpy.run_path(os.path.join(os.path.dirname(__file__), "mnist_mlp.py"))["get_config"]
 
 
 def get_config(arg=None):
-  args = parse_arg(arg)
-  c = base_config()
-  c.model = "mlp"
+  c = mnist_mlp_config(arg)
   c.dataset.name = "fashion_mnist"
-  c.batch_size = 128
-  c.model_kwargs.dropout_rate = 0.2
-  c.num_epochs = 30
-  c.optimizer.name = "adam"
-  c.optimizer.learning_rate = 1e-3
-  c.optimizer.schedule = "cosine"
-  if args.smoke:
-    smoke_variant(c)
+  if c.num_epochs > 1:  # not :smoke
+    c.num_epochs = 30
+  c.augment = ""
   return c
