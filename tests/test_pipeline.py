@@ -201,7 +201,7 @@ def test_wrong_class_count_and_unknown_pp_op_fail_before_compiling(tmp_path, no_
   make_folder(tmp_path, per_class=5)
   cfg = folder_config(tmp_path)
   cfg.model_kwargs.num_classes = 1
-  with pytest.raises(ValueError, match="has 2 classes but the model is built for 1"):
+  with pytest.raises(ValueError, match="has 2 classes but the model.s head has 1 outputs"):
     setup.setup(cfg)
   with pytest.raises(ValueError, match="Did you mean 'random_crop'"):
     setup.setup(folder_config(tmp_path, **{"dataset.pp_train": "random_crp(5)"}))
