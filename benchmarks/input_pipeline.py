@@ -34,8 +34,9 @@ def pipeline_rate(source, cfg, workers: int, batches: int) -> float:
   bs = cfg.batch_size
   spe = len(source) // bs
   it = input_pipeline.train_batches(source, bs, 0, steps_per_epoch=spe, num_steps=batches + 1,
-                                    pp=cfg.dataset.pp_train, workers=workers,
-                                    prefetch=cfg.dataset.prefetch, threads=cfg.dataset.threads)
+                                    pp=cfg.dataset.pp_train,
+                                    **{**input_pipeline.reader_options(cfg.dataset),
+                                       "workers": workers})
   next(it)  # start-up (workers spawning) excluded
   t = time.perf_counter()
   n = sum(1 for _ in it)
@@ -50,8 +51,7 @@ def step_rates(s, cfg, steps: int) -> tuple[float, float]:
   spe = len(s.train_data) // cfg.batch_size
   batches = lambda: input_pipeline.train_batches(
       s.train_data, cfg.batch_size, 0, steps_per_epoch=spe, num_steps=steps + 2,
-      pp=cfg.dataset.pp_train, workers=cfg.dataset.workers, prefetch=cfg.dataset.prefetch,
-      threads=cfg.dataset.threads)
+      pp=cfg.dataset.pp_train, **input_pipeline.reader_options(cfg.dataset))
   fixed = s.compiled.put_batch(next(batches()))
   state, m = s.compiled.train_step(state, fixed)  # compile
   jax.block_until_ready(m)

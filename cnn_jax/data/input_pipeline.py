@@ -93,9 +93,12 @@ class TrainBatch:
   def pipeline(self) -> Optional[ops.Pipeline]:
     return ops.parse(self.pp) if self.pp else None
 
-  @functools.lru_cache(maxsize=2)
   def order(self, epoch: int) -> np.ndarray:
-    return epoch_permutation(len(self.source), self.seed, epoch)
+    """The epoch's permutation, computed once per epoch (a tuple swap: reader threads safe)."""
+    last = getattr(self, "_order", None)
+    if last is None or last[0] != epoch:
+      last = self._order = (epoch, epoch_permutation(len(self.source), self.seed, epoch))
+    return last[1]
 
   def __call__(self, step: int) -> dict[str, np.ndarray]:
     epoch, i = divmod(int(step), self.spe)
@@ -103,7 +106,7 @@ class TrainBatch:
     return gather(self.source, index, self.pipeline, [self.seed, epoch])
 
   def __getstate__(self) -> dict:
-    return {k: v for k, v in self.__dict__.items() if k != "pipeline"}
+    return {k: v for k, v in self.__dict__.items() if k not in ("pipeline", "_order")}
 
 
 class EvalBatch:
@@ -128,8 +131,7 @@ class EvalBatch:
     else:  # a fully masked batch, so that every process runs the same number of steps
       image, _ = self.source[0]
       shape = (pipeline(image, np.random.default_rng(0)) if pipeline else image).shape
-      batch = {"image": np.zeros((0,) + shape,
-                                 np.uint8), "label": np.zeros((0,), np.int32)}
+      batch = {"image": np.zeros((0,) + shape, np.uint8), "label": np.zeros((0,), np.int32)}
     real = len(index)
     mask = np.zeros(size, np.float32)
     mask[:real] = 1
@@ -177,6 +179,11 @@ def _iterate(dataset: Any, workers: int, prefetch: int, threads: int) -> Iterato
                                                      per_worker_buffer_size=max(1, prefetch)),
                          worker_init_fn=_die_with_parent)
   return iter(it)
+
+
+def reader_options(ds: Any) -> dict[str, int]:
+  """How a run's batches are read (config.dataset): grain workers, reader threads, prefetch."""
+  return {"workers": ds.workers, "threads": ds.threads, "prefetch": ds.prefetch}
 
 
 def train_batches(source: Any, batch_size: int, seed: int, *, steps_per_epoch: int,

@@ -27,8 +27,7 @@ def evaluate(s: Setup, state: TrainState, data: Any) -> dict[str, float]:
   num_batches = parallel.agree(-(-len(data) // per_process), max)
   ds = s.config.dataset
   for batch in input_pipeline.eval_batches(data, per_process, num_batches, pp=ds.pp_eval,
-                                           workers=ds.workers, prefetch=ds.prefetch,
-                                           threads=ds.threads):
+                                           **input_pipeline.reader_options(ds)):
     sums = jax.device_get(s.compiled.eval_step(state, s.compiled.put_batch(batch)))
     for k, v in sums.items():
       totals[k] = totals.get(k, 0.0) + float(v)

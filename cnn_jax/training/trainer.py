@@ -50,9 +50,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str, train_data: Optional[An
                        ) -> dict[str, Any]:
   """Train `config` in `workdir`, resuming from its latest checkpoint; return final metrics.
 
-  Sources (e.g. in-memory `data.sources.Split`s), when given, replace the config's splits. Raises guards.Preempted (after
-  checkpointing) on SIGTERM / SIGINT / SIGUSR1 and guards.NonFiniteLossError when the
-  loss stops being finite (unless skip_nonfinite_steps).
+  Sources (e.g. in-memory `data.sources.Split`s), when given, replace the config's splits.
+  Raises guards.Preempted (after checkpointing) on SIGTERM / SIGINT / SIGUSR1 and
+  guards.NonFiniteLossError when the loss stops being finite (unless skip_nonfinite_steps).
   """
   workdir = workdir_lib.resolve(workdir)
   workdir_lib.probe(workdir)  # before loading data: a bad --workdir fails in a second
@@ -94,12 +94,13 @@ def train_and_evaluate(config: ConfigDict, workdir: str, train_data: Optional[An
   per_process = config.batch_size // jax.process_count()
   last_finite: tuple[int, Optional[float]] = (start_step, None)
   train_time, train_images = 0.0, 0
-  ds = config.dataset
-  loader = input_pipeline.train_batches(
-      s.train_data, per_process, config.seed, steps_per_epoch=spe, start_step=start_step,
-      num_steps=spe * config.num_epochs, pp=ds.pp_train, workers=ds.workers,
-      prefetch=ds.prefetch, threads=ds.threads)
   try:
+    # One reader for the whole run (grain workers start once), from the resumed step on;
+    # inside `try`, so that a reader that cannot start still closes the checkpointers.
+    loader = input_pipeline.train_batches(
+        s.train_data, per_process, config.seed, steps_per_epoch=spe, start_step=start_step,
+        num_steps=spe * config.num_epochs, pp=config.dataset.pp_train,
+        **input_pipeline.reader_options(config.dataset))
     with guards.SignalFlag() as signals:
       for epoch in range(start_step // spe, config.num_epochs):
         first = max(0, start_step - epoch * spe)
