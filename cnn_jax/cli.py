@@ -3,6 +3,7 @@
   cnn-jax train   --config experiments/mnist_lenet.py[:smoke] --workdir W [--config.KEY=VALUE ...]
   cnn-jax eval    --workdir W [--which best|latest] [--split test|validation|SPLIT]
   cnn-jax predict --workdir W IMAGE [IMAGE ...]   (or --model resnet50 --weights resnet50.pth)
+  cnn-jax detect  --workdir W IMAGE|DIR [...] --out OUTDIR [--score_threshold 0.3]
   cnn-jax summary MODEL [--input 32x32x1] [--depth 2]
   cnn-jax prepare DATASET --raw_dir DIR [--data_dir DIR]
   cnn-jax models
@@ -131,6 +132,29 @@ def _predict(argv: Sequence[str]) -> int:
   return 0
 
 
+def _detect(argv: Sequence[str]) -> int:
+  p = argparse.ArgumentParser("cnn-jax detect", description="Boxes found by a trained detector: "
+                              "printed, and drawn on each image (PNG in --out).")
+  p.add_argument("images", nargs="+", help="image files or folders of images")
+  p.add_argument("--workdir", required=True, help="a detection run (task='detection')")
+  p.add_argument("--which", default="best", choices=["best", "latest"])
+  p.add_argument("--out", default=None, help="folder for the drawn images (none: print only)")
+  p.add_argument("--score_threshold", type=float, default=0.3)
+  p.add_argument("--overwrite", action="store_true", help="replace drawn images already in --out")
+  args = p.parse_args(argv)
+  if not 0 <= args.score_threshold <= 1:
+    raise ValueError(f"--score_threshold must be in [0, 1], got {args.score_threshold}")
+  from cnn_jax.detection import detect
+  detector = detect.from_workdir(args.workdir, args.which)
+  for r in detect.run(detector, args.images, args.out, args.score_threshold, args.overwrite):
+    where = f" -> {r['out']}" if r["out"] else ""
+    print(f"{r['path']}: {len(r['detections'])} boxes in {1000 * r['seconds']:.1f} ms{where}")
+    for d in r["detections"]:
+      x0, y0, x1, y1 = d["box"]
+      print(f"  {d['name']:12s} {d['score']:.3f}  [{x0:.0f}, {y0:.0f}, {x1:.0f}, {y1:.0f}]")
+  return 0
+
+
 def _summary(argv: Sequence[str]) -> int:
   p = argparse.ArgumentParser("cnn-jax summary", description="Keras-style table of a model.")
   p.add_argument("model")
@@ -166,8 +190,8 @@ def _models(argv: Sequence[str]) -> int:
   return 0
 
 
-COMMANDS = {"train": _train, "eval": _eval, "predict": _predict, "summary": _summary, "prepare": _prepare,
-            "models": _models}
+COMMANDS = {"train": _train, "eval": _eval, "predict": _predict, "detect": _detect,
+            "summary": _summary, "prepare": _prepare, "models": _models}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -185,8 +209,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 2
   try:
     return cmd(argv[1:])
-  except (ValueError, KeyError, FileNotFoundError, RuntimeError, FloatingPointError,
-          MemoryError) as e:
+  except (ValueError, KeyError, FileNotFoundError, FileExistsError, RuntimeError,
+          FloatingPointError, MemoryError) as e:
     if os.environ.get("CNN_JAX_DEBUG"):
       raise
     msg = e.args[0] if isinstance(e, KeyError) and e.args else e

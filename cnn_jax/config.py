@@ -16,6 +16,9 @@ from ml_collections.config_dict import placeholder
 # Sub-configs whose keys are free-form (passed straight to a constructor).
 FREE_FORM = ("model_kwargs",)
 MATMUL_PRECISIONS = ("default", "high", "highest")
+TASKS = ("classification", "detection")
+# Device-side augmentations that leave every pixel where it was (so boxes stay right).
+BOX_SAFE_AUGMENT = frozenset({"brightness", "contrast", "saturation", "hue", "color", "noise"})
 
 
 def base_config() -> ConfigDict:
@@ -24,12 +27,22 @@ def base_config() -> ConfigDict:
   c.model = "mnist_cnn"
   c.model_kwargs = ConfigDict()          # extra constructor arguments for the model
   c.model_input_shape = placeholder(tuple)             # (H, W, C); None: the registry's shape for the model
+  # What the loop trains: "classification" (logits, cross entropy, top-1 / top-5) or
+  # "detection" (c.model is the backbone, built with include_top=False, under a YOLO v2
+  # head: loss, NMS and mAP in cnn_jax/detection/task.py; settings in c.detection).
+  c.task = "classification"
 
   c.dataset = ConfigDict()
-  c.dataset.name = "mnist"                # a tfds name (e.g. "imagenette/160px-v2"), or "folder"
+  c.dataset.name = "mnist"                # a tfds name (e.g. "imagenette/160px-v2"), "folder", or "voc"
   c.dataset.path = placeholder(str)        # name="folder": DIR holding DIR/<split>/<class>/*.jpg
   c.dataset.channels = 3                   # folder images are converted to 1 (grey) or 3 (RGB)
   c.dataset.skip_corrupt = False           # folder: skip (and count) unreadable files instead of failing
+  # name="voc": DIR/<image_dir>/*.jpg + Pascal VOC XML (DIR/annotations, Annotations or
+  # annots); splits slice one listing shuffled with split_seed, e.g. "train[:80%]".
+  c.dataset.image_dir = "images"
+  c.dataset.annotation_dir = placeholder(str)  # None: the first of annotations/Annotations/annots/xml
+  c.dataset.class_names = placeholder(tuple)   # None: the sorted object names of all the XML files
+  c.dataset.split_seed = 0
   c.dataset.data_dir = placeholder(str)              # tfds data_dir (env CNN_JAX_DATA_DIR / TFDS_DATA_DIR)
   c.dataset.raw_dir = placeholder(str)               # original files for tfds manual_dir (env CNN_JAX_RAW_DIR)
   # Model selection (best/) uses the validation split, never the test split: by default a
@@ -65,6 +78,20 @@ def base_config() -> ConfigDict:
 
   # Test-time augmentation: evaluate on each image and its mirror image, average the logits.
   c.eval_flip = False
+
+  # task="detection" (cnn_jax/detection/task.py). Boxes are normalized corners.
+  c.detection = ConfigDict()
+  c.detection.anchors = placeholder(tuple)   # ((w, h), ...) normalized; None: k-means on the train boxes
+  c.detection.num_anchors = 5                # k of the k-means (YOLO v2's choice)
+  c.detection.max_objects = placeholder(int)  # objects per image in a batch; None: the data's maximum
+  c.detection.hidden = 256                   # width of the 3x3 conv before the prediction (0: none)
+  c.detection.lambda_coord = 1.0
+  c.detection.lambda_noobj = 1.0
+  c.detection.ignore_iou = 0.6               # no "no object" loss for a prediction this close to a box
+  c.detection.nms_iou = 0.45                 # non-maximum suppression, per class
+  c.detection.score_threshold = 0.005        # detections kept for mAP (low: AP integrates over scores)
+  c.detection.pre_nms_top_k = 256
+  c.detection.max_detections = 100
 
   c.batch_size = 128                     # global batch, over all devices and hosts
   c.eval_batch_size = 1000
@@ -153,7 +180,24 @@ def validate(config: ConfigDict) -> ConfigDict:
   if config.parallel not in ("sharded", "pmap"):
     raise ValueError(f"parallel must be 'sharded' or 'pmap', got {config.parallel!r}")
   from cnn_jax.data import augment  # noqa: PLC0415 - jax only when a run is validated
-  augment.parse(config.augment)  # unknown ops / bad arguments, before anything compiles
+  ops = augment.parse(config.augment)  # unknown ops / bad arguments, before anything compiles
+  task = config.get("task", "classification")  # runs saved before tasks existed classify
+  if task not in TASKS:
+    raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+  if task == "detection":
+    moving = [o.text for o in ops if o.name not in BOX_SAFE_AUGMENT]
+    if moving:
+      raise ValueError(f"config.augment {config.augment!r}: {', '.join(moving)} would move pixels "
+                       "but not the boxes; for detection, augment geometry on the host with "
+                       "box-aware ops in dataset.pp_train (flip_lr, scale_jitter, translate, "
+                       f"letterbox; cnn_jax/data/box_ops.py) and keep config.augment to "
+                       f"{', '.join(sorted(BOX_SAFE_AUGMENT))}")
+    d = config.detection
+    if not 0 < d.nms_iou <= 1 or not 0 <= d.score_threshold < 1:
+      raise ValueError(f"detection.nms_iou must be in (0, 1] and detection.score_threshold in "
+                       f"[0, 1), got {d.nms_iou} and {d.score_threshold}")
+    if d.anchors is None and int(d.num_anchors) < 1:
+      raise ValueError(f"detection.num_anchors must be positive, got {d.num_anchors}")
   return config
 
 

@@ -8,7 +8,7 @@ from PIL import Image
 
 from cnn_jax import config as config_lib
 from cnn_jax import models
-from cnn_jax.data import augment, ops
+from cnn_jax.data import augment, input_pipeline
 from cnn_jax.training import trainer
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -25,7 +25,8 @@ def test_config_and_smoke_validate(name):
     c = config_lib.validate(get_config(name, arg))
     assert c.model in models.names()
     augment.parse(c.augment)
-    ops.parse(c.dataset.pp_train), ops.parse(c.dataset.pp_eval)
+    boxes = c.task == "detection"  # box-aware host ops (data/box_ops.py)
+    input_pipeline.parse_pp(c.dataset.pp_train, boxes), input_pipeline.parse_pp(c.dataset.pp_eval, boxes)
   smoke = get_config(name, "smoke")
   assert smoke.num_epochs == 1 and smoke.dataset.max_train_examples <= 512
 

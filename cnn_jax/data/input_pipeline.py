@@ -61,37 +61,62 @@ def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(num_examples)
 
 
-def gather(source: Any, index: np.ndarray, pipeline: Optional[ops.Pipeline],
-           rng_key: Optional[list[int]] = None) -> dict[str, np.ndarray]:
-  """Examples `index` of `source` through `pipeline`, stacked into one batch."""
-  if isinstance(source, Split) and not pipeline:
+def parse_pp(pp: str, boxes: bool = False) -> Any:
+  """A pp string as a host pipeline: image ops (`ops`), or box-aware ones (`box_ops`) for
+  detection, whose examples carry boxes that every geometric op must move too."""
+  if boxes:
+    from cnn_jax.data import box_ops  # noqa: PLC0415
+    return box_ops.parse(pp)
+  return ops.parse(pp)
+
+
+def _same_size(images: list[np.ndarray]) -> None:
+  shapes = {im.shape for im in images}
+  if len(shapes) > 1:
+    raise ValueError(f"images of different sizes {sorted(shapes)[:3]} cannot be batched: add a "
+                     "resize / crop op to dataset.pp_train and dataset.pp_eval, e.g. "
+                     "'resize_small(146)|central_crop(128)' (detection: 'resize(256)')")
+
+
+def gather(source: Any, index: np.ndarray, pipeline: Optional[Any],
+           rng_key: Optional[list[int]] = None, max_objects: Optional[int] = None
+           ) -> dict[str, np.ndarray]:
+  """Examples `index` of `source` through `pipeline`, stacked into one batch.
+
+  max_objects set: a detection source, whose examples are (image, {boxes, labels,
+  difficult}); its objects are padded to max_objects with a `valid` mask.
+  """
+  if isinstance(source, Split) and not pipeline and max_objects is None:
     return {"image": np.asarray(source.images[index]), "label": source.labels[index]}
   images, labels = [], []
   for j in index:
     image, label = source[int(j)]
     if pipeline:
       rng = np.random.default_rng((rng_key or []) + [int(j)])
-      image = pipeline(image, rng)
+      image, label = (pipeline(image, label, rng) if max_objects is not None
+                      else (pipeline(image, rng), label))
     images.append(image)
     labels.append(label)
-  shapes = {im.shape for im in images}
-  if len(shapes) > 1:
-    raise ValueError(f"images of different sizes {sorted(shapes)[:3]} cannot be batched: add a "
-                     "resize / crop op to dataset.pp_train and dataset.pp_eval, e.g. "
-                     "'resize_small(146)|central_crop(128)'")
-  return {"image": np.stack(images), "label": np.asarray(labels, np.int32)}
+  _same_size(images)
+  if max_objects is None:
+    return {"image": np.stack(images), "label": np.asarray(labels, np.int32)}
+  from cnn_jax.data import box_ops  # noqa: PLC0415
+  padded = [box_ops.pad_objects(t, max_objects) for t in labels]
+  return {"image": np.stack(images), **{k: np.stack([t[k] for t in padded]) for k in padded[0]}}
 
 
 class TrainBatch:
   """step -> that step's batch; picklable, so grain workers can build batches."""
 
-  def __init__(self, source: Any, batch_size: int, steps_per_epoch: int, seed: int, pp: str):
+  def __init__(self, source: Any, batch_size: int, steps_per_epoch: int, seed: int, pp: str,
+               max_objects: Optional[int] = None):
     self.source, self.batch_size, self.spe, self.seed, self.pp = (
         source, batch_size, steps_per_epoch, seed, pp)
+    self.max_objects = max_objects
 
   @functools.cached_property
-  def pipeline(self) -> Optional[ops.Pipeline]:
-    return ops.parse(self.pp) if self.pp else None
+  def pipeline(self) -> Optional[Any]:
+    return parse_pp(self.pp, self.max_objects is not None) if self.pp else None
 
   def order(self, epoch: int) -> np.ndarray:
     """The epoch's permutation, computed once per epoch (a tuple swap: reader threads safe)."""
@@ -103,7 +128,7 @@ class TrainBatch:
   def __call__(self, step: int) -> dict[str, np.ndarray]:
     epoch, i = divmod(int(step), self.spe)
     index = np.sort(self.order(epoch)[i * self.batch_size:(i + 1) * self.batch_size])
-    return gather(self.source, index, self.pipeline, [self.seed, epoch])
+    return gather(self.source, index, self.pipeline, [self.seed, epoch], self.max_objects)
 
   def __getstate__(self) -> dict:
     return {k: v for k, v in self.__dict__.items() if k not in ("pipeline", "_order")}
@@ -112,12 +137,12 @@ class TrainBatch:
 class EvalBatch:
   """b -> batch b of the split in order, padded to batch_size with `mask` marking real ones."""
 
-  def __init__(self, source: Any, batch_size: int, pp: str):
-    self.source, self.batch_size, self.pp = source, batch_size, pp
+  def __init__(self, source: Any, batch_size: int, pp: str, max_objects: Optional[int] = None):
+    self.source, self.batch_size, self.pp, self.max_objects = source, batch_size, pp, max_objects
 
   @functools.cached_property
-  def pipeline(self) -> Optional[ops.Pipeline]:
-    return ops.parse(self.pp) if self.pp else None
+  def pipeline(self) -> Optional[Any]:
+    return parse_pp(self.pp, self.max_objects is not None) if self.pp else None
 
   def __getstate__(self) -> dict:
     return {k: v for k, v in self.__dict__.items() if k != "pipeline"}
@@ -125,13 +150,12 @@ class EvalBatch:
   def __call__(self, b: int) -> dict[str, np.ndarray]:
     n, size = len(self.source), self.batch_size
     index = np.arange(min(b * size, n), min((b + 1) * size, n))
-    pipeline = self.pipeline
-    if len(index):
-      batch = gather(self.source, index, pipeline)
-    else:  # a fully masked batch, so that every process runs the same number of steps
-      image, _ = self.source[0]
-      shape = (pipeline(image, np.random.default_rng(0)) if pipeline else image).shape
-      batch = {"image": np.zeros((0,) + shape, np.uint8), "label": np.zeros((0,), np.int32)}
+    # An empty index still reads example 0 (for its shapes): a fully masked batch, so that
+    # every process runs the same number of steps.
+    batch = gather(self.source, index if len(index) else np.zeros(1, np.int64), self.pipeline,
+                   max_objects=self.max_objects)
+    if not len(index):
+      batch = {k: v[:0] for k, v in batch.items()}
     real = len(index)
     mask = np.zeros(size, np.float32)
     mask[:real] = 1
@@ -188,7 +212,8 @@ def reader_options(ds: Any) -> dict[str, int]:
 
 def train_batches(source: Any, batch_size: int, seed: int, *, steps_per_epoch: int,
                   start_step: int = 0, num_steps: int, pp: str = "", workers: int = 0,
-                  prefetch: int = 2, threads: int = 1) -> Iterator[dict[str, np.ndarray]]:
+                  prefetch: int = 2, threads: int = 1, max_objects: Optional[int] = None
+                  ) -> Iterator[dict[str, np.ndarray]]:
   """The batches of global steps start_step .. num_steps - 1, in order.
 
   steps_per_epoch is what every process of a multi-host job agreed on: one holding an
@@ -200,16 +225,16 @@ def train_batches(source: Any, batch_size: int, seed: int, *, steps_per_epoch: i
     raise ValueError(f"steps_per_epoch={steps_per_epoch} but {len(source)} examples give only "
                      f"{available} batches of {batch_size}")
   dataset = grain.MapDataset.range(start_step, num_steps).map(
-      TrainBatch(source, batch_size, steps_per_epoch, seed, pp))
+      TrainBatch(source, batch_size, steps_per_epoch, seed, pp, max_objects))
   return _iterate(dataset, workers, prefetch, threads)
 
 
 def eval_batches(source: Any, batch_size: int, num_batches: Optional[int] = None, *,
-                 pp: str = "", workers: int = 0, prefetch: int = 2, threads: int = 1
-                 ) -> Iterator[dict[str, np.ndarray]]:
+                 pp: str = "", workers: int = 0, prefetch: int = 2, threads: int = 1,
+                 max_objects: Optional[int] = None) -> Iterator[dict[str, np.ndarray]]:
   """Every example once, in order, in padded batches (at least `num_batches` of them)."""
   import grain
   needed = -(-len(source) // batch_size)
   dataset = grain.MapDataset.range(max(needed, num_batches or 0)).map(
-      EvalBatch(source, batch_size, pp))
+      EvalBatch(source, batch_size, pp, max_objects))
   return _iterate(dataset, workers, prefetch, threads)

@@ -233,6 +233,17 @@ def load_source(ds: Any, split: str, *, max_examples: Optional[int] = None,
   Fixed-shape data sets smaller than `ds.cache_max_mb` come back as an in-memory `Split`
   read from the decoded cache (built on first use); others decode on access.
   """
+  if ds.name == "voc":
+    if not ds.get("path"):
+      raise ValueError("dataset.name='voc' needs --config.dataset.path=DIR holding DIR/images/*.jpg "
+                       "and Pascal VOC XML files in DIR/annotations (or Annotations, annots)")
+    from cnn_jax.data import voc  # noqa: PLC0415
+    names = ds.get("class_names")
+    source = voc.voc_source(ds.path, split, image_dir=ds.get("image_dir") or "images",
+                            annotation_dir=ds.get("annotation_dir"),
+                            class_names=tuple(names) if names else None,
+                            split_seed=int(ds.get("split_seed") or 0), max_examples=max_examples)
+    return shard(source, process_index, process_count)
   if ds.name == "folder":
     if not ds.get("path"):
       raise ValueError("dataset.name='folder' needs --config.dataset.path=DIR holding "

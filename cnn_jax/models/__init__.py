@@ -72,6 +72,19 @@ def get_model(name: str, **kwargs: Any) -> nn.Module:
   return get_spec(name).factory(**kwargs)
 
 
+def constructor_args(name: str) -> set[str]:
+  """The constructor arguments the named model takes (through functools.partial)."""
+  import dataclasses
+  import functools
+  factory = get_spec(name).factory
+  while isinstance(factory, functools.partial):
+    factory = factory.func
+  if dataclasses.is_dataclass(factory):
+    return {f.name for f in dataclasses.fields(factory)}
+  import inspect
+  return set(inspect.signature(factory).parameters)
+
+
 def input_shape(name: str) -> tuple[int, int, int]:
   """The (H, W, C) input the named model is designed for."""
   return get_spec(name).input_shape

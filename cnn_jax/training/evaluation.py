@@ -21,7 +21,11 @@ log = logging.getLogger("cnn_jax")
 
 
 def evaluate(s: Setup, state: TrainState, data: Any) -> dict[str, float]:
-  """Loss / top-1 / top-5 over every example of this process's share of `data`."""
+  """Loss / top-1 / top-5 over every example of this process's share of `data`
+  (detection: mAP, `detection.task.evaluate`)."""
+  if s.config.get("task") == "detection":
+    from cnn_jax.detection import task as detection_task  # noqa: PLC0415
+    return detection_task.evaluate(s, state, data)
   per_process = s.config.eval_batch_size // jax.process_count()
   totals: dict[str, float] = {}
   num_batches = parallel.agree(-(-len(data) // per_process), max)
@@ -34,6 +38,23 @@ def evaluate(s: Setup, state: TrainState, data: Any) -> dict[str, float]:
   n = max(totals.get("count", 0.0), 1.0)
   return {"loss": totals["loss"] / n, "accuracy": totals["correct"] / n,
           "top5_accuracy": totals["top5_correct"] / n, "num_examples": totals["count"]}
+
+
+def describe(metrics: dict[str, Any]) -> str:
+  """One line for the log: the headline metrics of a classifier or a detector."""
+  shown = [(k, metrics[k]) for k in ("loss", "accuracy", "top5_accuracy", "mAP50", "mAP50_07",
+                                      "mAP", "mAP75") if k in metrics]
+  text = " ".join(f"{k} {v:.4f}" for k, v in shown)
+  return f"{text} ({int(metrics.get('num_examples', 0))} examples)"
+
+
+def restore_weights(s: Setup, state: TrainState, variables: dict[str, Any]) -> TrainState:
+  """Start a run from another run's weights (config.restore_from): all of them for a
+  classifier; the backbone only for a detector (the classifier's head does not fit)."""
+  if s.config.get("task") == "detection":
+    from cnn_jax.detection import task as detection_task  # noqa: PLC0415
+    return detection_task.restore_backbone(state, variables)
+  return with_variables(state, variables)
 
 
 def with_variables(state: TrainState, variables: dict[str, Any]) -> TrainState:

@@ -16,7 +16,7 @@ from ml_collections import ConfigDict
 
 from cnn_jax import config as config_lib
 from cnn_jax import models, parallel
-from cnn_jax.data import augment, input_pipeline, ops, sources
+from cnn_jax.data import augment, input_pipeline, sources
 from cnn_jax.training import optim, steps
 from cnn_jax.training.train_state import create_train_state
 
@@ -38,15 +38,25 @@ class Setup:
   steps_per_epoch: int
   compiled: parallel.Compiled
   learning_rate: Callable[[int], float]  # the rate applied at a train step (logged)
+  max_objects: Optional[int] = None     # detection: objects per image in a batch
+
+  def batch_options(self) -> dict[str, Any]:
+    """How this run's batches are read: grain options, and detection's object padding."""
+    return {**input_pipeline.reader_options(self.config.dataset), "max_objects": self.max_objects}
 
 
 def build_model(config: ConfigDict, num_classes: int) -> Any:
-  """The registered model with num_classes and, under pmap, cross-device batch norm."""
+  """The registered model with num_classes and, under pmap, cross-device batch norm.
+
+  task="detection": the registered model is the backbone of a YOLO v2 detector.
+  """
+  if config.get("task", "classification") == "detection":
+    from cnn_jax.detection import task as detection_task  # noqa: PLC0415
+    return detection_task.build_model(
+        config, num_classes, parallel.PMAP_AXIS if config.parallel == "pmap" else None)
   kwargs = dict(config.model_kwargs.to_dict() if config.model_kwargs else {})
   kwargs.setdefault("num_classes", num_classes)
-  cls = models.get_spec(config.model).factory
-  field_names = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
-  if config.parallel == "pmap" and "axis_name" in field_names:
+  if config.parallel == "pmap" and "axis_name" in models.constructor_args(config.model):
     kwargs.setdefault("axis_name", parallel.PMAP_AXIS)  # cross-device batch norm
   return models.get_model(config.model, **kwargs)
 
@@ -70,7 +80,8 @@ def batch_image_shape(config: ConfigDict, data: Any, split: str) -> tuple[int, i
   pp = config.dataset.pp_train if split == "train" else config.dataset.pp_eval
   stored = data.image_shape or (None, None, getattr(data, "channels", 3))
   try:
-    shape = ops.parse(pp).output_shape(tuple(stored))
+    boxes = config.get("task") == "detection"
+    shape = input_pipeline.parse_pp(pp, boxes).output_shape(tuple(stored))
   except ValueError as e:
     key = "pp_train" if split == "train" else "pp_eval"
     raise ValueError(f"dataset.{key}: {e}") from None
@@ -164,6 +175,10 @@ def setup(config: ConfigDict, train_data: Optional[Any] = None, val_data: Option
   if not present:
     raise ValueError("no data to evaluate: set --config.dataset.val_split or test_split")
   first = next(iter(present.values()))
+  detection = config.get("task") == "detection"
+  if detection:
+    from cnn_jax.detection import task as detection_task  # noqa: PLC0415
+    detection_task.resolve(config, train_data, list(present.values()))
   num_classes = int(config.model_kwargs.get("num_classes", first.num_classes))
   shapes = {name: check_input(config, data, num_classes, name) for name, data in present.items()}
   # What predict must feed the device-side preprocessing: eval batches' images.
@@ -184,10 +199,15 @@ def setup(config: ConfigDict, train_data: Optional[Any] = None, val_data: Option
   init_fn = lambda rng: create_train_state(model, tx, rng, input_shape)
   train_fn = functools.partial(steps.train_step, preprocess=preprocess,
                                mix=augment.mix_from_config(config, num_classes),
+                               loss_fn=detection_task.loss_fn(config) if detection else None,
                                label_smoothing=config.label_smoothing, frozen=frozen,
                                matmul_precision=config.matmul_precision)
-  eval_fn = functools.partial(steps.eval_step, preprocess=preprocess,
-                              matmul_precision=config.matmul_precision, flip=config.eval_flip)
+  if detection:
+    eval_fn = detection_task.eval_fn(config, preprocess)
+  else:
+    eval_fn = functools.partial(steps.eval_step, preprocess=preprocess,
+                                matmul_precision=config.matmul_precision, flip=config.eval_flip)
   compiled = parallel.compile_steps(config.parallel, init_fn, train_fn, eval_fn)
   return Setup(config, model, input_shape, data_shape, num_classes, preprocess, train_data,
-               val_data, test_data, spe, compiled, learning_rate)
+               val_data, test_data, spe, compiled, learning_rate,
+               int(config.detection.max_objects) if detection else None)

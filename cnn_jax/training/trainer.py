@@ -71,7 +71,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str, train_data: Optional[An
       state = restored
       log.info("resumed from step %d of %s", int(state.step), workdir)
   elif config.restore_from:
-    state = evaluation.with_variables(state, ckpt_lib.load_variables(config.restore_from))
+    state = evaluation.restore_weights(s, state, ckpt_lib.load_variables(config.restore_from))
+    log.info("started from the weights of %s", config.restore_from)
   writer = MetricWriter(workdir)
   if is_main:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
@@ -99,8 +100,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str, train_data: Optional[An
     # inside `try`, so that a reader that cannot start still closes the checkpointers.
     loader = input_pipeline.train_batches(
         s.train_data, per_process, config.seed, steps_per_epoch=spe, start_step=start_step,
-        num_steps=spe * config.num_epochs, pp=config.dataset.pp_train,
-        **input_pipeline.reader_options(config.dataset))
+        num_steps=spe * config.num_epochs, pp=config.dataset.pp_train, **s.batch_options())
     with guards.SignalFlag() as signals:
       for epoch in range(start_step // spe, config.num_epochs):
         first = max(0, start_step - epoch * spe)
@@ -164,9 +164,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str, train_data: Optional[An
           meta["validation"] = summary["validation"] = ev
           save("best", meta, ev)
           if is_main:
-            tqdm.write(f"epoch {epoch + 1}: validation loss {ev['loss']:.4f} accuracy "
-                       f"{ev['accuracy']:.4f} top5 {ev['top5_accuracy']:.4f} "
-                       f"({int(ev['num_examples'])} examples, epoch took "
+            tqdm.write(f"epoch {epoch + 1}: validation {evaluation.describe(ev)} (epoch took "
                        f"{time.time() - epoch_start:.1f}s)", file=sys.stderr)
         save("latest", meta)
         writer.flush()
@@ -182,9 +180,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str, train_data: Optional[An
       writer.write(final_step, {k: v for k, v in metrics.items() if k != "step"}, name)
       if is_main:
         which = f"best-on-validation, step {metrics['step']}" if name == "test_best" else "final"
-        tqdm.write(f"test ({which}): loss {metrics['loss']:.4f} accuracy {metrics['accuracy']:.4f}"
-                   f" top5 {metrics['top5_accuracy']:.4f} ({int(metrics['num_examples'])} "
-                   "examples)", file=sys.stderr)
+        tqdm.write(f"test ({which}): {evaluation.describe(metrics)}", file=sys.stderr)
   finally:  # whatever ended the run, pending async saves commit and the logs are flushed
     ckpts.wait()
     ckpts.close()

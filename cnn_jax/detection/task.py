@@ -1,0 +1,195 @@
+"""Detection as a task of the one training loop (`config.task = "detection"`).
+
+The loop (`training/trainer.py`) and the train step (`training/steps.py`) are the ones
+that train classifiers; this module supplies what differs for a detector:
+
+* the model: `config.model` is the backbone (a zoo model built with include_top=False)
+  under a `YOLOv2Head`, with anchors from k-means on the training boxes;
+* the loss: YOLO v2 targets are encoded inside the jitted step from the batch's padded
+  boxes (`boxes`, `labels`, `valid`), so the input pipeline stays model-agnostic;
+* the eval step: decode, then per-class non-maximum suppression with a fixed number of
+  outputs, all on the device; `evaluate` gathers the detections of a whole split on the
+  host and computes Pascal VOC and COCO average precision (`mean_ap`);
+* `restore_backbone`: start from a classification run's weights (transfer learning).
+
+What is resolved from the data (anchors, objects per image) is written back into the
+config, so `config.json`, the checkpoint's meta and `cnn-jax detect` rebuild the same model.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any, Optional, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+from jax import lax
+from ml_collections import ConfigDict
+
+from cnn_jax import models, parallel
+from cnn_jax.data import input_pipeline, sources, voc
+from cnn_jax.detection import anchors as anchors_lib
+from cnn_jax.detection import mean_ap
+from cnn_jax.detection.nms import batched_nms
+from cnn_jax.detection.yolo_v2 import YOLOv2Head, decode_yolo_v2, encode_yolo_v2_targets, yolo_v2_loss
+
+log = logging.getLogger("cnn_jax")
+Anchors = tuple[tuple[float, float], ...]
+
+
+def resolve(config: ConfigDict, train_data: Optional[Any], splits: Sequence[Any]) -> None:
+  """Fill config.detection.anchors (k-means on the train boxes) and .max_objects (the
+  largest object count of any split) where they are unset, in place."""
+  d = config.detection
+  if d.anchors is None:
+    if train_data is None:
+      raise ValueError("detection.anchors is unset and there is no training split to cluster: "
+                       "set --config.detection.anchors='((w, h), ...)'")
+    wh = box_sizes(train_data if jax.process_count() == 1 else sources.load_source(
+        config.dataset, config.dataset.train_split,
+        max_examples=config.dataset.max_train_examples))  # every process: the same anchors
+    k = int(d.num_anchors)
+    if len(np.unique(wh, axis=0)) < k:
+      raise ValueError(f"detection.num_anchors={k} but the training split has only "
+                       f"{len(np.unique(wh, axis=0))} distinct box sizes; lower num_anchors")
+    found = anchors_lib.kmeans_anchors(wh, k, seed=config.seed)
+    d.anchors = tuple((round(float(w), 5), round(float(h), 5)) for w, h in found)
+    log.info("anchors (k-means on %d training boxes, mean IoU %.3f): %s", len(wh),
+             anchors_lib.mean_iou(wh, np.asarray(d.anchors)), d.anchors)
+  if d.max_objects is None:
+    d.max_objects = parallel.agree(max(1, max(int(s.max_objects) for s in splits if s is not None)),
+                                   max)
+
+
+def box_sizes(source: Any) -> np.ndarray:
+  """(n, 2) normalized (w, h) of every box of a detection source (annotations only)."""
+  if hasattr(source, "_boxes"):
+    return voc.box_sizes(source)
+  boxes = np.concatenate([source.target(i)["boxes"] for i in range(len(source))]).reshape(-1, 4)
+  return np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], 1)
+
+
+def anchors_of(config: ConfigDict) -> Anchors:
+  return tuple((float(w), float(h)) for w, h in config.detection.anchors)
+
+
+def build_model(config: ConfigDict, num_classes: int, axis_name: Optional[str] = None) -> YOLOv2Head:
+  """YOLOv2Head on the zoo backbone `config.model` (include_top=False)."""
+  kwargs = {k: v for k, v in (config.model_kwargs.to_dict() if config.model_kwargs else {}).items()
+            if k != "num_classes"}
+  fields = models.constructor_args(config.model)
+  if "include_top" not in fields:
+    raise ValueError(f"model {config.model!r} cannot serve as a detection backbone (it has no "
+                     "include_top=False feature-map mode); use e.g. resnet18, darknet19")
+  if axis_name is not None and "axis_name" in fields:
+    kwargs.setdefault("axis_name", axis_name)
+  backbone = models.get_model(config.model, include_top=False, **kwargs)
+  return YOLOv2Head(backbone=backbone, anchors=anchors_of(config), num_classes=num_classes,
+                    hidden=int(config.detection.hidden))
+
+
+def loss_fn(config: ConfigDict):
+  """(model outputs, batch) -> (loss, metrics) for `steps.train_step`."""
+  anchors, d = anchors_of(config), config.detection
+
+  def loss(outputs: dict, batch: dict) -> tuple[jax.Array, dict]:
+    grid = outputs["objectness"].shape[1:3]
+    targets = encode_yolo_v2_targets(batch["boxes"], batch["labels"], batch["valid"], anchors, grid)
+    return yolo_v2_loss(outputs, targets, batch["boxes"], batch["valid"], anchors,
+                        lambda_coord=d.lambda_coord, lambda_noobj=d.lambda_noobj,
+                        ignore_iou=d.ignore_iou)
+  return loss
+
+
+def detect(apply_fn, variables: Any, images: jax.Array, config: ConfigDict) -> dict[str, jax.Array]:
+  """Model input -> NMS'd detections {'boxes' corners, 'scores', 'classes', 'valid'}."""
+  d = config.detection
+  dec = decode_yolo_v2(apply_fn(variables, images, train=False), anchors_of(config))
+  return batched_nms(dec["boxes"], dec["scores"], dec["classes"], iou_threshold=d.nms_iou,
+                     score_threshold=d.score_threshold, pre_nms_top_k=d.pre_nms_top_k,
+                     max_detections=d.max_detections)
+
+
+def eval_step(state: Any, batch: dict, *, config: ConfigDict, preprocess: Any,
+              axis_name: Optional[str] = None, matmul_precision: str = "default",
+              flip: bool = False) -> dict[str, jax.Array]:
+  """The detections of a batch next to its ground truth (summed into AP on the host)."""
+  from cnn_jax.training.train_state import variables_of  # noqa: PLC0415 - a leaf module
+  if flip:
+    raise ValueError("eval_flip is for classifiers; detection has no flip test-time augmentation")
+  images = preprocess(batch["image"], jax.random.key(0), False)
+  with jax.default_matmul_precision(matmul_precision):
+    out = detect(state.apply_fn, variables_of(state), images, config)
+  out.update({"gt_boxes": batch["boxes"], "gt_labels": batch["labels"],
+              "gt_valid": batch["valid"], "gt_difficult": batch["difficult"],
+              "mask": batch["mask"]})
+  if axis_name is not None:  # pmap: every replica returns all devices' detections
+    out = jax.tree_util.tree_map(lambda x: lax.all_gather(x, axis_name, tiled=True), out)
+  return out
+
+
+def evaluate(s: Any, state: Any, data: Any) -> dict[str, float]:
+  """mAP of the detector on every example of `data` (this process's share)."""
+  per_process = s.config.eval_batch_size // jax.process_count()
+  num_batches = parallel.agree(-(-len(data) // per_process), max)
+  ds = s.config.dataset
+  detections, truth = [], []
+  for batch in input_pipeline.eval_batches(data, per_process, num_batches, pp=ds.pp_eval,
+                                           max_objects=s.config.detection.max_objects,
+                                           **input_pipeline.reader_options(ds)):
+    out = jax.device_get(s.compiled.eval_step(state, s.compiled.put_batch(batch)))
+    if s.compiled.mode == "pmap" and jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # noqa: PLC0415
+      out = multihost_utils.process_allgather(out, tiled=True)
+    for i in np.flatnonzero(out["mask"] > 0):
+      v, g = out["valid"][i], out["gt_valid"][i]
+      detections.append({"boxes": out["boxes"][i][v], "scores": out["scores"][i][v],
+                         "classes": out["classes"][i][v]})
+      truth.append({"boxes": out["gt_boxes"][i][g], "classes": out["gt_labels"][i][g],
+                    "difficult": out["gt_difficult"][i][g]})
+  metrics = mean_ap.evaluate_detections(detections, truth, s.num_classes,
+                                        getattr(data, "class_names", None))
+  metrics["num_examples"] = float(len(truth))
+  metrics["detections_per_image"] = float(np.mean([len(d["scores"]) for d in detections])
+                                          if detections else 0.0)
+  return metrics
+
+
+def restore_backbone(state: Any, variables: dict[str, Any]) -> Any:
+  """`state` with its backbone taken from a classification (or detection) run's variables.
+
+  Every backbone variable must be found with the same shape; the classifier's head and
+  anything else outside the backbone are left out. The detection head keeps its init.
+  """
+  def merge(mine: Any, theirs: Any, collection: str) -> Any:
+    if not mine:
+      return mine
+    theirs = flax.core.unfreeze(theirs or {})
+    theirs = theirs.get("backbone", theirs)  # a detector's variables: its backbone subtree
+    flat_mine = traverse_util.flatten_dict(flax.core.unfreeze(mine))
+    flat_theirs = traverse_util.flatten_dict(theirs)
+    out, missing = {}, []
+    for path, leaf in flat_mine.items():
+      src = path[1:] if path[0] == "backbone" else None
+      if src is None:
+        out[path] = leaf
+      elif src in flat_theirs and flat_theirs[src].shape == leaf.shape:
+        out[path] = jnp.asarray(flat_theirs[src], leaf.dtype)
+      else:
+        missing.append("/".join(src))
+    if missing:
+      raise ValueError(f"restore_from: {len(missing)} backbone {collection} not found (or of "
+                       f"another shape) in the given run, e.g. {missing[:3]}; was it trained with "
+                       "the same model as config.model?")
+    return traverse_util.unflatten_dict(out)
+  return state.replace(params=merge(state.params, variables.get("params"), "params"),
+                       batch_stats=merge(state.batch_stats, variables.get("batch_stats"),
+                                         "batch_stats"))
+
+
+def eval_fn(config: ConfigDict, preprocess: Any):
+  return functools.partial(eval_step, config=config, preprocess=preprocess,
+                           matmul_precision=config.matmul_precision, flip=config.eval_flip)
