@@ -1,7 +1,8 @@
 """YOLO v2 on the kangaroo photos (Pascal VOC boxes, one class, 1-8 per photo).
 
 Data: ../shared/datasets/kangaroo or $CNN_JAX_KANGAROO_DIR (images/*.jpg, annots/*.xml).
-The same recipe as experiments/raccoon_yolo.py (its docstring: split, anchors,
+One photo of the published set (images/00090.jpg) is truncated: skip_corrupt drops it
+(logged), so 163 remain. The same recipe as experiments/raccoon_yolo.py (its docstring: split, anchors,
 augmentation, transfer from the Imagenette classifier); 164 photos, train[:80%] = 131.
 
   cnn-jax train --config experiments/kangaroo_yolo.py --workdir workdirs/kangaroo_yolo \\
@@ -17,5 +18,7 @@ _raccoon = runpy.run_path(os.path.join(os.path.dirname(__file__), "raccoon_yolo.
 
 def get_config(arg=None):
   args = parse_arg(arg)
-  return _raccoon["detection_config"](
+  c = _raccoon["detection_config"](
       os.environ.get("CNN_JAX_KANGAROO_DIR", "../shared/datasets/kangaroo"), args.smoke)
+  c.dataset.skip_corrupt = True  # images/00090.jpg of the published set is truncated
+  return c

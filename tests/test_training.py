@@ -122,6 +122,10 @@ def test_schedules_by_value():
   assert vals.argmax() == 30 and vals.max() == pytest.approx(1.0, rel=1e-3) and vals[0] < 0.1
   with pytest.raises(ValueError, match="unknown schedule"):
     optim.make_schedule(ConfigDict(dict(learning_rate=1.0, schedule="linearr")), 1, 1)
+  # Warmup as long as the run: optax's "requires positive decay_steps" before; now says which keys.
+  with pytest.raises(ValueError, match="warmup_epochs=3 leaves no steps.*num_epochs=1"):
+    optim.make_schedule(ConfigDict(dict(learning_rate=0.1, schedule="warmup_cosine",
+                                        warmup_epochs=3)), 4, 1)
 
 
 @pytest.mark.parametrize("name", optim.OPTIMIZERS)

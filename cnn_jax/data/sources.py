@@ -243,7 +243,8 @@ def load_source(ds: Any, split: str, *, max_examples: Optional[int] = None,
                             annotation_dir=ds.get("annotation_dir"),
                             class_names=tuple(names) if names else None,
                             split_seed=int(ds.get("split_seed") or 0), max_examples=max_examples)
-    return shard(source, process_index, process_count)
+    source = shard(source, process_index, process_count)
+    return voc.check_images(source, bool(ds.get("skip_corrupt")))
   if ds.name == "folder":
     if not ds.get("path"):
       raise ValueError("dataset.name='folder' needs --config.dataset.path=DIR holding "

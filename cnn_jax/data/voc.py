@@ -247,3 +247,31 @@ def box_sizes(source: VocSource) -> np.ndarray:
   the input to k-means anchor fitting. Reads annotations only, never an image."""
   b = source._boxes
   return np.stack([b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], axis=1).astype(np.float32)
+
+
+def check_images(source: VocSource, skip_corrupt: bool = False, threads: int = 8) -> VocSource:
+  """Decode every image once, before training: a truncated or unreadable photo is named now
+  (CorruptImageError) instead of failing a worker mid-epoch; with skip_corrupt it is
+  dropped with its annotation, and counted in the log. A few seconds for a few hundred
+  photos; the price of never finding a bad file at epoch 37."""
+  from concurrent.futures import ThreadPoolExecutor
+
+  def readable(i: int) -> Optional[str]:
+    try:
+      sources.decode_image(source.image_files[i], 3)
+      return None
+    except sources.CorruptImageError as e:
+      return str(e)
+  with ThreadPoolExecutor(threads) as pool:
+    errors = list(pool.map(readable, range(len(source))))
+  bad = [i for i, e in enumerate(errors) if e]
+  if not bad:
+    return source
+  if not skip_corrupt:
+    raise sources.CorruptImageError(errors[bad[0]] + (f" ({len(bad)} unreadable images in all)"
+                                                      if len(bad) > 1 else ""))
+  log.warning("skipped %d unreadable image(s) (dataset.skip_corrupt=True): %s", len(bad),
+              ", ".join(source.image_files[i] for i in bad[:5]))
+  kept = source.subset([i for i in range(len(source)) if not errors[i]])
+  kept.num_skipped_corrupt = len(bad)
+  return kept

@@ -23,6 +23,10 @@ def make_schedule(cfg: ConfigDict, steps_per_epoch: float, num_epochs: int) -> o
   total = max(1, int(steps_per_epoch * num_epochs))
   warmup = int(cfg.get("warmup_epochs", 0) * steps_per_epoch)
   name = cfg.get("schedule", "constant")
+  if name in ("cosine", "warmup_cosine") and warmup >= total:
+    raise ValueError(f"optimizer.warmup_epochs={cfg.get('warmup_epochs')} leaves no steps to decay "
+                     f"over in num_epochs={num_epochs} ({warmup} warmup of {total} steps): lower "
+                     "warmup_epochs or train longer")
   if name == "constant":
     sched = optax.constant_schedule(lr)
     if warmup:
