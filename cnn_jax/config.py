@@ -16,7 +16,7 @@ from ml_collections.config_dict import placeholder
 # Sub-configs whose keys are free-form (passed straight to a constructor).
 FREE_FORM = ("model_kwargs",)
 MATMUL_PRECISIONS = ("default", "high", "highest")
-TASKS = ("classification", "detection")
+TASKS = ("classification", "detection", "localization")
 # Device-side augmentations that leave every pixel where it was (so boxes stay right).
 BOX_SAFE_AUGMENT = frozenset({"brightness", "contrast", "saturation", "hue", "color", "noise"})
 
@@ -27,13 +27,14 @@ def base_config() -> ConfigDict:
   c.model = "mnist_cnn"
   c.model_kwargs = ConfigDict()          # extra constructor arguments for the model
   c.model_input_shape = placeholder(tuple)             # (H, W, C); None: the registry's shape for the model
-  # What the loop trains: "classification" (logits, cross entropy, top-1 / top-5) or
+  # What the loop trains: "classification" (logits, cross entropy, top-1 / top-5),
   # "detection" (c.model is the backbone, built with include_top=False, under a YOLO v2
-  # head: loss, NMS and mAP in cnn_jax/detection/task.py; settings in c.detection).
+  # head: loss, NMS and mAP in cnn_jax/detection/task.py; settings in c.detection) or
+  # "localization" (one class + one box per image: detection/localization_task.py).
   c.task = "classification"
 
   c.dataset = ConfigDict()
-  c.dataset.name = "mnist"                # a tfds name (e.g. "imagenette/160px-v2"), "folder", or "voc"
+  c.dataset.name = "mnist"                # a tfds name (e.g. "imagenette/160px-v2"), "folder", "voc", "shapes"
   c.dataset.path = placeholder(str)        # name="folder": DIR holding DIR/<split>/<class>/*.jpg
   c.dataset.channels = 3                   # folder images are converted to 1 (grey) or 3 (RGB)
   c.dataset.skip_corrupt = False           # folder: skip (and count) unreadable files instead of failing
@@ -92,6 +93,14 @@ def base_config() -> ConfigDict:
   c.detection.score_threshold = 0.005        # detections kept for mAP (low: AP integrates over scores)
   c.detection.pre_nms_top_k = 256
   c.detection.max_detections = 100
+
+  # task="localization" (cnn_jax/detection/localization_task.py): the course's weighting.
+  c.localization = ConfigDict()
+  c.localization.pooling = "avg"             # avg | flatten (keeps where things are; fixed size)
+  c.localization.hidden = 0                  # a dense layer before the heads (0: none)
+  c.localization.cls_weight = 0.8
+  c.localization.box_weight = 0.2
+  c.localization.box_loss = "smooth_l1"      # smooth_l1 | mse
 
   c.batch_size = 128                     # global batch, over all devices and hosts
   c.eval_batch_size = 1000
@@ -184,7 +193,7 @@ def validate(config: ConfigDict) -> ConfigDict:
   task = config.get("task", "classification")  # runs saved before tasks existed classify
   if task not in TASKS:
     raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-  if task == "detection":
+  if task in ("detection", "localization"):
     moving = [o.text for o in ops if o.name not in BOX_SAFE_AUGMENT]
     if moving:
       raise ValueError(f"config.augment {config.augment!r}: {', '.join(moving)} would move pixels "
@@ -192,6 +201,7 @@ def validate(config: ConfigDict) -> ConfigDict:
                        "box-aware ops in dataset.pp_train (flip_lr, scale_jitter, translate, "
                        f"letterbox; cnn_jax/data/box_ops.py) and keep config.augment to "
                        f"{', '.join(sorted(BOX_SAFE_AUGMENT))}")
+  if task == "detection":
     d = config.detection
     if not 0 < d.nms_iou <= 1 or not 0 <= d.score_threshold < 1:
       raise ValueError(f"detection.nms_iou must be in (0, 1] and detection.score_threshold in "

@@ -18,3 +18,12 @@ import pytest  # noqa: E402
 def _own_decoded_cache(tmp_path_factory, monkeypatch):
   """Each test its own decoded-data cache: a mock data set must never be cached for another."""
   monkeypatch.setenv("CNN_JAX_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture
+def optimized_xla():
+  """Training loops run hundreds of steps: here XLA's optimizations pay for themselves."""
+  old = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", False)
+  yield
+  jax.config.update("jax_disable_most_optimizations", old)

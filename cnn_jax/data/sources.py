@@ -233,6 +233,12 @@ def load_source(ds: Any, split: str, *, max_examples: Optional[int] = None,
   Fixed-shape data sets smaller than `ds.cache_max_mb` come back as an in-memory `Split`
   read from the decoded cache (built on first use); others decode on access.
   """
+  if ds.name == "shapes":  # synthetic one-object localization data (data/synthetic.py)
+    from cnn_jax.data import synthetic  # noqa: PLC0415
+    source = synthetic.shapes_source(split)
+    if max_examples is not None:
+      source = source.subset(np.arange(min(max_examples, len(source))))
+    return shard(source, process_index, process_count)
   if ds.name == "voc":
     if not ds.get("path"):
       raise ValueError("dataset.name='voc' needs --config.dataset.path=DIR holding DIR/images/*.jpg "

@@ -44,3 +44,56 @@ def make_shapes(num: int, size: int = 32, seed: int = 0, min_frac: float = 0.3,
     images[i] = img
     boxes[i] = [(x0 + s / 2) / size, (y0 + s / 2) / size, s / size, s / size]
   return {"image": images, "label": labels, "box": boxes}
+
+
+class ShapesSource:
+  """`make_shapes` as a detection-style source: source[i] -> (uint8 image, {boxes (1, 4)
+  normalized corners, labels (1,), difficult (1,)}), so the loop's localization task (and
+  any box-aware host pp) reads it like a VOC folder with one object per photo."""
+
+  class_names = list(SHAPE_NAMES)
+  num_classes = len(SHAPE_NAMES)
+  channels = 3
+  max_objects = 1
+
+  def __init__(self, num: int, size: int = 32, seed: int = 0):
+    d = make_shapes(num, size, seed)
+    self.images = np.round(np.clip(d["image"], 0, 1) * 255).astype(np.uint8)
+    cx, cy, w, h = d["box"].T
+    self.boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1).astype(np.float32)
+    self.labels = d["label"]
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  @property
+  def image_shape(self) -> tuple[int, ...]:
+    return tuple(self.images.shape[1:])
+
+  def target(self, i: int) -> dict[str, np.ndarray]:
+    return {"boxes": self.boxes[i:i + 1].copy(), "labels": self.labels[i:i + 1].copy(),
+            "difficult": np.zeros(1, bool)}
+
+  def __getitem__(self, i: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    return self.images[i], self.target(i)
+
+  def subset(self, index: np.ndarray) -> "ShapesSource":
+    new = object.__new__(ShapesSource)
+    new.images, new.boxes, new.labels = (self.images[index], self.boxes[index],
+                                         self.labels[index])
+    return new
+
+
+# dataset.name="shapes": split name -> (examples, seed); slice them tfds-style, "train[:90%]".
+SHAPES_SPLITS = {"train": (4096, 0), "test": (512, 1)}
+
+
+def shapes_source(split: str, size: int = 32) -> ShapesSource:
+  """A split of the synthetic shapes data set (`SHAPES_SPLITS`), generated in a second."""
+  from cnn_jax.data import sources  # noqa: PLC0415
+  name, (start, stop), spec = sources.parse_split(split)
+  if name not in SHAPES_SPLITS:
+    raise ValueError(f"shapes has splits {sorted(SHAPES_SPLITS)}, not {spec!r}")
+  num, seed = SHAPES_SPLITS[name]
+  source = ShapesSource(num, size, seed)
+  return source.subset(np.arange(sources._bound(start, num, 0), sources._bound(stop, num, num)))

@@ -17,7 +17,6 @@ config, so `config.json`, the checkpoint's meta and `cnn-jax detect` rebuild the
 """
 from __future__ import annotations
 
-import functools
 import logging
 from typing import Any, Optional, Sequence
 
@@ -138,8 +137,7 @@ def evaluate(s: Any, state: Any, data: Any) -> dict[str, float]:
   ds = s.config.dataset
   detections, truth = [], []
   for batch in input_pipeline.eval_batches(data, per_process, num_batches, pp=ds.pp_eval,
-                                           max_objects=s.config.detection.max_objects,
-                                           **input_pipeline.reader_options(ds)):
+                                           **s.batch_options()):
     out = jax.device_get(s.compiled.eval_step(state, s.compiled.put_batch(batch)))
     if s.compiled.mode == "pmap" and jax.process_count() > 1:
       from jax.experimental import multihost_utils  # noqa: PLC0415
@@ -189,7 +187,3 @@ def restore_backbone(state: Any, variables: dict[str, Any]) -> Any:
                        batch_stats=merge(state.batch_stats, variables.get("batch_stats"),
                                          "batch_stats"))
 
-
-def eval_fn(config: ConfigDict, preprocess: Any):
-  return functools.partial(eval_step, config=config, preprocess=preprocess,
-                           matmul_precision=config.matmul_precision, flip=config.eval_flip)

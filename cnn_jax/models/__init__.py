@@ -31,7 +31,7 @@ _REGISTRY: dict[str, ModelSpec] = {}
 
 # Files that register models; imported lazily so `import cnn_jax` stays light.
 _MODEL_MODULES = ("mlp", "lenet", "mnist_cnn", "small_convnet", "alexnet", "zfnet", "vgg",
-                  "googlenet", "resnet", "darknet", "airbench")
+                  "googlenet", "resnet", "darknet", "airbench", "tiny_cnn")
 _EXTRA_MODEL_MODULES: list[str] = []
 
 

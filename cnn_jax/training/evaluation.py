@@ -21,9 +21,11 @@ log = logging.getLogger("cnn_jax")
 
 
 def evaluate(s: Setup, state: TrainState, data: Any) -> dict[str, float]:
-  """Loss / top-1 / top-5 over every example of this process's share of `data`
-  (detection: mAP, `detection.task.evaluate`)."""
-  if s.config.get("task") == "detection":
+  """The task's metrics over every example of this process's share of `data`: loss /
+  top-1 / top-5 (classification), mAP (detection: `detection.task.evaluate`), accuracy /
+  IoU (localization)."""
+  task = s.config.get("task", "classification")
+  if task == "detection":
     from cnn_jax.detection import task as detection_task  # noqa: PLC0415
     return detection_task.evaluate(s, state, data)
   per_process = s.config.eval_batch_size // jax.process_count()
@@ -31,10 +33,13 @@ def evaluate(s: Setup, state: TrainState, data: Any) -> dict[str, float]:
   num_batches = parallel.agree(-(-len(data) // per_process), max)
   ds = s.config.dataset
   for batch in input_pipeline.eval_batches(data, per_process, num_batches, pp=ds.pp_eval,
-                                           **input_pipeline.reader_options(ds)):
+                                           **s.batch_options()):
     sums = jax.device_get(s.compiled.eval_step(state, s.compiled.put_batch(batch)))
     for k, v in sums.items():
       totals[k] = totals.get(k, 0.0) + float(v)
+  if task == "localization":
+    from cnn_jax.detection import localization_task  # noqa: PLC0415
+    return localization_task.metrics(totals)
   n = max(totals.get("count", 0.0), 1.0)
   return {"loss": totals["loss"] / n, "accuracy": totals["correct"] / n,
           "top5_accuracy": totals["top5_correct"] / n, "num_examples": totals["count"]}
@@ -42,16 +47,16 @@ def evaluate(s: Setup, state: TrainState, data: Any) -> dict[str, float]:
 
 def describe(metrics: dict[str, Any]) -> str:
   """One line for the log: the headline metrics of a classifier or a detector."""
-  shown = [(k, metrics[k]) for k in ("loss", "accuracy", "top5_accuracy", "mAP50", "mAP50_07",
-                                      "mAP", "mAP75") if k in metrics]
+  shown = [(k, metrics[k]) for k in ("loss", "accuracy", "top5_accuracy", "mean_iou", "iou50",
+                                      "mAP50", "mAP50_07", "mAP", "mAP75") if k in metrics]
   text = " ".join(f"{k} {v:.4f}" for k, v in shown)
   return f"{text} ({int(metrics.get('num_examples', 0))} examples)"
 
 
 def restore_weights(s: Setup, state: TrainState, variables: dict[str, Any]) -> TrainState:
   """Start a run from another run's weights (config.restore_from): all of them for a
-  classifier; the backbone only for a detector (the classifier's head does not fit)."""
-  if s.config.get("task") == "detection":
+  classifier; the backbone only for a detector or localizer (a classifier's head does not fit)."""
+  if s.config.get("task") in ("detection", "localization"):
     from cnn_jax.detection import task as detection_task  # noqa: PLC0415
     return detection_task.restore_backbone(state, variables)
   return with_variables(state, variables)

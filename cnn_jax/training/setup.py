@@ -50,15 +50,27 @@ def build_model(config: ConfigDict, num_classes: int) -> Any:
 
   task="detection": the registered model is the backbone of a YOLO v2 detector.
   """
-  if config.get("task", "classification") == "detection":
-    from cnn_jax.detection import task as detection_task  # noqa: PLC0415
-    return detection_task.build_model(
-        config, num_classes, parallel.PMAP_AXIS if config.parallel == "pmap" else None)
+  task = config.get("task", "classification")
+  if task != "classification":
+    axis = parallel.PMAP_AXIS if config.parallel == "pmap" else None
+    return task_module(config).build_model(config, num_classes, axis)
   kwargs = dict(config.model_kwargs.to_dict() if config.model_kwargs else {})
   kwargs.setdefault("num_classes", num_classes)
   if config.parallel == "pmap" and "axis_name" in models.constructor_args(config.model):
     kwargs.setdefault("axis_name", parallel.PMAP_AXIS)  # cross-device batch norm
   return models.get_model(config.model, **kwargs)
+
+
+BOX_TASKS = ("detection", "localization")  # their examples carry boxes (box-aware host ops)
+
+
+def task_module(config: ConfigDict) -> Any:
+  """The module that supplies a non-classification task's model, loss and eval step."""
+  if config.get("task") == "detection":
+    from cnn_jax.detection import task  # noqa: PLC0415
+    return task
+  from cnn_jax.detection import localization_task  # noqa: PLC0415
+  return localization_task
 
 
 def data_input_shape(config: ConfigDict, raw_shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -80,7 +92,7 @@ def batch_image_shape(config: ConfigDict, data: Any, split: str) -> tuple[int, i
   pp = config.dataset.pp_train if split == "train" else config.dataset.pp_eval
   stored = data.image_shape or (None, None, getattr(data, "channels", 3))
   try:
-    boxes = config.get("task") == "detection"
+    boxes = config.get("task") in BOX_TASKS
     shape = input_pipeline.parse_pp(pp, boxes).output_shape(tuple(stored))
   except ValueError as e:
     key = "pp_train" if split == "train" else "pp_eval"
@@ -175,10 +187,9 @@ def setup(config: ConfigDict, train_data: Optional[Any] = None, val_data: Option
   if not present:
     raise ValueError("no data to evaluate: set --config.dataset.val_split or test_split")
   first = next(iter(present.values()))
-  detection = config.get("task") == "detection"
-  if detection:
-    from cnn_jax.detection import task as detection_task  # noqa: PLC0415
-    detection_task.resolve(config, train_data, list(present.values()))
+  task = config.get("task", "classification")
+  if task == "detection":
+    task_module(config).resolve(config, train_data, list(present.values()))
   num_classes = int(config.model_kwargs.get("num_classes", first.num_classes))
   shapes = {name: check_input(config, data, num_classes, name) for name, data in present.items()}
   # What predict must feed the device-side preprocessing: eval batches' images.
@@ -199,15 +210,18 @@ def setup(config: ConfigDict, train_data: Optional[Any] = None, val_data: Option
   init_fn = lambda rng: create_train_state(model, tx, rng, input_shape)
   train_fn = functools.partial(steps.train_step, preprocess=preprocess,
                                mix=augment.mix_from_config(config, num_classes),
-                               loss_fn=detection_task.loss_fn(config) if detection else None,
+                               loss_fn=(task_module(config).loss_fn(config)
+                                        if task != "classification" else None),
                                label_smoothing=config.label_smoothing, frozen=frozen,
                                matmul_precision=config.matmul_precision)
-  if detection:
-    eval_fn = detection_task.eval_fn(config, preprocess)
+  if task != "classification":
+    eval_fn = functools.partial(task_module(config).eval_step, config=config,
+                                preprocess=preprocess, matmul_precision=config.matmul_precision,
+                                flip=config.eval_flip)
   else:
     eval_fn = functools.partial(steps.eval_step, preprocess=preprocess,
                                 matmul_precision=config.matmul_precision, flip=config.eval_flip)
   compiled = parallel.compile_steps(config.parallel, init_fn, train_fn, eval_fn)
   return Setup(config, model, input_shape, data_shape, num_classes, preprocess, train_data,
                val_data, test_data, spe, compiled, learning_rate,
-               int(config.detection.max_objects) if detection else None)
+               {"detection": config.detection.get("max_objects"), "localization": 1}.get(task))
