@@ -164,6 +164,23 @@ def test_corrupt_file_is_named_or_skipped_and_counted(tmp_path, caplog):
   assert isinstance(loaded, Split) and loaded.images.shape == (6, 5, 7, 3)
 
 
+def test_skip_corrupt_scans_only_when_the_cache_misses(tmp_path, monkeypatch):
+  """Every start used to decode every file to find the corrupt ones, even when the decoded
+  cache already held the split (minutes for a large folder)."""
+  make_folder(tmp_path, per_class=3)
+  (tmp_path / "train" / "b_cat" / "x.jpg").write_bytes(b"not a JPEG" * 10)
+  scans = []
+  real = sources._without_corrupt
+  monkeypatch.setattr(sources, "_without_corrupt", lambda s: scans.append(1) or real(s))
+  first = sources.load_source(folder_ds(tmp_path, skip_corrupt=True), "train")
+  second = sources.load_source(folder_ds(tmp_path, skip_corrupt=True), "train")
+  assert len(scans) == 1 and len(first) == len(second) == 6
+  np.testing.assert_array_equal(first.images, second.images)
+  # Without the cache, the scan runs every time (nothing else can vouch for the files).
+  sources.load_source(folder_ds(tmp_path, skip_corrupt=True, cache=False), "train")
+  assert len(scans) == 2
+
+
 def test_skip_corrupt_skips_a_truncated_jpeg(tmp_path, caplog):
   # A cut-off download: the header is fine, the scan data ends early. PIL's verify()
   # checks nothing for JPEG, so only decoding finds it.

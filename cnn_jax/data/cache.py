@@ -21,7 +21,7 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Any
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -66,17 +66,22 @@ def decode_all(source: Any, shape: tuple[int, ...], threads: int = 8) -> tuple[n
   return images, labels
 
 
-def maybe_cached(source: Any, description: dict[str, Any], ds: Any) -> Any:
+def maybe_cached(source: Any, description: dict[str, Any], ds: Any,
+                 prepare: Optional[Callable[[Any], Any]] = None) -> Any:
   """`source` as a memory-mapped `Split` from the cache (filled now if needed), when it fits.
 
   Returned unchanged when caching is off (`dataset.cache=False`), when its images differ
-  in size, or when the decoded split would exceed `dataset.cache_max_mb`.
+  in size, or when the decoded split would exceed `dataset.cache_max_mb`. `prepare` runs
+  only when the cache cannot answer (e.g. the corrupt-file scan of skip_corrupt, whose
+  outcome the description's file fingerprint already fixes): a cache hit skips it.
   """
+  prepare = prepare or (lambda s: s)
   if not ds.get("cache", True) or len(source) == 0:
-    return source
+    return prepare(source)
   root = os.path.join(cache_dir(ds), key_of(description))
   if os.path.exists(os.path.join(root, "meta.json")):
     return _load(root)
+  source = prepare(source)
   shape = source.image_shape
   if shape is None or any(v is None for v in shape):
     return source

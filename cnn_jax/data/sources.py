@@ -255,13 +255,17 @@ def load_source(ds: Any, split: str, *, max_examples: Optional[int] = None,
     if not ds.get("path"):
       raise ValueError("dataset.name='folder' needs --config.dataset.path=DIR holding "
                        "DIR/<split>/<class>/*.jpg")
-    source = folder_source(ds.path, split, ds.get("channels") or 3, bool(ds.get("skip_corrupt")))
+    # The corrupt-file scan decodes every file: it runs only when the decoded cache misses
+    # (the key holds every file's size and mtime, so the scan's outcome cannot change).
+    skip = bool(ds.get("skip_corrupt"))
+    source = folder_source(ds.path, split, ds.get("channels") or 3)
     if max_examples is not None:
       source = source.subset(np.arange(min(max_examples, len(source))))
     source = shard(source, process_index, process_count)
     return cache_lib.maybe_cached(source, {"kind": "folder", "root": os.path.abspath(ds.path),
-                                           "split": split, "fingerprint": source.fingerprint()},
-                                  ds)
+                                           "split": split, "fingerprint": source.fingerprint(),
+                                           **({"skip_corrupt": True} if skip else {})},
+                                  ds, prepare=_without_corrupt if skip else None)
   from cnn_jax.data import tfds_data
   return tfds_data.tfds_source(ds, split, max_examples=max_examples,
                                process_index=process_index, process_count=process_count)
