@@ -405,6 +405,17 @@ def test_training_run_on_mock_cifar10(tmp_path):
 
 # --- multi-host shares -----------------------------------------------------------------
 
+def test_max_examples_is_a_global_count_for_tfds_as_for_folders():
+  """max_eval_examples=10 on 2 hosts read 10 tfds examples per host (20 in all), but 10 in
+  all from a folder; now both read 10 in all, split 5 / 5."""
+  from cnn_jax.data import tfds_data
+  with tfds.testing.mock_data(num_examples=40):
+    sizes = [len(tfds_data.load_split("cifar10", "train", process_index=i, process_count=2,
+                                      max_examples=11, cache=False)) for i in range(2)]
+    assert sizes == [5, 6]
+    assert len(tfds_data.load_split("cifar10", "train", max_examples=11, cache=False)) == 11
+
+
 @pytest.mark.parametrize("n", [11, 12])
 def test_shards_partition_a_folder_split(tmp_path, n):
   written = make_folder(tmp_path, per_class=n // 2 + 1)
@@ -464,3 +475,29 @@ def test_grain_workers_die_with_a_sigkilled_trainer():
   for k in leftover:
     os.kill(k, signal.SIGKILL)
   assert not leftover, "grain worker outlived its SIGKILLed parent"
+
+
+class _DiesInAWorker:
+  """Exits (as an OOM-killed process would) when read anywhere but in the test process."""
+  image_shape, num_classes, labels = (4, 4, 1), 2, np.zeros(32, np.int32)
+
+  def __init__(self):
+    self.parent = os.getpid()
+
+  def __len__(self):
+    return 32
+
+  def __getitem__(self, i):
+    if os.getpid() != self.parent:
+      os._exit(3)
+    return np.zeros((4, 4, 1), np.uint8), 0
+
+
+def test_a_dead_worker_is_explained():
+  """grain says only "Worker process was terminated unexpectedly"; the loop now says what
+  to do about it."""
+  batches = input_pipeline.train_batches(_DiesInAWorker(), 8, 0, steps_per_epoch=4,
+                                         num_steps=4, workers=1)
+  with pytest.raises(RuntimeError, match="grain worker process died.*dataset.workers=1.*"
+                                         "exit code 3.*workers=0"):
+    next(batches)

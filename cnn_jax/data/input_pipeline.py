@@ -202,7 +202,26 @@ def _iterate(dataset: Any, workers: int, prefetch: int, threads: int) -> Iterato
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
                                                      per_worker_buffer_size=max(1, prefetch)),
                          worker_init_fn=_die_with_parent)
+    return _explain_worker_death(iter(it), workers)
   return iter(it)
+
+
+def _explain_worker_death(batches: Iterator[dict], workers: int) -> Iterator[dict]:
+  """grain's "Worker process was terminated unexpectedly" says what, not why or what to do."""
+  while True:
+    try:
+      batch = next(batches)
+    except StopIteration:
+      return
+    except RuntimeError as e:
+      if "terminated unexpectedly" not in str(e):
+        raise
+      raise RuntimeError(
+          f"a grain worker process died while building batches (dataset.workers={workers}): {e} "
+          "Exit code -9 / signal 9 is usually the out-of-memory killer: lower dataset.workers, "
+          "dataset.prefetch or the batch size. To see a Python error from the data itself, run "
+          "with --config.dataset.workers=0 (batches are then built in the main process).") from e
+    yield batch
 
 
 def reader_options(ds: Any) -> dict[str, int]:

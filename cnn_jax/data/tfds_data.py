@@ -154,8 +154,11 @@ def tfds_source(ds: Any, split: str, *, max_examples: Optional[int] = None,
     shape = shape + (1,)
   src: Any = TfdsSource(source, label.num_classes, list(label.names),
                         None if None in shape else shape)
-  if max_examples is not None and max_examples < len(src):
-    src = src.subset(np.arange(max_examples))
+  if max_examples is not None:  # a global count, as for folders: this process keeps its share
+    mine = (max_examples * (process_index + 1) // process_count
+            - max_examples * process_index // process_count)
+    if mine < len(src):
+      src = src.subset(np.arange(mine))
   return cache_lib.maybe_cached(src, {"kind": "tfds", "name": ds.name, "version": str(builder.version),
                                       "data_dir": builder.data_dir, "split": sub,
                                       "max_examples": max_examples, "n": len(src)}, ds)
