@@ -214,3 +214,22 @@ def test_a_truncated_photo_is_named_before_training_or_skipped(tmp_path):
   kept = sources.load_source(ds, "train")
   assert len(kept) == 5 and not any("img002" in f for f in kept.image_files)
   assert kept.num_skipped_corrupt == 1
+
+
+def test_tfds_voc_trains_with_mock_data(tmp_path):
+  """dataset.name='voc/2007' (tfds, mocked: random sizes and boxes) through the loop."""
+  import tensorflow_datasets as tfds
+  from cnn_jax.data import sources
+  c = detection_config(tmp_path, num_epochs=1)
+  c.dataset.name = "voc/2007"
+  c.dataset.train_split, c.dataset.val_split = "train", "validation"
+  with tfds.testing.mock_data(num_examples=16):
+    src = sources.load_source(c.dataset, "train")
+    image, target = src[0]
+    assert image.ndim == 3 and image.shape[2] == 3 and src.num_classes == 20
+    b = target["boxes"]
+    assert np.all(b[:, :2] <= b[:, 2:]) and np.all((b >= 0) & (b <= 1))
+    assert len(target["labels"]) == len(b) == len(target["difficult"])
+    assert src.class_names[:2] == ["aeroplane", "bicycle"]
+    result = trainer.train_and_evaluate(c, str(tmp_path / "run"))
+  assert result["validation"]["num_examples"] == 16 and "mAP50" in result["validation"]

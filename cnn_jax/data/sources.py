@@ -239,6 +239,11 @@ def load_source(ds: Any, split: str, *, max_examples: Optional[int] = None,
     if max_examples is not None:
       source = source.subset(np.arange(min(max_examples, len(source))))
     return shard(source, process_index, process_count)
+  if ds.name.startswith("voc/"):  # tfds' Pascal VOC (voc/2007, voc/2012)
+    from cnn_jax.data import tfds_detection  # noqa: PLC0415
+    return tfds_detection.tfds_detection_source(ds, split, max_examples=max_examples,
+                                                process_index=process_index,
+                                                process_count=process_count)
   if ds.name == "voc":
     if not ds.get("path"):
       raise ValueError("dataset.name='voc' needs --config.dataset.path=DIR holding DIR/images/*.jpg "
