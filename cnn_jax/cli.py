@@ -7,6 +7,9 @@
   cnn-jax summary MODEL [--input 32x32x1] [--depth 2]
   cnn-jax prepare DATASET --raw_dir DIR [--data_dir DIR]
   cnn-jax models
+  cnn-jax viz     curves|filters|activations|confusion|gradcam|augment ... --out FILE.png
+                  (cnn-jax viz help: each subcommand's arguments)
+  cnn-jax kernels PHOTO --kernel sharpen [--kernel edge ...] --out OUTDIR   (--list: names)
 """
 from __future__ import annotations
 
@@ -190,8 +193,42 @@ def _models(argv: Sequence[str]) -> int:
   return 0
 
 
+def _viz(argv: Sequence[str]) -> int:
+  """Pictures of a run: curves, filters, feature maps, confusion, Grad-CAM, augmentation."""
+  from cnn_jax.viz import commands
+  return commands.main(argv)
+
+
+def _kernels(argv: Sequence[str]) -> int:
+  p = argparse.ArgumentParser("cnn-jax kernels", description="Classic image kernels applied "
+                              "to a photo: one PNG per kernel and a side-by-side sheet.")
+  p.add_argument("photo", nargs="?")
+  p.add_argument("--kernel", action="append", default=[], help="a kernel name (repeatable)")
+  p.add_argument("--out", help="folder for the PNGs")
+  p.add_argument("--padding", default="same", help="same (zeros), edge, reflect, valid, ...")
+  p.add_argument("--grey", action="store_true", help="convert the photo to grey first")
+  p.add_argument("--overwrite", action="store_true", help="replace PNGs already in --out")
+  p.add_argument("--list", action="store_true", help="print the kernel names and stop")
+  args = p.parse_args(argv)
+  from cnn_jax import kernels
+  if args.list:
+    for name in kernels.names():
+      print(f"{name:16s} {kernels.describe(name)}")
+    return 0
+  if not args.photo or not args.out:
+    raise ValueError("give a PHOTO and --out OUTDIR (and one --kernel NAME or more)")
+  from cnn_jax.viz import kernels_sheet
+  r = kernels_sheet.kernel_sheet(args.photo, args.kernel, args.out, args.padding, args.grey,
+                                 args.overwrite)
+  for name, path in r["images"].items():
+    print(f"{name:16s} -> {path}")
+  print(f"sheet -> {r['sheet']}")
+  return 0
+
+
 COMMANDS = {"train": _train, "eval": _eval, "predict": _predict, "detect": _detect,
-            "summary": _summary, "prepare": _prepare, "models": _models}
+            "summary": _summary, "prepare": _prepare, "models": _models, "viz": _viz,
+            "kernels": _kernels}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

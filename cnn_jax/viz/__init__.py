@@ -1,0 +1,205 @@
+"""Pictures of what a network learned (`cnn-jax viz ...`), one module per picture.
+
+curves (metrics.jsonl), filters (conv kernels), activations (feature maps), confusion
+(matrix + misclassified examples), gradcam (class evidence), augment (a training batch),
+and kernels_sheet (the classic kernels on a photo, `cnn-jax kernels`).
+
+Every picture is a PNG of a known size in pixels, drawn with matplotlib's Agg canvas
+through the object-oriented `matplotlib.figure.Figure` (never pyplot): nothing is set
+at import, no global backend is switched (a notebook's stays as it was), and no figure
+is left open. matplotlib is imported only by the functions that draw. No file is
+overwritten unless asked (`overwrite=True`, `--overwrite`).
+
+This module holds what they share: loading a run with clear errors, the model's conv /
+pool stages in call order (found by intercepting module calls, no model changes), and
+figure helpers.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+DPI = 80  # figures are sized in pixels: inches = pixels / DPI
+
+
+# ------------------------------------------------------------------------- figures
+def check_out(path: str, overwrite: bool = False) -> str:
+  """Refuse to replace an existing file silently; create the folder it goes in."""
+  if os.path.exists(path) and not overwrite:
+    raise FileExistsError(f"{path} exists; pass --overwrite (overwrite=True) to replace it")
+  parent = os.path.dirname(os.path.abspath(path))
+  os.makedirs(parent, exist_ok=True)
+  return path
+
+
+def figure(width_px: int, height_px: int) -> Any:
+  """A matplotlib Figure of exactly width_px x height_px pixels when saved by `save`."""
+  from matplotlib.figure import Figure
+  return Figure(figsize=(width_px / DPI, height_px / DPI), dpi=DPI)
+
+
+def save(fig: Any, path: str, overwrite: bool = False) -> str:
+  """Write `fig` as a PNG (Agg canvas, no tight bbox: the size stays the one asked for)."""
+  check_out(path, overwrite)
+  fig.savefig(path, dpi=DPI, format="png")
+  return path
+
+
+def show_image(ax: Any, image: np.ndarray, title: Optional[str] = None, **kw: Any) -> None:
+  """An (H, W), (H, W, 1) or (H, W, 3) image without axes; grey when single-channel."""
+  img = np.asarray(image)
+  if img.ndim == 3 and img.shape[-1] == 1:
+    img = img[..., 0]
+  if img.ndim == 2:
+    kw.setdefault("cmap", "gray")
+    if img.dtype == np.uint8:  # the stored pixel values, not stretched to their range
+      kw.setdefault("vmin", 0)
+      kw.setdefault("vmax", 255)
+  ax.imshow(img, interpolation="nearest", **kw)
+  ax.set_xticks([])
+  ax.set_yticks([])
+  if title:
+    ax.set_title(title, fontsize=8)
+
+
+def minmax(a: np.ndarray) -> np.ndarray:
+  """Scaled to [0, 1] by its own min and max (a constant array becomes 0.5)."""
+  a = np.asarray(a, np.float32)
+  lo, hi = float(a.min()), float(a.max())
+  return np.full_like(a, 0.5) if hi - lo < 1e-12 else (a - lo) / (hi - lo)
+
+
+def denormalize(x: np.ndarray, config: Any) -> np.ndarray:
+  """Undo the run's normalization ((x - mean) / std, `augment.preprocess_from_config`):
+  [0, 1] images for display."""
+  from cnn_jax.data import input_pipeline
+  mean, std = input_pipeline.normalization(config.dataset.name)
+  if config.dataset.get("mean") is not None:
+    mean, std = tuple(config.dataset.mean), tuple(config.dataset.std)
+  return np.clip(np.asarray(x) * np.asarray(std) + np.asarray(mean), 0, 1)
+
+
+# ---------------------------------------------------------------------------- runs
+@dataclasses.dataclass
+class Run:
+  """A trained run: model, variables, config, checkpoint meta, and how files become input."""
+  workdir: str
+  model: Any
+  variables: Any
+  config: Any
+  meta: dict
+  predictor: Any  # cnn_jax.predict.Predictor: load_image, preprocess, image_shape, names
+
+  def class_name(self, i: int) -> str:
+    names = self.predictor.class_names
+    return str(names[i]) if names and 0 <= i < len(names) else str(i)
+
+  def model_input(self, image: np.ndarray) -> jax.Array:
+    """One stored-shape uint8 image -> the model's (1, H, W, C) float input (eval pp)."""
+    image = np.asarray(image)
+    want = tuple(self.predictor.image_shape)
+    if image.shape != want:
+      raise ValueError(f"the run in {self.workdir} takes {'x'.join(map(str, want))} images "
+                       f"(H x W x C), got an array of shape {image.shape}; image files are "
+                       "converted and resized by load_image")
+    return self.predictor.preprocess(jnp.asarray(image[None]), jax.random.key(0), False)
+
+
+def load_run(workdir: str, which: str = "best") -> Run:
+  """A run's checkpoint and its predict-style image loading, with clear errors."""
+  from cnn_jax import inference, predict
+  from cnn_jax.data import augment
+  if not os.path.isdir(workdir) and "://" not in workdir:
+    raise FileNotFoundError(f"no work directory {workdir}")
+  model, variables, config, meta = inference.load_run(workdir, which)
+  if config.get("task", "classification") != "classification":
+    raise ValueError(f"the run in {workdir} is a {config.task} run; viz pictures need a "
+                     "classifier")
+  names = meta.get("class_names")
+  if not names and config.dataset.name != "folder":
+    try:
+      from cnn_jax.data import tfds_data
+      names = tfds_data._builder(config.dataset.name, config.dataset.get("data_dir")
+                                 ).info.features["label"].names
+    except Exception:  # noqa: BLE001 - names are a nicety; indices still label
+      names = None
+  predictor = predict.Predictor(model, variables, augment.preprocess_from_config(config),
+                                predict.stored_image_shape(meta, config), names,
+                                host_pp=config.dataset.get("pp_eval") or "")
+  return Run(workdir, model, variables, config, meta, predictor)
+
+
+# -------------------------------------------------------------------------- stages
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  path: str                   # the module's path, as in the params ("conv1", "block/conv")
+  kind: str                   # "conv" or "pool"
+  shape: tuple[int, ...]      # its output's shape
+
+
+def _kind(module: Any) -> Optional[str]:
+  import flax.linen as nn
+  from cnn_jax import layers
+  if isinstance(module, (layers.Conv2D, nn.Conv)):
+    return "conv"
+  if isinstance(module, (layers.MaxPool, layers.AvgPool, layers.AdaptiveAvgPool)):
+    return "pool"
+  return None
+
+
+def stages(model: Any, variables: Any, x: jax.Array) -> list[Stage]:
+  """The conv and pool modules of `model`, in the order its forward pass calls them.
+
+  Found with `flax.linen.intercept_methods` under `jax.eval_shape` (nothing is computed,
+  the model is unchanged); parameter dicts alone cannot tell the order (pytrees sort
+  their keys). Pooling done by plain functions (`nn.max_pool`) is not a module and is
+  not listed; a module called twice is listed once.
+  """
+  import flax.linen as nn
+  found: dict[str, Stage] = {}
+
+  def interceptor(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    kind = _kind(context.module)
+    if kind and context.method_name == "__call__" and getattr(out, "ndim", 0) == 4:
+      path = "/".join(context.module.path)
+      found.setdefault(path, Stage(path, kind, tuple(out.shape)))
+    return out
+
+  with nn.intercept_methods(interceptor):
+    jax.eval_shape(lambda v, a: model.apply(v, a, train=False), variables, x)
+  return list(found.values())
+
+
+def conv_paths(model: Any, variables: Any, x: jax.Array) -> list[str]:
+  return [s.path for s in stages(model, variables, x) if s.kind == "conv"]
+
+
+def find_conv(model: Any, variables: Any, x: jax.Array, layer: Optional[str]) -> str:
+  """`layer` (a conv's param path, "/" or "." separated) checked, or the last conv."""
+  convs = conv_paths(model, variables, x)
+  if not convs:
+    raise ValueError("the model has no convolution layers (Conv2D / nn.Conv modules)")
+  if layer is None:
+    return convs[-1]
+  name = layer.replace(".", "/")
+  if name not in convs:
+    raise ValueError(f"unknown layer {layer!r}; conv layers: {', '.join(convs)}")
+  return name
+
+
+def param_at(variables: Any, path: str) -> dict:
+  node = variables["params"]
+  for part in path.split("/"):
+    node = node[part]
+  return node
+
+
+def grid_shape(n: int, max_cols: int = 8) -> tuple[int, int]:
+  cols = max(1, min(n, max_cols))
+  return -(-n // cols), cols

@@ -1,0 +1,75 @@
+"""One training batch after the whole training preprocessing, to check a pipeline by eye.
+
+The batch is built exactly as training builds it: the train split's examples of step 0
+through the host-side ops (`dataset.pp_train`, `input_pipeline.TrainBatch`), then the
+device-side preprocessing with train=True (`augment.preprocess_from_config`: padding
+to `dataset.image_size`, `config.augment`'s image ops, normalisation), then its batch
+ops (mixup / cutmix, `augment.mix_from_config`) if it has any. The images are
+de-normalised (x * std + mean) for display and titled with their class (for mixed
+labels, the class of largest weight and the weight).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from cnn_jax import viz
+
+CELL_PX = 120
+
+
+def augmented_batch(config: Any, num: int = 16) -> dict:
+  """{"images": (N, H, W, C) in [0, 1], "labels", "weights", "names", "spec"} of the
+  first `num` examples of training step 0."""
+  import jax
+  import jax.numpy as jnp
+  from cnn_jax import config as config_lib
+  from cnn_jax.data import augment, input_pipeline, sources
+  if num < 1:
+    raise ValueError(f"num must be at least 1, got {num}")
+  config_lib.validate(config)
+  if config.get("task", "classification") != "classification":
+    raise ValueError("viz augment shows classification batches; a detector's boxes move with "
+                     "its host-side pp (dataset.pp_train)")
+  ds = config.dataset
+  source = sources.load_source(ds, ds.train_split, max_examples=ds.get("max_train_examples"))
+  size = min(num, len(source))
+  if not size:
+    raise ValueError(f"the training split {ds.train_split!r} holds no examples")
+  batch = input_pipeline.TrainBatch(source, size, len(source) // size, int(config.seed),
+                                    ds.get("pp_train") or "")(0)
+  rng = jax.random.key(int(config.seed))
+  x = augment.preprocess_from_config(config)(jnp.asarray(batch["image"]), rng, True)
+  num_classes = int(config.model_kwargs.get("num_classes", source.num_classes))
+  probs = np.eye(num_classes, dtype=np.float32)[batch["label"]]
+  mix = augment.mix_from_config(config, num_classes)
+  if mix is not None:
+    x, probs = mix(x, jnp.asarray(batch["label"]), jax.random.fold_in(rng, 1))
+  probs = np.asarray(probs)
+  names = getattr(source, "class_names", None) or [str(i) for i in range(num_classes)]
+  return {"images": viz.denormalize(np.asarray(x), config), "labels": probs.argmax(-1),
+          "weights": probs.max(-1), "names": list(names), "spec": augment.augment_spec(config),
+          "pp_train": ds.get("pp_train") or ""}
+
+
+def plot_augment(config: Any, out: str, num: int = 16, cols: int = 8,
+                 overwrite: bool = False) -> dict:
+  """Write a grid of `augmented_batch(config, num)` to `out`; {"path", "size", "shape"}."""
+  viz.check_out(out, overwrite)
+  b = augmented_batch(config, num)
+  images = b["images"]
+  rows, cols = viz.grid_shape(len(images), cols)
+  size = (CELL_PX * cols, CELL_PX * rows + 30)
+  fig = viz.figure(*size)
+  fig.suptitle(f"pp_train: {b['pp_train'] or '(none)'}   augment: {b['spec'] or '(none)'}",
+               fontsize=8)
+  for k, img in enumerate(images):
+    label, weight = int(b["labels"][k]), float(b["weights"][k])
+    name = b["names"][label] if label < len(b["names"]) else str(label)
+    title = name if weight > 0.999 else f"{name} {weight:.2f}"
+    viz.show_image(fig.add_subplot(rows, cols, k + 1), img, title, vmin=0, vmax=1)
+  fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 45 / size[1], hspace=0.3,
+                      wspace=0.05)
+  viz.save(fig, out, overwrite)
+  return {"path": out, "size": size, "shape": images.shape}
