@@ -2,7 +2,10 @@
 
 With A the output of the last convolution (H' x W' x K) and y_c the class's logit,
   alpha_k = mean over positions of dy_c / dA_k,   cam = relu(sum_k alpha_k A_k),
-scaled to [0, 1] by its maximum and resized (bilinear) to the model's input.
+scaled to [0, 1] by its maximum and resized (bilinear) to the model's input, as
+Grad-CAM is usually drawn. The resize spreads the conv's grid over the whole input, so
+in a network with VALID convolutions (whose last grid covers the input minus a border)
+the map may sit up to about half that border off; SAME-padded networks line up.
 
 How dy_c / dA is taken without changing the model: `flax.linen.intercept_methods` wraps
 the chosen conv module's `__call__` so that it returns A + delta, with delta a zero
