@@ -32,7 +32,9 @@ def augmented_batch(config: Any, num: int = 16) -> dict:
   if config.get("task", "classification") != "classification":
     raise ValueError("viz augment shows classification batches; a detector's boxes move with "
                      "its host-side pp (dataset.pp_train)")
+  config = config.copy_and_resolve_references()
   ds = config.dataset
+  ds.cache = False  # a few examples are read: not worth decoding the whole split to a cache
   source = sources.load_source(ds, ds.train_split, max_examples=ds.get("max_train_examples"))
   size = min(num, len(source))
   if not size:
