@@ -23,6 +23,18 @@ def test_sharpen_on_the_course_example_gives_114_top_left():
   np.testing.assert_array_equal(clipped, np.clip(np.rint(out), 0, 255))
 
 
+def test_sharpen_on_the_other_classic_5x5_example():
+  # The example image of many kernel tutorials: its first interior pixel is
+  # 5 * 99 - 102 - 103 - 98 - 103 = 89; the zero-padded top-left is 5 * 105 - 102 - 103
+  # = 320, shown as 255 (114 is the course's own example above, not this one).
+  x = np.array([[105, 102, 100, 97, 96], [103, 99, 103, 101, 102], [101, 98, 104, 102, 100],
+                [99, 101, 106, 104, 99], [104, 104, 104, 100, 98]], np.uint8)
+  raw = kernels.apply(x, "sharpen", clip=False)
+  assert raw[1, 1] == 89 and raw[0, 0] == 320
+  assert kernels.apply(x, "sharpen")[0, 0] == 255
+  assert kernels.apply(x, "sharpen", padding="valid", clip=False)[0, 0] == 89
+
+
 def test_vertical_edge_on_the_half_bright_6x6_image():
   x = np.zeros((6, 6), np.float32)
   x[:, :3] = 10
