@@ -40,7 +40,7 @@ def test_vertical_edge_on_the_half_bright_6x6_image():
   x[:, :3] = 10
   out = kernels.apply(x, "vertical_edge", padding="valid", clip=False)
   np.testing.assert_array_equal(out, np.tile([0, 30, 30, 0], (4, 1)))
-  # The same edge as a uint8 photo, seen through horizontal_edge after a transpose.
+  # The same edge transposed, seen by horizontal_edge ([1, 0, -1] columns).
   out_h = kernels.apply(x.T, "horizontal_edge", padding="valid", clip=False)
   np.testing.assert_array_equal(out_h, np.tile([0, 30, 30, 0], (4, 1)).T)
 
