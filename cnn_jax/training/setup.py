@@ -64,6 +64,15 @@ def build_model(config: ConfigDict, num_classes: int) -> Any:
 BOX_TASKS = ("detection", "localization")  # their examples carry boxes (box-aware host ops)
 
 
+def max_objects_of(config: ConfigDict) -> Optional[int]:
+  """Objects per image in a batch: None for classification (runs saved before tasks
+  existed have no `detection` key at all), 1 for localization."""
+  task = config.get("task", "classification")
+  if task == "detection":
+    return int(config.detection.max_objects)
+  return 1 if task == "localization" else None
+
+
 def task_module(config: ConfigDict) -> Any:
   """The module that supplies a non-classification task's model, loss and eval step."""
   if config.get("task") == "detection":
@@ -224,4 +233,4 @@ def setup(config: ConfigDict, train_data: Optional[Any] = None, val_data: Option
   compiled = parallel.compile_steps(config.parallel, init_fn, train_fn, eval_fn)
   return Setup(config, model, input_shape, data_shape, num_classes, preprocess, train_data,
                val_data, test_data, spe, compiled, learning_rate,
-               {"detection": config.detection.get("max_objects"), "localization": 1}.get(task))
+               max_objects_of(config))
