@@ -24,7 +24,7 @@ out = pathlib.Path(sys.argv[1])
 voc_folder(out, n=24)
 assert jax.device_count() == 2
 for mode in ("sharded", "pmap"):
-  c = detection_config(out, num_epochs=1, parallel=mode, model="tiny_cnn")
+  c = detection_config(out, num_epochs=1, parallel=mode)
   c.eval_batch_size = 10  # 24 = 10 + 10 + 4: the last batch padded and masked
   r = trainer.train_and_evaluate(c, str(out / f"run_{mode}"))
   params = jax.device_get(r["state"].params)
