@@ -172,6 +172,48 @@ def _check_keys(cfg: Any, ref: Any, prefix: str) -> None:
       _check_keys(cfg[key], ref[key], path + ".")
 
 
+# What each task's evaluation reports: the names config.best_metric may take.
+EVAL_METRICS = {
+    "classification": ("loss", "accuracy", "top5_accuracy"),
+    "detection": ("mAP50", "mAP50_07", "mAP", "mAP75"),  # and AP50/<class name>
+    "localization": ("loss", "accuracy", "mean_iou", "iou50"),
+}
+
+
+def _positive_int(config: ConfigDict, key: str, hint: str) -> None:
+  v = config.get(key) if "." not in key else config.dataset.get(key.split(".", 1)[1])
+  if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
+    raise ValueError(f"{key} must be a positive integer, got {v!r}; {hint}")
+
+
+def _check_run_settings(config: ConfigDict) -> None:
+  """Settings that used to fail late (a ZeroDivisionError after an epoch of training, a
+  KeyError logged every epoch, an empty checkpoints/) or silently (a NaN learning rate)."""
+  import math
+  _positive_int(config, "log_every_steps", "it is how many steps one logged mean covers")
+  _positive_int(config, "eval_every_epochs", "validation runs every N epochs (and after the last)")
+  _positive_int(config, "keep_checkpoints", "checkpoints/ keeps the newest N; with 0 a run "
+                "could never resume (best/ is kept apart)")
+  _positive_int(config, "dataset.max_train_examples", "leave it unset for the whole split")
+  _positive_int(config, "dataset.max_eval_examples", "leave it unset for the whole split, or "
+                "set val_split='' / test_split='' to skip an evaluation")
+  lr = config.optimizer.get("learning_rate")
+  if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+    raise ValueError(f"optimizer.learning_rate must be a positive finite number, got {lr!r}")
+  task = config.get("task", "classification")
+  names = EVAL_METRICS.get(task, ())
+  metric = config.get("best_metric")
+  if metric and names and metric not in names and not (
+      task == "detection" and str(metric).startswith("AP50/")):
+    import difflib
+    close = ([n for n in names if n.startswith(str(metric))]
+             or difflib.get_close_matches(str(metric), names, n=1))
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"best_metric={metric!r} is not a validation metric of a {task} run; it "
+                     f"reports {', '.join(names)}{' and AP50/<class>' if task == 'detection' else ''}"
+                     f".{hint} (best_metric='' turns best/ off)")
+
+
 def validate(config: ConfigDict) -> ConfigDict:
   """Raise a clear error for unknown keys or impossible values; return the config."""
   _check_keys(config, base_config(), "")
@@ -183,6 +225,7 @@ def validate(config: ConfigDict) -> ConfigDict:
     raise ValueError(f"num_epochs must be positive, got {config.num_epochs}")
   if config.best_mode not in ("auto", "max", "min"):
     raise ValueError(f"best_mode must be 'auto', 'max' or 'min', got {config.best_mode!r}")
+  _check_run_settings(config)
   if config.matmul_precision not in MATMUL_PRECISIONS:
     raise ValueError(f"matmul_precision must be one of {MATMUL_PRECISIONS}, got "
                      f"{config.matmul_precision!r}")

@@ -1,0 +1,34 @@
+"""Settings refused when the config is read, before any data loads or anything compiles
+(each used to fail after an epoch of training, every epoch, or not at all)."""
+import pytest
+
+from cnn_jax import config as config_lib
+from helpers import tiny_config
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"log_every_steps": 0}, "log_every_steps must be a positive integer, got 0"),
+    ({"eval_every_epochs": 0}, "eval_every_epochs must be a positive integer"),
+    ({"keep_checkpoints": 0}, "keep_checkpoints must be a positive integer.*could never resume"),
+    ({"dataset.max_eval_examples": 0}, "max_eval_examples must be a positive integer.*unset"),
+    ({"optimizer.learning_rate": float("nan")}, "learning_rate must be a positive finite number"),
+    ({"optimizer.learning_rate": float("inf")}, "learning_rate must be a positive finite number"),
+    ({"optimizer.learning_rate": -0.1}, "learning_rate must be a positive finite number"),
+    ({"best_metric": "acc"}, "best_metric='acc' is not a validation metric of a classification "
+                             "run; it reports loss, accuracy, top5_accuracy. Did you mean "
+                             "'accuracy'"),
+])
+def test_bad_setting_is_refused_with_what_to_do(overrides, message):
+  with pytest.raises(ValueError, match=message):
+    config_lib.validate(tiny_config(**overrides))
+
+
+def test_best_metric_names_follow_the_task():
+  config_lib.validate(tiny_config(best_metric="top5_accuracy"))
+  config_lib.validate(tiny_config(best_metric=""))  # no best/
+  c = tiny_config(task="detection", best_metric="mAP50")
+  config_lib.validate(c)
+  config_lib.validate(tiny_config(task="detection", best_metric="AP50/raccoon"))
+  with pytest.raises(ValueError, match="reports mAP50, mAP50_07, mAP, mAP75 and AP50/<class>"):
+    config_lib.validate(tiny_config(task="detection", best_metric="accuracy"))
+  config_lib.validate(tiny_config(task="localization", best_metric="mean_iou"))
