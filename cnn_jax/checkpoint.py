@@ -141,9 +141,11 @@ def read_meta(manager: ocp.CheckpointManager, step: int) -> dict:
 
 # Config keys that change the shapes or meaning of a saved state: resuming with a different
 # value would silently mix two runs.
+# What a resumed run must keep: the state's shapes, and batch_size (the data position of
+# a step depends on it: a resume with another batch would silently train other steps).
 SHAPE_KEYS = ("model", "model_kwargs", "model_input_shape", "dataset.name", "dataset.image_size",
               "optimizer.name", "optimizer.accumulate_steps", "optimizer.nesterov", "freeze",
-              "skip_nonfinite_steps")
+              "skip_nonfinite_steps", "batch_size", "task", "detection.anchors")
 
 
 def config_conflicts(saved: dict, config: ConfigDict) -> list[str]:
@@ -155,6 +157,8 @@ def config_conflicts(saved: dict, config: ConfigDict) -> list[str]:
     for part in key.split("."):
       a = a.get(part) if isinstance(a, dict) else None
       b = b.get(part) if isinstance(b, dict) else None
+    if key == "task" and a is None:  # runs saved before tasks existed classify
+      a = "classification"
     if a != b and not (key in ("freeze", "skip_nonfinite_steps") and not a and not b):
       out.append(f"{key}: saved {a!r}, now {b!r}")
   return out

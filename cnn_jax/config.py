@@ -198,8 +198,8 @@ def _check_run_settings(config: ConfigDict) -> None:
   _positive_int(config, "dataset.max_eval_examples", "leave it unset for the whole split, or "
                 "set val_split='' / test_split='' to skip an evaluation")
   lr = config.optimizer.get("learning_rate")
-  if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-    raise ValueError(f"optimizer.learning_rate must be a positive finite number, got {lr!r}")
+  if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:  # 0: weights stay
+    raise ValueError(f"optimizer.learning_rate must be a finite number >= 0, got {lr!r}")
   task = config.get("task", "classification")
   names = EVAL_METRICS.get(task, ())
   metric = config.get("best_metric")

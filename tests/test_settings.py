@@ -11,9 +11,9 @@ from helpers import tiny_config
     ({"eval_every_epochs": 0}, "eval_every_epochs must be a positive integer"),
     ({"keep_checkpoints": 0}, "keep_checkpoints must be a positive integer.*could never resume"),
     ({"dataset.max_eval_examples": 0}, "max_eval_examples must be a positive integer.*unset"),
-    ({"optimizer.learning_rate": float("nan")}, "learning_rate must be a positive finite number"),
-    ({"optimizer.learning_rate": float("inf")}, "learning_rate must be a positive finite number"),
-    ({"optimizer.learning_rate": -0.1}, "learning_rate must be a positive finite number"),
+    ({"optimizer.learning_rate": float("nan")}, "learning_rate must be a finite number >= 0"),
+    ({"optimizer.learning_rate": float("inf")}, "learning_rate must be a finite number >= 0"),
+    ({"optimizer.learning_rate": -0.1}, "learning_rate must be a finite number >= 0"),
     ({"best_metric": "acc"}, "best_metric='acc' is not a validation metric of a classification "
                              "run; it reports loss, accuracy, top5_accuracy. Did you mean "
                              "'accuracy'"),
@@ -32,3 +32,34 @@ def test_best_metric_names_follow_the_task():
   with pytest.raises(ValueError, match="reports mAP50, mAP50_07, mAP, mAP75 and AP50/<class>"):
     config_lib.validate(tiny_config(task="detection", best_metric="accuracy"))
   config_lib.validate(tiny_config(task="localization", best_metric="mean_iou"))
+
+
+def test_resuming_with_another_batch_size_is_refused(tmp_path):
+  """The data position of a step depends on the batch size: a resume with another one
+  silently trained other (and more) steps than the run had."""
+  from cnn_jax.training import trainer
+  from helpers import random_split
+  train = random_split(96)
+  trainer.train_and_evaluate(tiny_config("mlp", batch_size=32, num_epochs=1), str(tmp_path),
+                             train, train)
+  with pytest.raises(ValueError, match="batch_size: saved 32, now 16.*new --workdir"):
+    trainer.train_and_evaluate(tiny_config("mlp", batch_size=16, num_epochs=2), str(tmp_path),
+                               train, train)
+  r = trainer.train_and_evaluate(tiny_config("mlp", batch_size=32, num_epochs=2), str(tmp_path),
+                                 train, train)  # the same batch: resumes
+  assert r["final_step"] == 6
+
+
+def test_restore_from_another_model_names_both(tmp_path):
+  from cnn_jax.training import trainer
+  from helpers import random_split
+  train = random_split(64)
+  trainer.train_and_evaluate(tiny_config("mlp", num_epochs=1), str(tmp_path / "mlp"), train, train)
+  cfg = tiny_config("mnist_cnn", num_epochs=1, restore_from=str(tmp_path / "mlp"))
+  with pytest.raises(ValueError, match="restore_from=.*mlp \\(model 'mlp'\\): its weights do not "
+                                       "fit model 'mnist_cnn' \\(missing there: params/conv1"):
+    trainer.train_and_evaluate(cfg, str(tmp_path / "cnn"), train, train)
+  cfg = tiny_config("mlp", num_epochs=1, restore_from=str(tmp_path / "mlp"))
+  cfg.model_kwargs.num_classes = 12
+  with pytest.raises(ValueError, match="other shapes: params/head/bias \\(10,\\) -> \\(12,\\)"):
+    trainer.train_and_evaluate(cfg, str(tmp_path / "mlp12"), train, train)

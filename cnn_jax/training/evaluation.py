@@ -53,12 +53,33 @@ def describe(metrics: dict[str, Any]) -> str:
   return f"{text} ({int(metrics.get('num_examples', 0))} examples)"
 
 
-def restore_weights(s: Setup, state: TrainState, variables: dict[str, Any]) -> TrainState:
+def restore_weights(s: Setup, state: TrainState, variables: dict[str, Any],
+                    source: str = "restore_from") -> TrainState:
   """Start a run from another run's weights (config.restore_from): all of them for a
-  classifier; the backbone only for a detector or localizer (a classifier's head does not fit)."""
+  classifier; the backbone only for a detector or localizer (a classifier's head does not fit).
+
+  Every variable must be there with its shape, or the error says which (it used to surface
+  as a `pjit in_shardings` error at the first step).
+  """
   if s.config.get("task") in ("detection", "localization"):
     from cnn_jax.detection import task as detection_task  # noqa: PLC0415
     return detection_task.restore_backbone(state, variables)
+  from flax import traverse_util  # noqa: PLC0415
+  mine = traverse_util.flatten_dict({"params": state.params, "batch_stats": state.batch_stats},
+                                    sep="/")
+  theirs = traverse_util.flatten_dict(
+      {"params": variables["params"], "batch_stats": variables.get("batch_stats") or {}}, sep="/")
+  missing = [k for k in mine if k not in theirs]
+  unknown = [k for k in theirs if k not in mine]
+  reshaped = [f"{k} {tuple(theirs[k].shape)} -> {tuple(v.shape)}" for k, v in mine.items()
+              if k in theirs and tuple(theirs[k].shape) != tuple(v.shape)]
+  if missing or unknown or reshaped:
+    details = "; ".join(f"{what}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}"
+                        for what, items in (("missing there", missing), ("not in this model", unknown),
+                                            ("other shapes", reshaped)) if items)
+    raise ValueError(f"config.restore_from={source}: its weights do not fit model "
+                     f"{s.config.model!r} ({details}). Restore from a run of the same model; "
+                     "for a new head use cnn_jax.transfer.replace_head")
   return with_variables(state, variables)
 
 

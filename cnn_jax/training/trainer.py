@@ -71,7 +71,10 @@ def train_and_evaluate(config: ConfigDict, workdir: str, train_data: Optional[An
       state = restored
       log.info("resumed from step %d of %s", int(state.step), workdir)
   elif config.restore_from:
-    state = evaluation.restore_weights(s, state, ckpt_lib.load_variables(config.restore_from))
+    tree, source_meta, _ = ckpt_lib.load_checkpoint(config.restore_from)
+    state = evaluation.restore_weights(s, state, ckpt_lib.variables_from_tree(tree),
+                                       f"{config.restore_from} (model "
+                                       f"{source_meta.get('config', {}).get('model')!r})")
     log.info("started from the weights of %s", config.restore_from)
   writer = MetricWriter(workdir)
   if is_main:
