@@ -63,3 +63,15 @@ def test_restore_from_another_model_names_both(tmp_path):
   cfg.model_kwargs.num_classes = 12
   with pytest.raises(ValueError, match="other shapes: params/head/bias \\(10,\\) -> \\(12,\\)"):
     trainer.train_and_evaluate(cfg, str(tmp_path / "mlp12"), train, train)
+
+
+def test_an_overflowing_gradient_norm_stops_the_run(tmp_path):
+  """Adam at lr 1e6: the loss stays finite (5e30) while the gradient norm is inf; the run
+  used to "succeed" near chance with grad_norm=Infinity in its log."""
+  from cnn_jax.training import guards, trainer
+  from helpers import random_split
+  train = random_split(128)
+  cfg = tiny_config("small_convnet", num_epochs=1, log_every_steps=1)
+  cfg.optimizer.learning_rate = 1e6
+  with pytest.raises(guards.NonFiniteLossError, match="gradient norm became inf .*by step 2"):
+    trainer.train_and_evaluate(cfg, str(tmp_path), train, train)

@@ -5,6 +5,8 @@ checkpoint saved and a message that says what happened and what to do.
 """
 from __future__ import annotations
 
+import math
+
 import signal
 import threading
 from typing import Any, Optional
@@ -71,9 +73,12 @@ def all_finite(tree: Any) -> jax.Array:
 
 
 def non_finite_error(loss: float, step: int, last_finite: tuple[int, Optional[float]],
-                     last_good_checkpoint: str) -> NonFiniteLossError:
+                     last_good_checkpoint: str, grad_norm: Optional[float] = None
+                     ) -> NonFiniteLossError:
+  what = (f"the gradient norm became {grad_norm} (loss {loss})" if grad_norm is not None
+          and not math.isfinite(grad_norm) and math.isfinite(loss) else f"loss became {loss}")
   return NonFiniteLossError(
-      f"loss became {loss} by step {step} (last finite loss {last_finite[1]} at step "
+      f"{what} by step {step} (last finite loss {last_finite[1]} at step "
       f"{last_finite[0]}). Last good checkpoint: {last_good_checkpoint}. Lower the learning "
       "rate, set --config.optimizer.grad_clip_norm, or skip such steps with "
       "--config.skip_nonfinite_steps=True.")

@@ -134,11 +134,13 @@ def train_and_evaluate(config: ConfigDict, workdir: str, train_data: Optional[An
           # The buffer is emptied only when written: a checkpoint or a signal between two
           # log steps must not drop the steps it has seen from the next logged mean.
           m = _mean_metrics(buffer)
+          # A gradient norm that overflows (Adam at lr 1e6: loss 5e30, finite) is no step either.
           if not config.skip_nonfinite_steps and not (
-              np.isfinite(m["loss"]) and bool(guards.all_finite(state.params))):
+              np.isfinite(m["loss"]) and np.isfinite(m.get("grad_norm", 0.0))
+              and bool(guards.all_finite(state.params))):
             ckpts.wait()
             raise guards.non_finite_error(m["loss"], step, last_finite,
-                                          ckpts.step_path(ckpts.latest_step()))
+                                          ckpts.step_path(ckpts.latest_step()), m.get("grad_norm"))
           last_finite = (step, m["loss"])
           if due_log or signum:
             elapsed = time.time() - t0
