@@ -44,6 +44,50 @@ def _persistent_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+# Names other frameworks use for a config key (what a user types first).
+KEY_ALIASES = {"lr": "learning_rate", "wd": "weight_decay", "epochs": "num_epochs",
+               "bs": "batch_size", "optimizer": "name", "opt": "name", "schedule_name": "schedule"}
+
+
+def _flag_problem(argv: Sequence[str]) -> Optional[str]:
+  """What is wrong with train's flags, said in one line before ml_collections tries them
+  (it prints a 46-line traceback for a config file with a syntax error, and only
+  "invalid flags: lr" for --config.optimizer.lr)."""
+  import difflib
+  from cnn_jax import config as config_lib
+  path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if path is None and "--config" in argv[:-1]:
+    path = argv[list(argv).index("--config") + 1]
+  if path:
+    file = path.split(":")[0]  # experiments/x.py:smoke
+    if not os.path.isfile(file):
+      return f"config file {file} does not exist"
+    try:
+      with open(file) as f:
+        compile(f.read(), file, "exec")
+    except SyntaxError as e:
+      return f"{file}, line {e.lineno}: {e.msg}: {(e.text or '').strip()}"
+
+  def keys(c, prefix=""):
+    for k, v in c.items():
+      if hasattr(v, "items") and k not in config_lib.FREE_FORM:
+        yield from keys(v, f"{prefix}{k}.")
+      else:
+        yield f"{prefix}{k}"
+  known = list(keys(config_lib.base_config()))
+  for a in argv:
+    if a.startswith("--config."):
+      key = a[len("--config."):].split("=", 1)[0]
+      if key in known or key.split(".")[0] in config_lib.FREE_FORM:
+        continue
+      *section, last = key.split(".")
+      alias = ".".join([*section, KEY_ALIASES.get(last, last)])
+      close = [alias] if alias in known else difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+      return (f"unknown config key {key!r} in {a!r}."
+              + (f" Did you mean {', '.join(close)}?" if close else ""))
+  return None
+
+
 def _train(argv: Sequence[str]) -> int:
   from absl import flags
   from ml_collections import config_flags
@@ -52,6 +96,10 @@ def _train(argv: Sequence[str]) -> int:
   config_flags.DEFINE_config_file("config", None, "experiment config file (Python)",
                                   flag_values=fv, lock_config=True)
   flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and logs", flag_values=fv)
+  problem = _flag_problem(argv)
+  if problem:
+    print(f"cnn-jax train: invalid flags: {problem}", file=sys.stderr)
+    return 2
   saved_argv, sys.argv = sys.argv, ["cnn-jax train", *argv]  # config_flags reads sys.argv too
   try:
     fv(sys.argv)

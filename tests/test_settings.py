@@ -75,3 +75,29 @@ def test_an_overflowing_gradient_norm_stops_the_run(tmp_path):
   cfg.optimizer.learning_rate = 1e6
   with pytest.raises(guards.NonFiniteLossError, match="gradient norm became inf .*by step 2"):
     trainer.train_and_evaluate(cfg, str(tmp_path), train, train)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--config.optimizer.lr=0.1"], "unknown config key 'optimizer.lr'.*Did you mean "
+                                    "optimizer.learning_rate\\?"),
+    (["--config.num_epochz=2"], "Did you mean num_epochs\\?"),
+])
+def test_train_flags_explained_in_one_line(flags, message, capsys, tmp_path):
+  from cnn_jax import cli
+  assert cli.main(["train", "--config", "experiments/mnist_cnn.py:smoke", "--workdir",
+                   str(tmp_path), *flags]) == 2
+  err = capsys.readouterr().err
+  assert len(err.strip().splitlines()) == 1
+  import re
+  assert re.search(message, err)
+
+
+def test_config_file_errors_in_one_line(capsys, tmp_path):
+  from cnn_jax import cli
+  bad = tmp_path / "bad.py"
+  bad.write_text("def get_config(arg=None):\n  return 1 +\n")
+  for path, message in ((str(tmp_path / "nope.py"), "nope.py does not exist"),
+                        (f"{bad}:smoke", "bad.py, line 2: invalid syntax")):
+    assert cli.main(["train", f"--config={path}", "--workdir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
