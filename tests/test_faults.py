@@ -180,7 +180,7 @@ def test_unknown_config_keys_suggest_the_closest(capsys, tmp_path):
     config_lib.validate(cfg)
   rc = cli.main(["train", "--config", "experiments/mnist_cnn.py:smoke", "--workdir", str(tmp_path),
                  "--config.batch_sise=3"])
-  assert rc == 2 and 'Did you mean "batch_size"' in capsys.readouterr().err
+  assert rc == 2 and "Did you mean batch_size" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("batch", [0, -4])

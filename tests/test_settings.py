@@ -101,3 +101,35 @@ def test_config_file_errors_in_one_line(capsys, tmp_path):
     assert cli.main(["train", f"--config={path}", "--workdir", str(tmp_path / "w")]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_one_run_per_work_directory(tmp_path, caplog):
+  """A second run on a busy work directory is refused; a dead run's lock is taken over."""
+  import json
+  import logging
+  import os
+  import socket
+  import subprocess
+  import sys
+  from cnn_jax.training import trainer, workdir as workdir_lib
+  from helpers import random_split
+  train = random_split(64)
+  wd = tmp_path / "run"
+  wd.mkdir()
+  lock = wd / workdir_lib.LOCK_FILE
+  sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+  try:
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": sleeper.pid, "started": 0}))
+    with pytest.raises(RuntimeError, match=f"in use by another run \\(pid {sleeper.pid} on host"):
+      trainer.train_and_evaluate(tiny_config("mlp"), str(wd), train, train)
+    assert not (wd / "checkpoints").exists()  # refused before anything was written
+  finally:
+    sleeper.kill()
+    sleeper.wait()
+  with caplog.at_level(logging.WARNING, logger="cnn_jax"):  # its process is gone now
+    trainer.train_and_evaluate(tiny_config("mlp"), str(wd), train, train)
+  assert "taking over the lock of a run that is gone" in caplog.text
+  assert not lock.exists()  # released at the end
+  lock.write_text(json.dumps({"host": "another-host", "pid": os.getpid(), "started": 0}))
+  with pytest.raises(RuntimeError, match="host another-host.*delete .*run.lock"):
+    trainer.train_and_evaluate(tiny_config("mlp", num_epochs=2), str(wd), train, train)

@@ -56,6 +56,13 @@ def train_and_evaluate(config: ConfigDict, workdir: str, train_data: Optional[An
   """
   workdir = workdir_lib.resolve(workdir)
   workdir_lib.probe(workdir)  # before loading data: a bad --workdir fails in a second
+  with workdir_lib.lock(workdir, jax.process_index() == 0):  # one run per work directory
+    return _run(config, workdir, train_data, val_data, test_data)
+
+
+def _run(config: ConfigDict, workdir: Any, train_data: Optional[Any], val_data: Optional[Any],
+         test_data: Optional[Any]) -> dict[str, Any]:
+  """The loop itself; train_and_evaluate holds the work directory's lock around it."""
   s = setup(config, train_data, val_data, test_data)
   is_main = jax.process_index() == 0
   state = s.compiled.init_state(jax.random.key(config.seed))

@@ -7,13 +7,19 @@ for remote paths (a bucket has no "free space"; a failed save is reported by orb
 """
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import os
 import shutil
-from typing import Union
+import socket
+import time
+from typing import Iterator, Union
 
 from etils import epath
 
 PathLike = Union[str, os.PathLike, epath.Path]
+log = logging.getLogger("cnn_jax")
 
 
 def is_remote(workdir: PathLike) -> bool:
@@ -55,3 +61,73 @@ def check_free_space(workdir: epath.Path, needed_bytes: int) -> None:
     raise RuntimeError(f"work directory {workdir} has {free / 2**20:.0f} MiB free but one "
                        f"checkpoint needs about {needed_bytes / 2**20:.0f} MiB; free space or "
                        "choose another --workdir")
+
+
+LOCK_FILE = "run.lock"
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # someone else's live process
+    return True
+  return True
+
+
+@contextlib.contextmanager
+def lock(workdir: epath.Path, is_main: bool = True) -> Iterator[None]:
+  """One run per work directory: a second one would interleave its metrics with the first's,
+  lose one of their best/ saves and leave stale steps behind.
+
+  `run.lock` (host, PID, start time) is created atomically (O_EXCL) by the main process of
+  the job and removed when the run ends, however it ends. A lock left by a dead process on
+  this host (SIGKILL, OOM) is taken over with a warning; one held by a live process, or by
+  another host (whose process cannot be checked from here), is refused with what to do.
+  Remote work directories (gs://) have no atomic create: not locked, said once.
+  """
+  if not is_main:
+    yield
+    return
+  if is_remote(workdir):
+    log.info("%s is remote: not locked against a second run (no atomic create)", workdir)
+    yield
+    return
+  path = os.path.join(os.fspath(workdir), LOCK_FILE)
+  me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+  for _ in range(2):
+    try:
+      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      break
+    except FileExistsError:
+      try:
+        with open(path) as f:
+          held = json.load(f)
+      except (OSError, ValueError):  # half-written by a process killed mid-write
+        held = {}
+      same_host = held.get("host") == me["host"]
+      if not held or (same_host and held.get("pid") and not _alive(int(held["pid"]))):
+        log.warning("taking over the lock of a run that is gone (%s): %s", held or "unreadable",
+                    path)
+        os.remove(path)
+        continue
+      since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(held.get("started", 0)))
+      raise RuntimeError(
+          f"work directory {workdir} is in use by another run (pid {held.get('pid')} on host "
+          f"{held.get('host')}, since {since}). Wait for it, use another --workdir, or, if "
+          f"that run is gone (e.g. its host died), delete {path}")
+  else:
+    raise RuntimeError(f"could not take the lock {path}")
+  with os.fdopen(fd, "w") as f:
+    json.dump(me, f)
+  try:
+    yield
+  finally:
+    try:
+      with open(path) as f:
+        still_mine = json.load(f).get("pid") == me["pid"]
+      if still_mine:
+        os.remove(path)
+    except (OSError, ValueError):
+      pass
