@@ -197,6 +197,12 @@ def restore_latest_good(ckpts: Checkpoints, template: TrainState, config: Config
   return None
 
 
+def set_aside_steps(workdir: PathLike) -> list[str]:
+  """The corrupt-<step>-<time> folders a restore moved aside in a run's checkpoints/."""
+  path = epath.Path(workdir) / SUBDIRS["latest"]
+  return sorted(p.name for p in path.glob("corrupt-*")) if path.exists() else []
+
+
 def _set_aside(ckpts: Checkpoints, step: int, error: Optional[Exception]) -> None:
   """Rename a broken step to corrupt-<step>-<time> (kept for inspection), on every process."""
   path = ckpts.workdir / SUBDIRS["latest"] / str(step)

@@ -133,3 +133,25 @@ def test_one_run_per_work_directory(tmp_path, caplog):
   lock.write_text(json.dumps({"host": "another-host", "pid": os.getpid(), "started": 0}))
   with pytest.raises(RuntimeError, match="host another-host.*delete .*run.lock"):
     trainer.train_and_evaluate(tiny_config("mlp", num_epochs=2), str(wd), train, train)
+
+
+def test_all_checkpoints_corrupt_is_refused_not_restarted(tmp_path, caplog):
+  """Every step unreadable used to mean a silent restart from step 0 over the set-aside history."""
+  import glob
+  import os
+  import shutil
+  from cnn_jax.training import trainer
+  from helpers import random_split
+  train = random_split(96)
+  cfg = tiny_config("mlp", num_epochs=1, checkpoint_every_steps=1, keep_checkpoints=2)
+  trainer.train_and_evaluate(cfg, str(tmp_path), train, train)
+  for f in glob.glob(f"{tmp_path}/checkpoints/*/state/**/*", recursive=True):
+    if os.path.isfile(f) and os.path.getsize(f) > 0:
+      open(f, "wb").close()
+  cfg.num_epochs = 2
+  for _ in range(2):  # and again: the set-aside steps still say what happened
+    with pytest.raises(RuntimeError, match="every checkpoint in .*checkpoints is corrupt.*move"):
+      trainer.train_and_evaluate(cfg, str(tmp_path), train, train)
+  assert len(glob.glob(f"{tmp_path}/checkpoints/corrupt-*")) == 2
+  shutil.move(tmp_path / "checkpoints", tmp_path / "checkpoints.broken")
+  assert trainer.train_and_evaluate(cfg, str(tmp_path), train, train)["final_step"] == 6

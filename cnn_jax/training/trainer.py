@@ -77,7 +77,14 @@ def _run(config: ConfigDict, workdir: Any, train_data: Optional[Any], val_data: 
     if restored is not None:
       state = restored
       log.info("resumed from step %d of %s", int(state.step), workdir)
-  elif config.restore_from:
+  if not ckpts.latest.all_steps() and ckpt_lib.set_aside_steps(workdir):
+    ckpts.close()
+    latest = workdir / ckpt_lib.SUBDIRS["latest"]
+    raise RuntimeError(
+        f"every checkpoint in {latest} is corrupt (set aside as corrupt-*, kept for "
+        "inspection): this run will not silently start over from step 0 on top of a history "
+        f"it could not read. To start afresh here, move {latest} away; or use a new --workdir")
+  if not ckpts.latest.all_steps() and config.restore_from:
     tree, source_meta, _ = ckpt_lib.load_checkpoint(config.restore_from)
     state = evaluation.restore_weights(s, state, ckpt_lib.variables_from_tree(tree),
                                        f"{config.restore_from} (model "
