@@ -155,3 +155,28 @@ def test_all_checkpoints_corrupt_is_refused_not_restarted(tmp_path, caplog):
   assert len(glob.glob(f"{tmp_path}/checkpoints/corrupt-*")) == 2
   shutil.move(tmp_path / "checkpoints", tmp_path / "checkpoints.broken")
   assert trainer.train_and_evaluate(cfg, str(tmp_path), train, train)["final_step"] == 6
+
+
+def test_metrics_after_a_resume_hold_each_step_once(tmp_path):
+  """A run killed after logging past its last checkpoint logged those steps again on resume:
+  a curve read from metrics.jsonl went back in time. They now move to metrics.superseded.jsonl."""
+  import json
+  import shutil
+  from cnn_jax.training import trainer
+  from helpers import random_split
+  train = random_split(96)
+  cfg = tiny_config("mlp", num_epochs=2, checkpoint_every_steps=1, keep_checkpoints=10,
+                    log_every_steps=1)
+  trainer.train_and_evaluate(cfg, str(tmp_path), train, train)
+  for step in (4, 5, 6):  # as if killed right after step 6 was logged, before its saves
+    shutil.rmtree(tmp_path / "checkpoints" / str(step))
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"step": 6, "train/lo')  # and the last line cut short
+  trainer.train_and_evaluate(cfg, str(tmp_path), train, train)
+  lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  train_steps = [l["step"] for l in lines if "train/loss" in l]
+  assert train_steps == [1, 2, 3, 4, 5, 6]
+  assert [l["step"] for l in lines if "validation/loss" in l] == [3, 6]
+  old = (tmp_path / "metrics.superseded.jsonl").read_text().splitlines()
+  assert [json.loads(l)["step"] for l in old[:-1] if "train/loss" in l] == [4, 5, 6]
+  assert old[-1] == '{"step": 6, "train/lo'

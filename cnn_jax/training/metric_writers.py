@@ -21,7 +21,11 @@ class MetricWriter:
   """Writes `{"step", "time", <prefix>/<name>: value}` lines to metrics.jsonl and TB events."""
 
   def __init__(self, workdir: workdir_lib.PathLike, enabled: Optional[bool] = None,
-               tensorboard: bool = True):
+               tensorboard: bool = True, resume_step: Optional[int] = None):
+    """resume_step: the step the run (re)starts from. Lines past it were written by an
+    interrupted run after its last checkpoint and are about to be written again: they
+    move to metrics.superseded.jsonl (kept, not lost), so that metrics.jsonl reads as
+    one run, with no step twice."""
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self.path = epath.Path(workdir) / "metrics.jsonl"
     self._remote = workdir_lib.is_remote(workdir)
@@ -30,6 +34,8 @@ class MetricWriter:
     self._file = None
     if self.enabled:
       self.path.parent.mkdir(parents=True, exist_ok=True)
+      if resume_step is not None and self.path.exists():
+        self._set_aside_after(resume_step)
       if self._remote:
         self._lines = self.path.read_text().splitlines(True) if self.path.exists() else []
       else:
@@ -37,6 +43,23 @@ class MetricWriter:
       if tensorboard:
         from tensorboardX import SummaryWriter
         self._tb = SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
+
+  def _set_aside_after(self, step: int) -> None:
+    lines = self.path.read_text().splitlines(True)
+    keep, later = [], []
+    for line in lines:
+      try:
+        (later if json.loads(line)["step"] > step else keep).append(line)
+      except (ValueError, KeyError, TypeError):  # a line cut short by a kill: not the run's
+        later.append(line if line.endswith("\n") else line + "\n")
+    if not later:
+      return
+    aside = self.path.parent / "metrics.superseded.jsonl"
+    previous = aside.read_text() if aside.exists() else ""
+    aside.write_text(previous + "".join(later))
+    tmp = self.path.parent / "metrics.jsonl.tmp"
+    tmp.write_text("".join(keep))
+    tmp.replace(self.path)
 
   def write(self, step: int, metrics: Mapping[str, Any], prefix: str) -> None:
     if not self.enabled:

@@ -90,7 +90,7 @@ def _run(config: ConfigDict, workdir: Any, train_data: Optional[Any], val_data: 
                                        f"{config.restore_from} (model "
                                        f"{source_meta.get('config', {}).get('model')!r})")
     log.info("started from the weights of %s", config.restore_from)
-  writer = MetricWriter(workdir)
+  writer = MetricWriter(workdir, resume_step=int(jax.device_get(state.step)))
   if is_main:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
 
