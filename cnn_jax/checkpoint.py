@@ -238,15 +238,8 @@ def _read_only_manager(workdir: PathLike, which: str) -> ocp.CheckpointManager:
       options=ocp.CheckpointManagerOptions(create=False, read_only=True))
 
 
-def load_checkpoint(workdir: PathLike, which: str = "best", step: Optional[int] = None
-                    ) -> tuple[dict[str, Any], dict[str, Any], int]:
-  """(state tree, meta, step) of the best (or latest) checkpoint of a run.
-
-  A run without a best checkpoint (no validation split) falls back to its latest one.
-  """
-  if which == "best" and not (epath.Path(workdir) / SUBDIRS["best"]).is_dir():
-    log.info("%s has no best/ checkpoint (no validation split?): using the latest", workdir)
-    which = "latest"
+def _read_step(workdir: PathLike, which: str, step: Optional[int]
+               ) -> tuple[dict[str, Any], dict[str, Any], int]:
   mngr = _read_only_manager(workdir, which)
   try:
     if which == "best" and step is None:
@@ -265,6 +258,48 @@ def load_checkpoint(workdir: PathLike, which: str = "best", step: Optional[int] 
   finally:
     mngr.close()
   return restored["state"], restored["meta"], step
+
+
+def load_checkpoint(workdir: PathLike, which: str = "best", step: Optional[int] = None
+                    ) -> tuple[dict[str, Any], dict[str, Any], int]:
+  """(state tree, meta, step) of the best (or latest) checkpoint of a run.
+
+  A run without a best checkpoint (no validation split) falls back to its latest one. An
+  unreadable checkpoint is handled as training handles one: reported in one line, and the
+  newest readable one is used instead (best/ -> the latest steps, newest first); only a
+  run with nothing readable is an error. A `step` asked for explicitly is never replaced.
+  """
+  if which == "best" and not (epath.Path(workdir) / SUBDIRS["best"]).is_dir():
+    log.info("%s has no best/ checkpoint (no validation split?): using the latest", workdir)
+    which = "latest"
+  try:
+    return _read_step(workdir, which, step)
+  except FileNotFoundError:
+    if which == "latest" or step is not None:
+      raise
+    error: Exception = FileNotFoundError(f"{workdir}/best holds no step")
+  except Exception as e:  # noqa: BLE001 - truncated / missing array files
+    if step is not None:
+      raise
+    error = e
+  where = epath.Path(workdir) / SUBDIRS[which]
+  log.error("%s cannot be read (%s: %s); using the newest readable checkpoint of %s instead",
+            where, type(error).__name__, str(error).splitlines()[0][:200] if str(error) else "",
+            workdir)
+  steps = sorted((int(p.name) for p in (epath.Path(workdir) / SUBDIRS["latest"]).glob("*")
+                  if p.name.isdigit()), reverse=True)
+  for candidate in steps:
+    try:
+      tree, meta, got = _read_step(workdir, "latest", candidate)
+    except Exception as e:  # noqa: BLE001 - try the next older one
+      log.error("%s/%d cannot be read either (%s)", epath.Path(workdir) / SUBDIRS["latest"],
+                candidate, type(e).__name__)
+      continue
+    log.warning("using %s step %d (pass --which latest to choose it without this message)",
+                SUBDIRS["latest"], got)
+    return tree, meta, got
+  raise FileNotFoundError(f"no readable checkpoint in {workdir} ({where}: {type(error).__name__}"
+                          f"; checkpoints/: {len(steps)} step(s), none readable)")
 
 
 def variables_from_tree(tree: dict[str, Any]) -> dict[str, Any]:

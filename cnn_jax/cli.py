@@ -285,6 +285,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
   for noisy in ("absl", "jax._src.xla_bridge", "orbax"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
+  # orbax warns through absl, for every read-only load, that it set save_interval_steps=0
+  # and that the directory is read only: what a read is, not news.
+  logging.getLogger("absl").addFilter(
+      lambda r: "read_only=True" not in r.getMessage() and "is read only" not in r.getMessage())
   if not argv or argv[0] in ("-h", "--help", "help"):
     print(USAGE)
     return 0

@@ -1,5 +1,6 @@
 """Settings refused when the config is read, before any data loads or anything compiles
 (each used to fail after an epoch of training, every epoch, or not at all)."""
+import numpy as np
 import pytest
 
 from cnn_jax import config as config_lib
@@ -180,3 +181,25 @@ def test_metrics_after_a_resume_hold_each_step_once(tmp_path):
   old = (tmp_path / "metrics.superseded.jsonl").read_text().splitlines()
   assert [json.loads(l)["step"] for l in old[:-1] if "train/loss" in l] == [4, 5, 6]
   assert old[-1] == '{"step": 6, "train/lo'
+
+
+def test_eval_with_a_corrupt_best_falls_back_to_the_latest(tmp_path, caplog):
+  """`cnn-jax eval` on a damaged best/ printed a 416-line traceback with no path."""
+  import glob
+  import logging
+  import os
+  from cnn_jax.training import trainer
+  from helpers import random_split
+  train = random_split(96)
+  cfg = tiny_config("mlp", num_epochs=2)
+  r = trainer.train_and_evaluate(cfg, str(tmp_path), train, train)
+  for f in glob.glob(f"{tmp_path}/best/*/state/**/*", recursive=True):
+    if os.path.isfile(f) and os.path.getsize(f) > 0:
+      open(f, "wb").close()
+  from cnn_jax import checkpoint as ckpt_lib
+  with caplog.at_level(logging.WARNING, logger="cnn_jax"):
+    tree, meta, step = ckpt_lib.load_checkpoint(str(tmp_path))
+  assert step == r["final_step"] and f"{tmp_path}/best cannot be read" in caplog.text
+  assert "pass --which latest" in caplog.text
+  np.testing.assert_array_equal(tree["params"]["head"]["kernel"],
+                                r["state"].params["head"]["kernel"])
