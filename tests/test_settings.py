@@ -203,3 +203,20 @@ def test_eval_with_a_corrupt_best_falls_back_to_the_latest(tmp_path, caplog):
   assert "pass --which latest" in caplog.text
   np.testing.assert_array_equal(tree["params"]["head"]["kernel"],
                                 r["state"].params["head"]["kernel"])
+
+
+def test_prepare_without_network_or_raw_files_fails_in_seconds(tmp_path, monkeypatch):
+  """It retried downloads for 206 s before failing."""
+  import socket
+  import time
+  from cnn_jax.data import tfds_data
+
+  def offline(*args, **kwargs):
+    raise OSError("Network is unreachable")
+  monkeypatch.setattr(socket, "create_connection", offline)
+  for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
+    monkeypatch.delenv(k, raising=False)
+  start = time.time()
+  with pytest.raises(tfds_data.DatasetUnavailableError, match="(?s)no network.*train-images-idx3-ubyte.gz.*--raw_dir"):
+    tfds_data.prepare("fashion_mnist", str(tmp_path))
+  assert time.time() - start < 10

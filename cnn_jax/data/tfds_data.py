@@ -70,6 +70,21 @@ def _missing_data_message(name: str, data_dir: Optional[str], raw_dir: Optional[
   return "\n".join(lines)
 
 
+PROBE_HOST = "storage.googleapis.com"  # where tfds keeps most data sets and its checksums
+
+
+def _network_reachable(timeout: float = 3.0) -> bool:
+  """Whether a download can start at all (behind a proxy, assume it can: tfds will say)."""
+  import socket
+  if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")):
+    return True
+  try:
+    socket.create_connection((PROBE_HOST, 443), timeout=timeout).close()
+    return True
+  except OSError:
+    return False
+
+
 def prepare(name: str, data_dir: Optional[str] = None, raw_dir: Optional[str] = None,
             allow_download: bool = True) -> Any:
   """Make sure `name` is prepared in data_dir (from raw_dir if given); return its builder."""
@@ -85,6 +100,11 @@ def prepare(name: str, data_dir: Optional[str] = None, raw_dir: Optional[str] = 
     if missing:
       raise DatasetUnavailableError(_missing_data_message(
           name, data_dir, raw_dir, f"missing in raw_dir: {', '.join(missing)}"))
+  mocked = getattr(type(builder).download_and_prepare, "__name__", "").startswith("mock")
+  if raw_dir is None and not mocked and not _network_reachable():  # tfds.testing.mock_data: none
+    raise DatasetUnavailableError(_missing_data_message(
+        name, data_dir, raw_dir, f"no network: {PROBE_HOST} cannot be reached, and tfds would "
+        "retry its downloads for minutes before failing"))
   # A download (and extraction) cache of its own per data set: tfds names extracted files
   # after the archive, and MNIST and Fashion-MNIST ship archives with the same names, so a
   # shared cache silently turns Fashion-MNIST into MNIST.
