@@ -220,3 +220,18 @@ def test_prepare_without_network_or_raw_files_fails_in_seconds(tmp_path, monkeyp
   with pytest.raises(tfds_data.DatasetUnavailableError, match="(?s)no network.*train-images-idx3-ubyte.gz.*--raw_dir"):
     tfds_data.prepare("fashion_mnist", str(tmp_path))
   assert time.time() - start < 10
+
+
+def test_a_run_whose_every_step_is_skipped_stops(tmp_path, caplog):
+  """skip_nonfinite_steps with every step skipped trained on silently (9.9% at the end)."""
+  import logging
+  from cnn_jax.training import guards, trainer
+  from helpers import random_split
+  train = random_split(128)
+  cfg = tiny_config("mlp", num_epochs=9, log_every_steps=1, skip_nonfinite_steps=True)
+  cfg.optimizer.name, cfg.optimizer.schedule, cfg.optimizer.learning_rate = "sgd", "piecewise", 0.01
+  cfg.optimizer.decay_epochs, cfg.optimizer.decay_factors = (1,), (1e38,)  # from step 5 on: inf
+  with caplog.at_level(logging.WARNING, logger="cnn_jax"):
+    with pytest.raises(guards.NonFiniteLossError, match="last 20 steps \\(to step 2[45]\\)"):
+      trainer.train_and_evaluate(cfg, str(tmp_path), train, train)
+  assert "100% of the last 1 steps were skipped" in caplog.text

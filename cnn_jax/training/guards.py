@@ -5,6 +5,7 @@ checkpoint saved and a message that says what happened and what to do.
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import signal
@@ -16,6 +17,8 @@ import jax.numpy as jnp
 from ml_collections import ConfigDict
 
 from cnn_jax import parallel
+
+log = logging.getLogger("cnn_jax")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -82,6 +85,28 @@ def non_finite_error(loss: float, step: int, last_finite: tuple[int, Optional[fl
       f"{last_finite[0]}). Last good checkpoint: {last_good_checkpoint}. Lower the learning "
       "rate, set --config.optimizer.grad_clip_norm, or skip such steps with "
       "--config.skip_nonfinite_steps=True.")
+
+
+def check_skipped(window: dict[str, float], run: int, step: int, config: ConfigDict,
+                  last_good_checkpoint: str) -> int:
+  """skip_nonfinite_steps: warn when a logged window skipped half its steps or more; stop
+  when max(log_every_steps, 20) steps in a row were skipped (a run whose every step is
+  dropped used to train on silently, near chance). Returns the new count of steps in a row."""
+  skipped = window.get("skipped")
+  if skipped is None:
+    return 0
+  steps = int(window.get("steps", 1))
+  run = run + steps if skipped >= 1.0 else 0
+  if skipped >= 0.5:
+    log.warning("step %d: %.0f%% of the last %d steps were skipped (non-finite gradients)",
+                step, 100 * skipped, steps)
+  limit = max(int(config.log_every_steps), 20)
+  if run >= limit:
+    raise NonFiniteLossError(
+        f"every one of the last {run} steps (to step {step}) had non-finite gradients and was "
+        f"skipped: the run no longer trains. Last good checkpoint: {last_good_checkpoint}. "
+        "Lower the learning rate or set --config.optimizer.grad_clip_norm.")
+  return run
 
 
 def oom_hint(e: Exception, config: ConfigDict) -> Exception:

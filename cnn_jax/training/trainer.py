@@ -111,6 +111,7 @@ def _run(config: ConfigDict, workdir: Any, train_data: Optional[Any], val_data: 
   summary: dict[str, Any] = {"steps": spe * config.num_epochs}
   per_process = config.batch_size // jax.process_count()
   last_finite: tuple[int, Optional[float]] = (start_step, None)
+  skipped_run = 0  # consecutive steps skip_nonfinite_steps dropped
   train_time, train_images = 0.0, 0
   try:
     # One reader for the whole run (grain workers start once), from the resumed step on;
@@ -156,6 +157,8 @@ def _run(config: ConfigDict, workdir: Any, train_data: Optional[Any], val_data: 
             raise guards.non_finite_error(m["loss"], step, last_finite,
                                           ckpts.step_path(ckpts.latest_step()), m.get("grad_norm"))
           last_finite = (step, m["loss"])
+          skipped_run = guards.check_skipped(m, skipped_run, step, config,
+                                             ckpts.step_path(ckpts.latest_step()))
           if due_log or signum:
             elapsed = time.time() - t0
             m["images_per_sec"] = n0 / elapsed if elapsed > 0 and n0 else 0.0
