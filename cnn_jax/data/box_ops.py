@@ -189,17 +189,15 @@ def _make(name: str, args: tuple, kwargs: dict, pp: str) -> BoxOp:
   return pp_spec.build(_REGISTRY[name], name, args, kwargs, pp, "box pp string")
 
 
-class BoxPipeline:
+class BoxPipeline(ops.Pipeline):
   """A parsed box `pp` string: ops applied in order to one (image, target) on the host.
 
   target is VocSource's dict: "boxes" (k, 4) plus per-object arrays of length k ("labels",
   "difficult", ...); every one of them is kept aligned with the surviving boxes. Like
-  `ops.Pipeline` it is only its op list: it pickles as that and prints as its pp string.
+  `ops.Pipeline` (its parsing, shapes, printing and pickling) it is only its op list.
   """
-
-  def __init__(self, ops_: Sequence[tuple[str, tuple, dict]] = (), pp: Optional[str] = None):
-    self.ops = [(name, tuple(args), dict(kwargs)) for name, args, kwargs in ops_]
-    self._fns = [_make(*op, pp if pp is not None else str(self)) for op in self.ops]
+  _build = staticmethod(lambda name, args, kwargs, pp: _make(name, args, kwargs, pp))
+  _random_ops = _RANDOM
 
   def __call__(self, image: np.ndarray, target: dict, rng: np.random.Generator
                ) -> tuple[np.ndarray, dict]:
@@ -210,30 +208,6 @@ class BoxPipeline:
     out = {k: np.asarray(v)[index] for k, v in target.items() if k != "boxes"}
     out["boxes"] = np.asarray(boxes, np.float32).reshape(-1, 4)
     return image, out
-
-  def output_shape(self, shape: Shape) -> Shape:
-    """Static (h, w, c) of the output image for an input of `shape`; None: unknown."""
-    shape = tuple(shape)
-    for fn in self._fns:
-      shape = getattr(fn, "output_shape", lambda s: s)(shape)
-    return shape
-
-  @property
-  def random(self) -> bool:
-    """Whether any op draws from the rng (a training-only pipeline)."""
-    return any(name in _RANDOM for name, _, _ in self.ops)
-
-  def __str__(self) -> str:
-    return "|".join(pp_spec.format_op(*op) for op in self.ops)
-
-  def __repr__(self) -> str:
-    return f"BoxPipeline({str(self)!r})"
-
-  def __eq__(self, other: object) -> bool:
-    return isinstance(other, BoxPipeline) and self.ops == other.ops
-
-  def __reduce__(self):
-    return BoxPipeline, (self.ops,)
 
 
 def parse(pp: Optional[str]) -> BoxPipeline:

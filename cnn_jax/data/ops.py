@@ -235,11 +235,14 @@ class Pipeline:
 
   `ops` is the list of (name, args, kwargs) and is all a pipeline is: it pickles as that
   list (grain ships transforms to worker processes) and prints as its canonical pp string.
+  A subclass with other ops (`box_ops.BoxPipeline`) sets `_build` and `_random_ops`.
   """
+  _build = staticmethod(lambda name, args, kwargs, pp: _make(name, args, kwargs, pp))
+  _random_ops = _RANDOM
 
   def __init__(self, ops: Sequence[tuple[str, tuple, dict]] = (), pp: Optional[str] = None):
     self.ops = [(name, tuple(args), dict(kwargs)) for name, args, kwargs in ops]
-    self._fns = [_make(*op, pp if pp is not None else str(self)) for op in self.ops]
+    self._fns = [self._build(*op, pp if pp is not None else str(self)) for op in self.ops]
 
   def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     for fn in self._fns:
@@ -256,19 +259,19 @@ class Pipeline:
   @property
   def random(self) -> bool:
     """Whether any op draws from the rng (a training-only pipeline)."""
-    return any(name in _RANDOM for name, _, _ in self.ops)
+    return any(name in self._random_ops for name, _, _ in self.ops)
 
   def __str__(self) -> str:
     return "|".join(pp_spec.format_op(*op) for op in self.ops)
 
   def __repr__(self) -> str:
-    return f"Pipeline({str(self)!r})"
+    return f"{type(self).__name__}({str(self)!r})"
 
   def __eq__(self, other: object) -> bool:
-    return isinstance(other, Pipeline) and self.ops == other.ops
+    return type(other) is type(self) and self.ops == other.ops
 
   def __reduce__(self):
-    return Pipeline, (self.ops,)
+    return type(self), (self.ops,)
 
 
 def parse(pp: Optional[str]) -> Pipeline:

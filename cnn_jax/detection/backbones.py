@@ -5,7 +5,7 @@ feature map); these exist so a head can be trained in seconds on CPU.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -27,3 +27,19 @@ class TinyBackbone(nn.Module):
       x = layers.batch_norm(train, self.axis_name, name=f"bn{i}")(x)
       x = layers.MaxPool(2, name=f"pool{i}")(nn.relu(x))
     return x
+
+
+def zoo_backbone(config: Any, axis_name: Optional[str] = None, task: str = "detection"
+                 ) -> nn.Module:
+  """`config.model` built with include_top=False (its last feature map), with the run's
+  model_kwargs (num_classes dropped: the head is the task's) and, under pmap, axis_name."""
+  from cnn_jax import models  # noqa: PLC0415 - models never import detection
+  kwargs = {k: v for k, v in (config.model_kwargs.to_dict() if config.model_kwargs else {}).items()
+            if k != "num_classes"}
+  args = models.constructor_args(config.model)
+  if "include_top" not in args:
+    raise ValueError(f"model {config.model!r} cannot serve as a {task} backbone (it has no "
+                     "include_top=False feature-map mode); use e.g. tiny_cnn, resnet18, darknet19")
+  if axis_name is not None and "axis_name" in args:
+    kwargs.setdefault("axis_name", axis_name)
+  return models.get_model(config.model, include_top=False, **kwargs)

@@ -17,23 +17,15 @@ import jax.numpy as jnp
 from jax import lax
 from ml_collections import ConfigDict
 
-from cnn_jax import models
+from cnn_jax.detection.backbones import zoo_backbone
 from cnn_jax.detection.boxes import box_iou
 from cnn_jax.detection.localization import Localizer, localization_loss
 
 
 def build_model(config: ConfigDict, num_classes: int, axis_name: Optional[str] = None) -> Localizer:
   """Localizer (xyxy boxes) on the zoo backbone `config.model` (include_top=False)."""
-  kwargs = {k: v for k, v in (config.model_kwargs.to_dict() if config.model_kwargs else {}).items()
-            if k != "num_classes"}
-  args = models.constructor_args(config.model)
-  if "include_top" not in args:
-    raise ValueError(f"model {config.model!r} cannot serve as a localization backbone (it has no "
-                     "include_top=False feature-map mode); use e.g. tiny_cnn, resnet18")
-  if axis_name is not None and "axis_name" in args:
-    kwargs.setdefault("axis_name", axis_name)
   loc = config.localization
-  return Localizer(models.get_model(config.model, include_top=False, **kwargs), num_classes,
+  return Localizer(zoo_backbone(config, axis_name, "localization"), num_classes,
                    box_format="xyxy", pooling=loc.pooling, hidden=int(loc.hidden))
 
 

@@ -28,10 +28,11 @@ from flax import traverse_util
 from jax import lax
 from ml_collections import ConfigDict
 
-from cnn_jax import models, parallel
+from cnn_jax import parallel
 from cnn_jax.data import input_pipeline, sources, voc
 from cnn_jax.detection import anchors as anchors_lib
 from cnn_jax.detection import mean_ap
+from cnn_jax.detection.backbones import zoo_backbone
 from cnn_jax.detection.nms import batched_nms
 from cnn_jax.detection.yolo_v2 import YOLOv2Head, decode_yolo_v2, encode_yolo_v2_targets, yolo_v2_loss
 
@@ -77,16 +78,8 @@ def anchors_of(config: ConfigDict) -> Anchors:
 
 def build_model(config: ConfigDict, num_classes: int, axis_name: Optional[str] = None) -> YOLOv2Head:
   """YOLOv2Head on the zoo backbone `config.model` (include_top=False)."""
-  kwargs = {k: v for k, v in (config.model_kwargs.to_dict() if config.model_kwargs else {}).items()
-            if k != "num_classes"}
-  fields = models.constructor_args(config.model)
-  if "include_top" not in fields:
-    raise ValueError(f"model {config.model!r} cannot serve as a detection backbone (it has no "
-                     "include_top=False feature-map mode); use e.g. resnet18, darknet19")
-  if axis_name is not None and "axis_name" in fields:
-    kwargs.setdefault("axis_name", axis_name)
-  backbone = models.get_model(config.model, include_top=False, **kwargs)
-  return YOLOv2Head(backbone=backbone, anchors=anchors_of(config), num_classes=num_classes,
+  return YOLOv2Head(backbone=zoo_backbone(config, axis_name, "detection"),
+                    anchors=anchors_of(config), num_classes=num_classes,
                     hidden=int(config.detection.hidden))
 
 
