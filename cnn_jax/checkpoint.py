@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from typing import Any, Optional, Union
 
@@ -228,7 +229,8 @@ def _barrier(name: str) -> None:
 def _read_only_manager(workdir: PathLike, which: str) -> ocp.CheckpointManager:
   if which not in SUBDIRS:
     raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
-  path = epath.Path(workdir) / SUBDIRS[which]
+  text = os.fspath(workdir)  # orbax reads only absolute paths: `--workdir runs/a` is common
+  path = epath.Path(text if "://" in text else os.path.abspath(text)) / SUBDIRS[which]
   if not path.is_dir():
     raise FileNotFoundError(f"no {which} checkpoints in {workdir} (looked for {path}); "
                             "train first with `cnn-jax train --workdir ...`")

@@ -235,3 +235,16 @@ def test_a_run_whose_every_step_is_skipped_stops(tmp_path, caplog):
     with pytest.raises(guards.NonFiniteLossError, match="last 20 steps \\(to step 2[45]\\)"):
       trainer.train_and_evaluate(cfg, str(tmp_path), train, train)
   assert "100% of the last 1 steps were skipped" in caplog.text
+
+
+def test_a_relative_workdir_loads(tmp_path, monkeypatch):
+  """orbax reads only absolute paths: `cnn-jax eval --workdir runs/a` failed with
+  "Checkpoint path should be absolute" (the loop resolves its own, the readers did not)."""
+  from cnn_jax import checkpoint as ckpt_lib
+  from cnn_jax.training import trainer
+  from helpers import random_split
+  train = random_split(64)
+  trainer.train_and_evaluate(tiny_config("mlp"), str(tmp_path / "runs" / "a"), train, train)
+  monkeypatch.chdir(tmp_path)
+  for which in ("best", "latest"):
+    assert ckpt_lib.load_checkpoint("runs/a", which)[2] == 2
