@@ -248,3 +248,43 @@ def test_a_relative_workdir_loads(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   for which in ("best", "latest"):
     assert ckpt_lib.load_checkpoint("runs/a", which)[2] == 2
+
+
+def _tensorboard_images(logdir, tag):
+  """(step, PNG bytes) of every image `tag` in a TensorBoard log (TFRecord framing:
+  length u64, its crc u32, the Event proto, its crc u32), read with tensorboardX's protos."""
+  import glob
+  import struct
+  from tensorboardX.proto import event_pb2
+  out = []
+  for path in sorted(glob.glob(f"{logdir}/events.out.tfevents.*")):
+    data = open(path, "rb").read()
+    pos = 0
+    while pos < len(data):
+      (n,) = struct.unpack("<Q", data[pos:pos + 8])
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + n])
+      pos += 12 + n + 4
+      for v in event.summary.value:
+        if v.tag == tag:
+          out.append((event.step, v.image.encoded_image_string))
+  return out
+
+
+def test_first_layer_filters_reach_tensorboard(tmp_path):
+  """Every evaluation sends the first convolution's kernels to TensorBoard as an image."""
+  import io
+  from PIL import Image
+  from cnn_jax.training import trainer
+  from helpers import random_split
+  train = random_split(64)
+  r = trainer.train_and_evaluate(tiny_config("mnist_cnn", num_epochs=2), str(tmp_path), train, train)
+  images = _tensorboard_images(tmp_path / "tensorboard", "filters/first_conv")
+  assert [step for step, _ in images] == [2, 4]
+  grid = np.asarray(Image.open(io.BytesIO(images[-1][1])))
+  # 16 kernels 5x5 of 1 channel -> 2 rows x 8 tiles, each weight a 10 px block, 2 px gaps
+  assert grid.shape[:2] == (2 * 52 + 2, 8 * 52 + 2)
+  k = np.asarray(r["state"].params["conv1"]["kernel"])[:, :, 0, 0]
+  tile = grid[2:52:10, 2:52:10].astype(float)
+  tile = tile[..., 0] if tile.ndim == 3 else tile
+  expected = np.round((k - k.min()) / (k.max() - k.min()) * 255)
+  np.testing.assert_allclose(tile, expected, atol=1)

@@ -75,6 +75,12 @@ class MetricWriter:
       for k, v in values.items():
         self._tb.add_scalar(k, v, int(step))
 
+  def image(self, tag: str, image: np.ndarray, step: int) -> None:
+    """A uint8 HWC (or HW) image to TensorBoard (process 0 only)."""
+    if self._tb is not None and image is not None:
+      self._tb.add_image(tag, image if image.ndim == 3 else image[..., None], int(step),
+                         dataformats="HWC")
+
   def flush(self) -> None:
     if self._remote and self.enabled:
       self.path.write_text("".join(self._lines))

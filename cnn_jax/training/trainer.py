@@ -45,6 +45,24 @@ def _meta(s: Setup, epoch: int, step: int) -> dict[str, Any]:
           "config": json.loads(s.config.to_json_best_effort())}
 
 
+def _filters_to_tensorboard(writer: MetricWriter, s: Setup, state: Any, step: int,
+                            path: Optional[str]) -> Optional[str]:
+  """The first convolution's kernels as an image in TensorBoard (`filters/first_conv`), at
+  each evaluation: host-side numpy on a few KB of weights. A picture is never worth a run:
+  anything that goes wrong is logged once and the picture dropped."""
+  if path == "":
+    return path
+  try:
+    from cnn_jax.viz import filters  # noqa: PLC0415 - numpy only; matplotlib is not imported
+    variables = {"params": state.params, "batch_stats": state.batch_stats}  # only traced:
+    image, path = filters.first_conv_image(s.model, variables, s.input_shape, path)  # 1 kernel read
+    writer.image("filters/first_conv", image, step)
+    return path or ""
+  except Exception as e:  # noqa: BLE001
+    log.info("no filters picture for TensorBoard (%s: %s)", type(e).__name__, e)
+    return ""
+
+
 def train_and_evaluate(config: ConfigDict, workdir: str, train_data: Optional[Any] = None,
                        val_data: Optional[Any] = None, test_data: Optional[Any] = None
                        ) -> dict[str, Any]:
@@ -112,6 +130,7 @@ def _run(config: ConfigDict, workdir: Any, train_data: Optional[Any], val_data: 
   per_process = config.batch_size // jax.process_count()
   last_finite: tuple[int, Optional[float]] = (start_step, None)
   skipped_run = 0  # consecutive steps skip_nonfinite_steps dropped
+  filters_path: Optional[str] = None  # the first conv, found at the first evaluation
   train_time, train_images = 0.0, 0
   try:
     # One reader for the whole run (grain workers start once), from the resumed step on;
@@ -183,6 +202,8 @@ def _run(config: ConfigDict, workdir: Any, train_data: Optional[Any], val_data: 
         if s.val_data is not None and due_eval:
           ev = evaluation.evaluate(s, state, s.val_data)
           writer.write(step, ev, "validation")
+          if is_main:
+            filters_path = _filters_to_tensorboard(writer, s, state, step, filters_path)
           meta["validation"] = summary["validation"] = ev
           save("best", meta, ev)
           if is_main:

@@ -14,7 +14,7 @@ each weight an s x s block (s so that a tile is about 48 px), tiles 2 px apart o
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -77,3 +77,19 @@ def plot_filters(run: "viz.Run", out: str, layer: Optional[str] = None, max_tile
   layout = "rgb" if rgb else ("grey" if kernel.shape[2] == 1 else "pairs")
   return {"path": out, "layer": path, "layout": layout, "rows": rows, "cols": cols,
           "scale": scale, "size": (grid.shape[1], grid.shape[0]), "kernel_shape": kernel.shape}
+
+
+def first_conv_image(model: Any, variables: Any, input_shape: Sequence[int],
+                     path: Optional[str] = None) -> tuple[Optional[np.ndarray], Optional[str]]:
+  """(uint8 grid of the first convolution's kernels, its param path), without a figure:
+  what the training loop sends to TensorBoard at each evaluation. (None, None) for a model
+  with no convolution. Pass the returned `path` back in to skip finding it again."""
+  import jax.numpy as jnp
+  if path is None:
+    convs = viz.conv_paths(model, variables, jnp.zeros((1, *input_shape), jnp.float32))
+    if not convs:
+      return None, None
+    path = convs[0]
+  kernel = np.asarray(viz.param_at(variables, path)["kernel"], np.float32)
+  tiles, rows, cols = _tiles(kernel, kernel.shape[2] == 3, 64)
+  return grid_image(tiles, rows, cols, max(1, math.ceil(TILE_PX / max(kernel.shape[:2])))), path
