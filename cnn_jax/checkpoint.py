@@ -112,10 +112,36 @@ class Checkpoints:
   def step_path(self, step: Optional[int]) -> str:
     return str(self.workdir / SUBDIRS["latest"] / str(step)) if step is not None else "none"
 
-  def wait(self) -> None:
-    self.latest.wait_until_finished()
-    if self.best is not None:
-      self.best.wait_until_finished()
+  def wait(self) -> Optional[Exception]:
+    """Wait for the saves in flight. An asynchronous save that failed (a full disk) raises
+    here, long after its step: that error is returned, not raised, the folder it left
+    half-written is removed, and the previous checkpoint stays the last good one."""
+    error = None
+    for manager in (self.latest, self.best):
+      if manager is None:
+        continue
+      try:
+        manager.wait_until_finished()
+      except Exception as e:  # noqa: BLE001 - reported by the caller
+        error = error or e
+    if error is not None:
+      self.remove_unfinished()
+    return error
+
+  def remove_unfinished(self) -> list[str]:
+    """Delete the temporary folders failed saves leave (`<step>.orbax-checkpoint-tmp*`):
+    on a full disk each would hold the space the next save needs. Call with no save in
+    flight (after `wait`)."""
+    removed = []
+    for sub in SUBDIRS.values():
+      folder = self.workdir / sub
+      if folder.exists():
+        for path in folder.glob("*.orbax-checkpoint-tmp*"):
+          path.rmtree()
+          removed.append(str(path))
+    if removed:
+      log.warning("removed %d unfinished save(s): %s", len(removed), ", ".join(removed[:3]))
+    return removed
 
   def close(self) -> None:
     self.latest.close()

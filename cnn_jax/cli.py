@@ -287,8 +287,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.getLogger(noisy).setLevel(logging.WARNING)
   # orbax warns through absl, for every read-only load, that it set save_interval_steps=0
   # and that the directory is read only: what a read is, not news.
-  logging.getLogger("absl").addFilter(
-      lambda r: "read_only=True" not in r.getMessage() and "is read only" not in r.getMessage())
+  # A failed save is reported once by the trainer; orbax's worker threads log the same
+  # error again, twice, with the whole tensorstore spec.
+  quiet = ("read_only=True", "is read only", "_SignalingThread.run() raised an exception")
+  logging.getLogger("absl").addFilter(lambda r: not any(q in r.getMessage() for q in quiet))
   if not argv or argv[0] in ("-h", "--help", "help"):
     print(USAGE)
     return 0

@@ -288,3 +288,74 @@ def test_first_layer_filters_reach_tensorboard(tmp_path):
   tile = tile[..., 0] if tile.ndim == 3 else tile
   expected = np.round((k - k.min()) / (k.max() - k.min()) * 255)
   np.testing.assert_allclose(tile, expected, atol=1)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 3 MiB tmpfs (root only); skipped, with the reason, where it cannot be mounted."""
+  import subprocess
+  mount = tmp_path / "disk"
+  mount.mkdir()
+  done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
+                        capture_output=True, text=True)
+  if done.returncode:
+    pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.strip() or done.returncode})")
+  yield mount
+  subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.parametrize("async_save", [False, True])
+def test_a_full_disk_is_survived(small_disk, caplog, async_save):
+  """A full disk used to kill the run (metrics.jsonl raised ENOSPC) and lose its metrics;
+  each failed save left a tmp folder eating what space was left."""
+  import glob
+  import json
+  import logging
+  from cnn_jax import checkpoint as ckpt_lib
+  from cnn_jax.training import trainer
+  from helpers import random_split
+  train = random_split(96)
+  # mlp state: params + 2 Adam moments, about 1.3 MB a checkpoint; 3 MiB hold two.
+  cfg = tiny_config("mlp", num_epochs=3, checkpoint_every_steps=1, keep_checkpoints=3,
+                    log_every_steps=1, async_checkpointing=async_save)
+  with caplog.at_level(logging.WARNING, logger="cnn_jax"):
+    r = trainer.train_and_evaluate(cfg, str(small_disk / "run"), train, train)
+  assert r["final_step"] == 9  # the run went on to its end
+  assert "checkpoint at step" in caplog.text and "failed" in caplog.text
+  assert not glob.glob(f"{small_disk}/run/*/*.orbax-checkpoint-tmp*")  # no half-written saves
+  tree, meta, step = ckpt_lib.load_checkpoint(str(small_disk / "run"), "latest")
+  assert step >= 1 and meta["step"] == step  # the last good checkpoint is whole
+  lines = (small_disk / "run" / "metrics.jsonl").read_text().splitlines()
+  steps = [json.loads(l)["step"] for l in lines]  # every line whole
+  assert steps == sorted(steps)
+
+
+def test_metric_lines_wait_for_room_and_none_is_torn(tmp_path, monkeypatch, caplog):
+  import errno
+  import json
+  import logging
+  import os
+  from cnn_jax.training.metric_writers import MetricWriter
+  w = MetricWriter(tmp_path, enabled=True, tensorboard=False)
+  real = os.write
+  state = {"room": 0}  # bytes the disk still takes; None: unlimited
+
+  def write(fd, data):
+    if state["room"] is None:
+      return real(fd, data)
+    if state["room"] == 0:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    n = real(fd, data[:state["room"]])
+    state["room"] -= n
+    return n
+  monkeypatch.setattr(os, "write", write)
+  with caplog.at_level(logging.WARNING, logger="cnn_jax"):
+    w.write(1, {"loss": 1.0}, "train")           # no room at all
+    state["room"] = 10
+    w.write(2, {"loss": 2.0}, "train")           # room for 10 bytes: a torn line on disk
+    state["room"] = None
+    w.write(3, {"loss": 3.0}, "train")           # room again: everything, once, in order
+    w.close()
+  steps = [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert steps == [1, 2, 3]
+  assert caplog.text.count("cannot write") == 1 and "is written again" in caplog.text

@@ -7,6 +7,8 @@ rewritten on each flush; a local file is appended to and flushed line by line.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import time
 from typing import Any, Mapping, Optional
 
@@ -15,6 +17,8 @@ import numpy as np
 from etils import epath
 
 from cnn_jax.training import workdir as workdir_lib
+
+log = logging.getLogger("cnn_jax")
 
 
 class MetricWriter:
@@ -31,7 +35,9 @@ class MetricWriter:
     self._remote = workdir_lib.is_remote(workdir)
     self._lines: list[str] = []
     self._tb = None
-    self._file = None
+    self._fd: Optional[int] = None
+    self._pending = b""
+    self._failing = False
     if self.enabled:
       self.path.parent.mkdir(parents=True, exist_ok=True)
       if resume_step is not None and self.path.exists():
@@ -39,7 +45,9 @@ class MetricWriter:
       if self._remote:
         self._lines = self.path.read_text().splitlines(True) if self.path.exists() else []
       else:
-        self._file = self.path.open("a")
+        # A raw O_APPEND descriptor: a write cut short by a full disk says how much it
+        # wrote, so what is left waits in `_pending` and no line is written twice or torn.
+        self._fd = os.open(os.fspath(self.path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
       if tensorboard:
         from tensorboardX import SummaryWriter
         self._tb = SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
@@ -69,11 +77,30 @@ class MetricWriter:
     if self._remote:
       self._lines.append(line)
     else:
-      self._file.write(line)
-      self._file.flush()
+      self._pending += line.encode()
+      self._drain()
     if self._tb is not None:
-      for k, v in values.items():
-        self._tb.add_scalar(k, v, int(step))
+      try:
+        for k, v in values.items():
+          self._tb.add_scalar(k, v, int(step))
+      except OSError:  # TensorBoard is a copy of metrics.jsonl: never worth the run
+        pass
+
+  def _drain(self) -> None:
+    """Write what waits; on a full disk keep it for the next call (one log line each way)."""
+    while self._pending:
+      try:
+        n = os.write(self._fd, self._pending)
+      except OSError as e:
+        if not self._failing:
+          log.error("cannot write %s (%s): metric lines are kept in memory and written when "
+                    "there is room; training goes on", self.path, e.strerror or e)
+          self._failing = True
+        return
+      self._pending = self._pending[n:]
+    if self._failing:
+      log.warning("%s is written again (the lines that waited are in)", self.path)
+      self._failing = False
 
   def image(self, tag: str, image: np.ndarray, step: int) -> None:
     """A uint8 HWC (or HW) image to TensorBoard (process 0 only)."""
@@ -84,18 +111,28 @@ class MetricWriter:
   def flush(self) -> None:
     if self._remote and self.enabled:
       self.path.write_text("".join(self._lines))
-    if self._file:
-      self._file.flush()
+    if self._fd is not None:
+      self._drain()
     if self._tb is not None:
-      self._tb.flush()
+      try:
+        self._tb.flush()
+      except OSError:
+        pass
 
   def close(self) -> None:
     self.flush()
-    if self._file:
-      self._file.close()
-      self._file = None
+    if self._fd is not None:
+      if self._pending:  # still no room: print them rather than lose them
+        log.error("%d metric lines could not be written to %s (disk full?); here they are:\n%s",
+                  self._pending.count(b"\n"), self.path, self._pending.decode(errors="replace"))
+        self._pending = b""
+      os.close(self._fd)
+      self._fd = None
     if self._tb is not None:
-      self._tb.close()
+      try:
+        self._tb.close()
+      except OSError:
+        pass
       self._tb = None
 
 

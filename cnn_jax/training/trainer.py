@@ -120,9 +120,20 @@ def _run(config: ConfigDict, workdir: Any, train_data: Optional[Any], val_data: 
       else:
         ckpts.save(state, meta, force=True)
     except Exception as e:  # noqa: BLE001 - reported, training goes on
-      log.error("saving the %s checkpoint at step %d failed (%s: %s); training continues with the "
-                "state intact in memory; the last good checkpoint is step %s", kind, meta["step"],
-                type(e).__name__, e, ckpts.latest_step())
+      report_failed_save(kind, meta["step"], e)
+      ckpts.wait()  # nothing in flight, then the half-written folder goes
+      ckpts.remove_unfinished()
+
+  def report_failed_save(kind: str, step: int, e: Exception) -> None:
+    log.error("saving the %s checkpoint at step %d failed (%s: %s); training continues with the "
+              "state intact in memory; the last good checkpoint is step %s", kind, step,
+              type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "",
+              ckpts.latest_step())
+
+  def wait_for_saves() -> None:
+    error = ckpts.wait()
+    if error is not None:
+      report_failed_save("pending", int(jax.device_get(state.step)), error)
 
   start_step = int(jax.device_get(state.step))
   spe = s.steps_per_epoch
@@ -172,7 +183,7 @@ def _run(config: ConfigDict, workdir: Any, train_data: Optional[Any], val_data: 
           if not config.skip_nonfinite_steps and not (
               np.isfinite(m["loss"]) and np.isfinite(m.get("grad_norm", 0.0))
               and bool(guards.all_finite(state.params))):
-            ckpts.wait()
+            wait_for_saves()
             raise guards.non_finite_error(m["loss"], step, last_finite,
                                           ckpts.step_path(ckpts.latest_step()), m.get("grad_norm"))
           last_finite = (step, m["loss"])
@@ -216,7 +227,7 @@ def _run(config: ConfigDict, workdir: Any, train_data: Optional[Any], val_data: 
           raise guards.Preempted(signum, step, ckpts.step_path(step))
     if s.val_data is not None and "validation" not in summary:  # already finished: report
       summary["validation"] = evaluation.evaluate(s, state, s.val_data)
-    ckpts.wait()  # the best checkpoint must be committed before the test report reads it
+    wait_for_saves()  # the best checkpoint must be committed before the test report reads it
     final_step = int(jax.device_get(state.step))
     for name, metrics in evaluation.test_report(s, state, ckpts).items():
       summary[name] = metrics
@@ -225,7 +236,7 @@ def _run(config: ConfigDict, workdir: Any, train_data: Optional[Any], val_data: 
         which = f"best-on-validation, step {metrics['step']}" if name == "test_best" else "final"
         tqdm.write(f"test ({which}): {evaluation.describe(metrics)}", file=sys.stderr)
   finally:  # whatever ended the run, pending async saves commit and the logs are flushed
-    ckpts.wait()
+    wait_for_saves()
     ckpts.close()
     writer.close()
   summary["train_images_per_sec"] = train_images / train_time if train_time else None
