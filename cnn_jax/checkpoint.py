@@ -104,6 +104,8 @@ class Checkpoints:
     if self.best is None:
       return False
     step = int(jax.device_get(state.step))
+    if step in self.best.all_steps():  # a resumed run redoing a step whose best save is in
+      return False                     # (the same state: the run is deterministic)
     return self.best.save(step, args=self._args(state, meta), metrics=metrics, force=True)
 
   def latest_step(self) -> Optional[int]:

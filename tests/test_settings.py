@@ -359,3 +359,22 @@ def test_metric_lines_wait_for_room_and_none_is_torn(tmp_path, monkeypatch, capl
   steps = [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert steps == [1, 2, 3]
   assert caplog.text.count("cannot write") == 1 and "is written again" in caplog.text
+
+
+def test_redoing_a_step_whose_best_save_exists_is_no_error(tmp_path, caplog):
+  """Resumed from an older step, the run reaches an epoch end whose best/ save exists:
+  that logged a false 'saving the best checkpoint ... failed (StepAlreadyExists)'."""
+  import logging
+  import shutil
+  from cnn_jax.training import trainer
+  from helpers import random_split
+  train = random_split(96)
+  cfg = tiny_config("mlp", num_epochs=2, checkpoint_every_steps=1, keep_checkpoints=10,
+                    best_metric="loss")
+  trainer.train_and_evaluate(cfg, str(tmp_path), train, train)
+  assert (tmp_path / "best" / "6").exists()
+  for step in (5, 6):
+    shutil.rmtree(tmp_path / "checkpoints" / str(step))
+  with caplog.at_level(logging.ERROR, logger="cnn_jax"):
+    assert trainer.train_and_evaluate(cfg, str(tmp_path), train, train)["final_step"] == 6
+  assert "failed" not in caplog.text
