@@ -161,7 +161,7 @@ def _eval(argv: Sequence[str]) -> int:
 def _predict(argv: Sequence[str]) -> int:
   p = argparse.ArgumentParser("cnn-jax predict",
                               description="Top-k classes of image files, as darknet's classifier prints them.")
-  p.add_argument("images", nargs="+")
+  p.add_argument("images", nargs="+", help="image files or folders of images")
   p.add_argument("--workdir", help="a trained run (its best checkpoint)")
   p.add_argument("--model", help="a zoo model, with --weights")
   p.add_argument("--weights", help="torchvision .pth state dict for --model")
@@ -174,9 +174,12 @@ def _predict(argv: Sequence[str]) -> int:
   predictor = (predict.from_workdir(args.workdir) if args.workdir
                else predict.from_weights(args.model, args.weights))
   names = predict.read_labels(args.labels) if args.labels else predictor.class_names
-  for path in args.images:
-    top, seconds = predictor.top_k(path, args.top)
-    print(f"{path}: predicted in {seconds:.4f} seconds")
+  if args.top < 1:
+    raise ValueError(f"--top must be a positive number of classes, got {args.top}")
+  for path in predict.image_paths(args.images):
+    notes: list[str] = []
+    top, seconds = predictor.top_k(path, args.top, notes)
+    print(f"{path}: predicted in {seconds:.4f} seconds" + (f" ({'; '.join(notes)})" if notes else ""))
     for idx, prob in top:
       name = names[idx] if names and idx < len(names) else str(idx)
       print(f"{100 * prob:6.2f}%: {name}")

@@ -55,17 +55,25 @@ class Predictor:
     """Class probabilities of a uint8 NHWC batch of `image_shape` images."""
     return self.probs_fn(self.variables, jnp.asarray(images))
 
-  def load_image(self, path: str) -> np.ndarray:
+  def load_image(self, path: str, notes: Optional[list[str]] = None) -> np.ndarray:
     """Decode, convert to the data's channels, apply the run's eval pp (e.g. resize the
-    shorter side and centre-crop), then resize (bilinear) to `image_shape` if it differs."""
+    shorter side and centre-crop), then resize (bilinear) to `image_shape` if it differs.
+
+    What was changed on the way (a colour photo made grey, a 4000x3000 photo resized) is
+    appended to `notes`, one line each: a prediction on a changed image should say so.
+    """
     from PIL import Image
     from cnn_jax.data import ops
     h, w, c = self.image_shape
     try:
       img = Image.open(path)
+      mode = img.mode
       img = img.convert("L" if c == 1 else "RGB")
-    except OSError as e:  # missing, unreadable or not an image
+    except OSError as e:  # missing, unreadable, truncated or not an image
       raise ValueError(f"cannot read image {path}: {e}") from e
+    if notes is not None and mode not in (("L",) if c == 1 else ("RGB",)):
+      notes.append(f"converted from {mode} to {'grey' if c == 1 else 'RGB'}")
+    original = img.size
     if self.host_pp:
       arr = np.asarray(img, np.uint8)
       arr = ops.parse(self.host_pp)(arr[..., None] if arr.ndim == 2 else arr,
@@ -73,18 +81,43 @@ class Predictor:
       img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
     if img.size != (w, h):
       img = img.resize((w, h), Image.BILINEAR)
+    if notes is not None and original != (w, h):
+      how = f"the run's eval pp {self.host_pp!r}" if self.host_pp else "bilinear resize"
+      notes.append(f"{original[0]}x{original[1]} brought to {w}x{h} ({how})")
     arr = np.asarray(img, np.uint8)
     return arr[..., None] if arr.ndim == 2 else arr
 
-  def top_k(self, path: str, k: int = 5) -> tuple[list[tuple[int, float]], float]:
+  def top_k(self, path: str, k: int = 5, notes: Optional[list[str]] = None
+            ) -> tuple[list[tuple[int, float]], float]:
     """[(class index, probability)] best first, and the seconds the forward pass took."""
-    x = jnp.asarray(self.load_image(path)[None])
+    if not isinstance(k, int) or k < 1:
+      raise ValueError(f"top k must be a positive integer, got {k!r}")
+    x = jnp.asarray(self.load_image(path, notes)[None])
     jax.block_until_ready(self.probs(x))  # compile outside the timing
     t = time.perf_counter()
     probs = np.asarray(jax.block_until_ready(self.probs(x)))[0]
     seconds = time.perf_counter() - t
     order = np.argsort(-probs)[:k]
     return [(int(i), float(probs[i])) for i in order], seconds
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def image_paths(paths: Sequence[str]) -> list[str]:
+  """Files as given; folders expanded to their images, sorted. Missing paths are an error."""
+  import os
+  out = []
+  for p in paths:
+    if os.path.isdir(p):
+      out += sorted(os.path.join(p, f) for f in os.listdir(p) if f.lower().endswith(IMAGE_SUFFIXES))
+    elif os.path.exists(p):
+      out.append(p)
+    else:
+      raise FileNotFoundError(f"no such image or folder: {p}")
+  if not out:
+    raise ValueError(f"no images found in {list(paths)} (looked for {', '.join(IMAGE_SUFFIXES)})")
+  return out
 
 
 def stored_image_shape(meta: Mapping[str, Any], config: ConfigDict) -> tuple[int, int, int]:

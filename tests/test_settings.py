@@ -378,3 +378,33 @@ def test_redoing_a_step_whose_best_save_exists_is_no_error(tmp_path, caplog):
   with caplog.at_level(logging.ERROR, logger="cnn_jax"):
     assert trainer.train_and_evaluate(cfg, str(tmp_path), train, train)["final_step"] == 6
   assert "failed" not in caplog.text
+
+
+def test_predict_inputs(tmp_path, capsys):
+  """Folders expanded (sorted, images only), --top validated, a truncated file named, and a
+  resized or converted input said so in one line."""
+  from PIL import Image
+  from cnn_jax import cli
+  from cnn_jax.training import trainer
+  from helpers import random_split
+  train = random_split(64)
+  trainer.train_and_evaluate(tiny_config("mnist_cnn"), str(tmp_path / "run"), train, train)
+  images = tmp_path / "images"
+  images.mkdir()
+  Image.fromarray(train.images[0][..., 0]).save(images / "b_digit.png")
+  Image.new("RGB", (100, 80), (200, 10, 10)).save(images / "a_colour.jpg")
+  (images / "notes.txt").write_text("not an image")
+  assert cli.main(["predict", "--workdir", str(tmp_path / "run"), str(images), "--top", "2"]) == 0
+  out = capsys.readouterr().out.splitlines()
+  heads = [l for l in out if "predicted in" in l]
+  assert [h.split(":")[0] for h in heads] == [str(images / "a_colour.jpg"), str(images / "b_digit.png")]
+  assert "(converted from RGB to grey; 100x80 brought to 28x28 (bilinear resize))" in heads[0]
+  assert "(" not in heads[1].split("seconds")[1]  # a stored-size grey digit: nothing changed
+  assert len(out) == 2 + 2 * 2
+  assert cli.main(["predict", "--workdir", str(tmp_path / "run"), str(images), "--top", "-3"]) == 1
+  assert "--top must be a positive number of classes, got -3" in capsys.readouterr().err
+  cut = images / "cut.jpg"
+  data = (images / "a_colour.jpg").read_bytes()
+  cut.write_bytes(data[:len(data) // 2])
+  assert cli.main(["predict", "--workdir", str(tmp_path / "run"), str(cut)]) == 1
+  assert f"cannot read image {cut}" in capsys.readouterr().err

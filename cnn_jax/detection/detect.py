@@ -19,7 +19,6 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 190), (0, 128, 128))
 
@@ -99,25 +98,11 @@ def draw(image: np.ndarray, detections: Sequence[Detection]) -> Image.Image:
   return out
 
 
-def image_paths(paths: Sequence[str]) -> list[str]:
-  """Files as given; folders expanded to their images (sorted). Missing paths are an error."""
-  out = []
-  for p in paths:
-    if os.path.isdir(p):
-      out += sorted(os.path.join(p, f) for f in os.listdir(p) if f.lower().endswith(IMAGE_SUFFIXES))
-    elif os.path.exists(p):
-      out.append(p)
-    else:
-      raise FileNotFoundError(f"no such image or folder: {p}")
-  if not out:
-    raise ValueError(f"no images found in {list(paths)} (looked for {', '.join(IMAGE_SUFFIXES)})")
-  return out
-
-
 def run(detector: Detector, paths: Sequence[str], out_dir: Optional[str],
         score_threshold: float = 0.3, overwrite: bool = False) -> list[dict]:
   """Detect in every image, write OUT_DIR/<name>.png with the boxes drawn, and return
   one record per image (path, detections, seconds). Never overwrites unless asked."""
+  from cnn_jax.predict import image_paths  # noqa: PLC0415 - one expansion of folders
   files = image_paths(paths)
   targets = {}
   if out_dir:
