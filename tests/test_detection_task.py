@@ -240,6 +240,7 @@ def test_tfds_voc_trains_with_mock_data(tmp_path):
   assert result["validation"]["num_examples"] == 16 and "mAP50" in result["validation"]
 
 
+@pytest.mark.slow  # ~30 s: a subprocess compiling the detector twice; `pytest -m slow`
 def test_detection_under_sharded_and_pmap_on_two_devices(tmp_path):
   """Eval gathers every device's detections (all_gather under pmap, a replicated output
   under jit): both modes count all 24 held-in photos once and train the same detector."""
