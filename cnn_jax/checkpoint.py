@@ -115,9 +115,9 @@ class Checkpoints:
     return str(self.workdir / SUBDIRS["latest"] / str(step)) if step is not None else "none"
 
   def wait(self) -> Optional[Exception]:
-    """Wait for the saves in flight. An asynchronous save that failed (a full disk) raises
-    here, long after its step: that error is returned, not raised, the folder it left
-    half-written is removed, and the previous checkpoint stays the last good one."""
+    """Wait for the saves in flight, then remove what failed ones left half-written. An
+    asynchronous save that failed (a full disk) raises here, long after its step: that
+    error is returned, not raised; the previous checkpoint stays the last good one."""
     error = None
     for manager in (self.latest, self.best):
       if manager is None:
@@ -126,14 +126,12 @@ class Checkpoints:
         manager.wait_until_finished()
       except Exception as e:  # noqa: BLE001 - reported by the caller
         error = error or e
-    if error is not None:
-      self.remove_unfinished()
+    self._remove_unfinished()  # nothing is in flight now: any tmp folder is a failed save's
     return error
 
-  def remove_unfinished(self) -> list[str]:
+  def _remove_unfinished(self) -> list[str]:
     """Delete the temporary folders failed saves leave (`<step>.orbax-checkpoint-tmp*`):
-    on a full disk each would hold the space the next save needs. Call with no save in
-    flight (after `wait`)."""
+    on a full disk each would hold the space the next save needs."""
     removed = []
     for sub in SUBDIRS.values():
       folder = self.workdir / sub

@@ -44,16 +44,10 @@ def _persistent_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-# Names other frameworks use for a config key (what a user types first).
-KEY_ALIASES = {"lr": "learning_rate", "wd": "weight_decay", "epochs": "num_epochs",
-               "bs": "batch_size", "optimizer": "name", "opt": "name", "schedule_name": "schedule"}
-
-
 def _flag_problem(argv: Sequence[str]) -> Optional[str]:
   """What is wrong with train's flags, said in one line before ml_collections tries them
   (it prints a 46-line traceback for a config file with a syntax error, and only
   "invalid flags: lr" for --config.optimizer.lr)."""
-  import difflib
   from cnn_jax import config as config_lib
   path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
   if path is None and "--config" in argv[:-1]:
@@ -67,22 +61,13 @@ def _flag_problem(argv: Sequence[str]) -> Optional[str]:
         compile(f.read(), file, "exec")
     except SyntaxError as e:
       return f"{file}, line {e.lineno}: {e.msg}: {(e.text or '').strip()}"
-
-  def keys(c, prefix=""):
-    for k, v in c.items():
-      if hasattr(v, "items") and k not in config_lib.FREE_FORM:
-        yield from keys(v, f"{prefix}{k}.")
-      else:
-        yield f"{prefix}{k}"
-  known = list(keys(config_lib.base_config()))
+  known = config_lib.known_keys()
   for a in argv:
     if a.startswith("--config."):
       key = a[len("--config."):].split("=", 1)[0]
       if key in known or key.split(".")[0] in config_lib.FREE_FORM:
         continue
-      *section, last = key.split(".")
-      alias = ".".join([*section, KEY_ALIASES.get(last, last)])
-      close = [alias] if alias in known else difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+      close = config_lib.suggest_keys(key)
       return (f"unknown config key {key!r} in {a!r}."
               + (f" Did you mean {', '.join(close)}?" if close else ""))
   return None

@@ -17,6 +17,7 @@ from ml_collections.config_dict import placeholder
 FREE_FORM = ("model_kwargs",)
 MATMUL_PRECISIONS = ("default", "high", "highest")
 TASKS = ("classification", "detection", "localization")
+BOX_TASKS = ("detection", "localization")  # examples carry boxes: box-aware host ops only
 # Device-side augmentations that leave every pixel where it was (so boxes stay right).
 BOX_SAFE_AUGMENT = frozenset({"brightness", "contrast", "saturation", "hue", "color", "noise"})
 
@@ -159,12 +160,39 @@ def base_config() -> ConfigDict:
   return c
 
 
+# Names other frameworks use for a config key (what a user types first).
+KEY_ALIASES = {"lr": "learning_rate", "wd": "weight_decay", "epochs": "num_epochs",
+               "bs": "batch_size", "optimizer": "name", "opt": "name", "schedule_name": "schedule"}
+
+
+def known_keys(c: Any = None, prefix: str = "") -> list[str]:
+  """Every dotted key of the base config ("optimizer.learning_rate"); free-form sub-configs
+  (model_kwargs) count as one key."""
+  c = base_config() if c is None else c
+  out = []
+  for k, v in c.items():
+    if isinstance(v, ConfigDict) and k not in FREE_FORM:
+      out += known_keys(v, f"{prefix}{k}.")
+    else:
+      out.append(f"{prefix}{k}")
+  return out
+
+
+def suggest_keys(path: str) -> list[str]:
+  """The keys an unknown dotted `path` probably meant: its alias (lr -> learning_rate),
+  else the closest spellings. The one suggester for configs and --config.KEY flags."""
+  known = known_keys()
+  *section, last = path.split(".")
+  alias = ".".join([*section, KEY_ALIASES.get(last, last)])
+  return [alias] if alias in known else difflib.get_close_matches(path, known, n=3, cutoff=0.6)
+
+
 def _check_keys(cfg: Any, ref: Any, prefix: str) -> None:
   for key in cfg.keys():
     path = f"{prefix}{key}"
     if key not in ref:
-      close = difflib.get_close_matches(key, list(ref.keys()), n=3)
-      hint = f" Did you mean {', '.join(prefix + c for c in close)}?" if close else ""
+      close = suggest_keys(path)
+      hint = f" Did you mean {', '.join(close)}?" if close else ""
       raise KeyError(f"unknown config key {path!r}.{hint}")
     if key in FREE_FORM:
       continue
@@ -236,7 +264,7 @@ def validate(config: ConfigDict) -> ConfigDict:
   task = config.get("task", "classification")  # runs saved before tasks existed classify
   if task not in TASKS:
     raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-  if task in ("detection", "localization"):
+  if task in BOX_TASKS:
     moving = [o.text for o in ops if o.name not in BOX_SAFE_AUGMENT]
     if moving:
       raise ValueError(f"config.augment {config.augment!r}: {', '.join(moving)} would move pixels "

@@ -157,9 +157,10 @@ class Subset:
     return Subset(self.parent, self.index[index])
 
 
-def tfds_source(ds: Any, split: str, *, max_examples: Optional[int] = None,
-                process_index: int = 0, process_count: int = 1) -> Any:
-  """This process's share of a tfds split: a cached in-memory `Split` when it is small."""
+def process_data_source(ds: Any, split: str, process_index: int = 0, process_count: int = 1
+                        ) -> tuple[Any, str, Any]:
+  """(builder, this process's sub-split, its `tfds.data_source`): the data set prepared
+  first, the split cut into even shares (`tfds.even_splits`), a bad split name explained."""
   import tensorflow_datasets as tfds
   builder = prepare(ds.name, ds.get("data_dir"), ds.get("raw_dir"), ds.get("allow_download", True))
   sub = tfds.even_splits(split, process_count)[process_index] if process_count > 1 else split
@@ -168,6 +169,19 @@ def tfds_source(ds: Any, split: str, *, max_examples: Optional[int] = None,
   except (ValueError, KeyError) as e:
     raise ValueError(f"cannot read split {split!r} of {ds.name!r} (it has "
                      f"{list(builder.info.splits) or 'unknown splits'}): {e}") from e
+  return builder, sub, source
+
+
+def examples_share(max_examples: int, process_index: int, process_count: int) -> int:
+  """This process's part of a global `max_examples` (as folders count it: in all)."""
+  return (max_examples * (process_index + 1) // process_count
+          - max_examples * process_index // process_count)
+
+
+def tfds_source(ds: Any, split: str, *, max_examples: Optional[int] = None,
+                process_index: int = 0, process_count: int = 1) -> Any:
+  """This process's share of a tfds split: a cached in-memory `Split` when it is small."""
+  builder, sub, source = process_data_source(ds, split, process_index, process_count)
   label = builder.info.features["label"]
   shape = tuple(builder.info.features["image"].shape)
   if len(shape) == 2:
@@ -175,8 +189,7 @@ def tfds_source(ds: Any, split: str, *, max_examples: Optional[int] = None,
   src: Any = TfdsSource(source, label.num_classes, list(label.names),
                         None if None in shape else shape)
   if max_examples is not None:  # a global count, as for folders: this process keeps its share
-    mine = (max_examples * (process_index + 1) // process_count
-            - max_examples * process_index // process_count)
+    mine = examples_share(max_examples, process_index, process_count)
     if mine < len(src):
       src = src.subset(np.arange(mine))
   return cache_lib.maybe_cached(src, {"kind": "tfds", "name": ds.name, "version": str(builder.version),

@@ -6,7 +6,7 @@ Examples come out as the VOC folders' do (`data/voc.py`): (uint8 image, {"boxes"
 normalized corners x0, y0, x1, y1, "labels" (k,), "difficult" (k,)}), so the same box-aware
 pp, padding and mAP apply. tfds stores boxes as (ymin, xmin, ymax, xmax); they are
 reordered here. Reading an annotation decodes its image too (tfds keeps them in one
-record), so `max_objects` and the k-means anchors read the split once, at start-up.
+record), so the annotations are read once, at start-up, and kept (`target`).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ class TfdsDetectionSource:
     self.data, self.class_names = data, list(class_names)
     self.num_classes = len(self.class_names)
     self.index = np.arange(len(data)) if index is None else np.asarray(index, np.int64)
-    self._max_objects: Optional[int] = None
+    self._targets: Optional[list[dict[str, np.ndarray]]] = None
 
   def __len__(self) -> int:
     return len(self.index)
@@ -51,13 +51,16 @@ class TfdsDetectionSource:
     return image, self._target(ex["objects"])
 
   def target(self, i: int) -> dict[str, np.ndarray]:
-    return self[i][1]
+    """Example i's annotation. The first call reads every record once (tfds keeps an
+    image and its boxes together) and keeps the small arrays: max_objects and the k-means
+    anchors both ask for all of them at start-up."""
+    if self._targets is None:
+      self._targets = [self[j][1] for j in range(len(self))]
+    return {k: v.copy() for k, v in self._targets[i].items()}
 
   @property
   def max_objects(self) -> int:
-    if self._max_objects is None:
-      self._max_objects = max([len(self.target(i)["labels"]) for i in range(len(self))] or [0])
-    return self._max_objects
+    return max([len(self.target(i)["labels"]) for i in range(len(self))] or [0])
 
   def subset(self, index: Sequence[int]) -> "TfdsDetectionSource":
     return TfdsDetectionSource(self.data, self.class_names, self.index[np.asarray(index, np.int64)])
@@ -66,23 +69,13 @@ class TfdsDetectionSource:
 def tfds_detection_source(ds: Any, split: str, *, max_examples: Optional[int] = None,
                           process_index: int = 0, process_count: int = 1) -> TfdsDetectionSource:
   """This process's share of a tfds detection split (`max_examples` is a global count)."""
-  import tensorflow_datasets as tfds
   from cnn_jax.data import tfds_data
-  builder = tfds_data.prepare(ds.name, ds.get("data_dir"), ds.get("raw_dir"),
-                              ds.get("allow_download", True))
-  sub = tfds.even_splits(split, process_count)[process_index] if process_count > 1 else split
-  try:
-    data = tfds.data_source(ds.name, split=sub,
-                            data_dir=tfds_data.default_data_dir(ds.get("data_dir")))
-  except (ValueError, KeyError) as e:
-    raise ValueError(f"cannot read split {split!r} of {ds.name!r} (it has "
-                     f"{list(builder.info.splits) or 'unknown splits'}): {e}") from e
+  builder, _, data = tfds_data.process_data_source(ds, split, process_index, process_count)
   features = builder.info.features
   if "objects" not in features or "bbox" not in features["objects"].feature:
     raise ValueError(f"{ds.name!r} has no objects/bbox feature: it is not a detection data set")
   source = TfdsDetectionSource(data, features["objects"]["label"].names)
   if max_examples is not None:
-    mine = (max_examples * (process_index + 1) // process_count
-            - max_examples * process_index // process_count)
+    mine = tfds_data.examples_share(max_examples, process_index, process_count)
     source = source.subset(np.arange(min(mine, len(source))))
   return source

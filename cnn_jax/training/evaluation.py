@@ -12,6 +12,7 @@ from typing import Any, Optional
 import jax
 
 from cnn_jax import checkpoint as ckpt_lib
+from cnn_jax import config as config_lib
 from cnn_jax import parallel
 from cnn_jax.data import input_pipeline
 from cnn_jax.training.setup import Setup
@@ -61,18 +62,14 @@ def restore_weights(s: Setup, state: TrainState, variables: dict[str, Any],
   Every variable must be there with its shape, or the error says which (it used to surface
   as a `pjit in_shardings` error at the first step).
   """
-  if s.config.get("task") in ("detection", "localization"):
+  if s.config.get("task") in config_lib.BOX_TASKS:
     from cnn_jax.detection import task as detection_task  # noqa: PLC0415
     return detection_task.restore_backbone(state, variables)
-  from flax import traverse_util  # noqa: PLC0415
-  mine = traverse_util.flatten_dict({"params": state.params, "batch_stats": state.batch_stats},
-                                    sep="/")
-  theirs = traverse_util.flatten_dict(
-      {"params": variables["params"], "batch_stats": variables.get("batch_stats") or {}}, sep="/")
-  missing = [k for k in mine if k not in theirs]
-  unknown = [k for k in theirs if k not in mine]
-  reshaped = [f"{k} {tuple(theirs[k].shape)} -> {tuple(v.shape)}" for k, v in mine.items()
-              if k in theirs and tuple(theirs[k].shape) != tuple(v.shape)]
+  from cnn_jax.weights import compare_variables  # noqa: PLC0415
+  missing, unknown, reshaped = compare_variables(
+      {"params": state.params, "batch_stats": state.batch_stats},
+      {"params": variables["params"], "batch_stats": variables.get("batch_stats") or {}})
+  reshaped = [f"{k} {got} -> {want}" for k, got, want in reshaped]
   if missing or unknown or reshaped:
     details = "; ".join(f"{what}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}"
                         for what, items in (("missing there", missing), ("not in this model", unknown),

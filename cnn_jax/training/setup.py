@@ -61,9 +61,6 @@ def build_model(config: ConfigDict, num_classes: int) -> Any:
   return models.get_model(config.model, **kwargs)
 
 
-BOX_TASKS = ("detection", "localization")  # their examples carry boxes (box-aware host ops)
-
-
 def max_objects_of(config: ConfigDict) -> Optional[int]:
   """Objects per image in a batch: None for classification (runs saved before tasks
   existed have no `detection` key at all), 1 for localization."""
@@ -101,7 +98,7 @@ def batch_image_shape(config: ConfigDict, data: Any, split: str) -> tuple[int, i
   pp = config.dataset.pp_train if split == "train" else config.dataset.pp_eval
   stored = data.image_shape or (None, None, getattr(data, "channels", 3))
   try:
-    boxes = config.get("task") in BOX_TASKS
+    boxes = config.get("task") in config_lib.BOX_TASKS
     shape = input_pipeline.parse_pp(pp, boxes).output_shape(tuple(stored))
   except ValueError as e:
     key = "pp_train" if split == "train" else "pp_eval"

@@ -121,8 +121,7 @@ def _run(config: ConfigDict, workdir: Any, train_data: Optional[Any], val_data: 
         ckpts.save(state, meta, force=True)
     except Exception as e:  # noqa: BLE001 - reported, training goes on
       report_failed_save(kind, meta["step"], e)
-      ckpts.wait()  # nothing in flight, then the half-written folder goes
-      ckpts.remove_unfinished()
+      wait_for_saves()  # nothing in flight, then the half-written folder goes
 
   def report_failed_save(kind: str, step: int, e: Exception) -> None:
     log.error("saving the %s checkpoint at step %d failed (%s: %s); training continues with the "

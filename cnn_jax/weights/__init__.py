@@ -25,15 +25,30 @@ from flax import traverse_util
 from cnn_jax import models
 
 
+def compare_variables(want: Any, got: Any
+                      ) -> tuple[list[str], list[str], list[tuple[str, tuple, tuple]]]:
+  """Leaf by leaf ('params/conv1/kernel'): the paths missing from `got`, the paths in `got`
+  that are not wanted, and (path, got shape, wanted shape) where shapes differ. Pytrees of
+  arrays or ShapeDtypeStructs: the one comparison behind imported weights and restore_from."""
+  want = traverse_util.flatten_dict(dict(want), sep="/")
+  got = traverse_util.flatten_dict(dict(got), sep="/")
+  missing = [k for k in want if k not in got]
+  unexpected = [k for k in got if k not in want]
+  reshaped = [(k, tuple(got[k].shape), tuple(v.shape)) for k, v in want.items()
+              if k in got and tuple(got[k].shape) != tuple(v.shape)]
+  return missing, unexpected, reshaped
+
+
 def check_variables(model: nn.Module, variables: dict[str, Any],
                     input_shape: Sequence[int]) -> None:
   """Raise ValueError listing every missing, unexpected or mis-shaped variable."""
-  want = traverse_util.flatten_dict(dict(models.abstract_variables(model, input_shape)), sep="/")
-  got = traverse_util.flatten_dict(dict(variables), sep="/")
-  problems = [f"missing {k} {v.shape}" for k, v in want.items() if k not in got]
-  problems += [f"unexpected {k} {got[k].shape}" for k in got if k not in want]
-  problems += [f"{k}: got {tuple(got[k].shape)}, model wants {tuple(v.shape)}"
-               for k, v in want.items() if k in got and tuple(got[k].shape) != tuple(v.shape)]
+  want = models.abstract_variables(model, input_shape)
+  missing, unexpected, reshaped = compare_variables(want, variables)
+  flat_want = traverse_util.flatten_dict(dict(want), sep="/")
+  flat_got = traverse_util.flatten_dict(dict(variables), sep="/")
+  problems = [f"missing {k} {flat_want[k].shape}" for k in missing]
+  problems += [f"unexpected {k} {flat_got[k].shape}" for k in unexpected]
+  problems += [f"{k}: got {g}, model wants {w}" for k, g, w in reshaped]
   if problems:
     raise ValueError("weights do not fit the model:\n  " + "\n  ".join(problems[:50]))
 
@@ -55,4 +70,4 @@ def fc_from_chw(w: Any, channels: int, height: int, width: Optional[int] = None)
   return w.reshape(channels, height, width, out).transpose(1, 2, 0, 3).reshape(-1, out)
 
 
-__all__ = ["check_variables", "nest", "fc_from_chw"]
+__all__ = ["check_variables", "compare_variables", "nest", "fc_from_chw"]
