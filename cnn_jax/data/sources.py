@@ -206,15 +206,24 @@ def _decodes(path: str) -> bool:
     return False
 
 
-def _without_corrupt(source: FolderSource) -> FolderSource:
+def without_unreadable(source: Any, files: Sequence[str], skip: bool = True) -> Any:
+  """`source` less the examples whose image file (`files[i]`) does not decode, counted in
+  the log; with skip=False the first such file is a CorruptImageError naming it instead.
+  The one corrupt-file scan of image folders and VOC folders."""
   with concurrent.futures.ThreadPoolExecutor(8) as pool:  # PIL decodes without the GIL
-    ok = list(pool.map(_decodes, source.files))
-  keep = [i for i, good in enumerate(ok) if good]
-  bad = [f for f, good in zip(source.files, ok) if not good]
-  if bad:
-    log.warning("skipped %d unreadable image file(s) (dataset.skip_corrupt=True), e.g. %s",
-                len(bad), ", ".join(bad[:3]))
-  return source.subset(np.asarray(keep, np.int64))
+    ok = list(pool.map(_decodes, files))
+  bad = [f for f, good in zip(files, ok) if not good]
+  if not bad:
+    return source
+  if not skip:
+    decode_image(bad[0], 3)  # raises CorruptImageError, naming the file
+  log.warning("skipped %d unreadable image file(s) (dataset.skip_corrupt=True), e.g. %s",
+              len(bad), ", ".join(bad[:3]))
+  return source.subset(np.asarray([i for i, good in enumerate(ok) if good], np.int64))
+
+
+def _without_corrupt(source: FolderSource) -> FolderSource:
+  return without_unreadable(source, source.files)
 
 
 def shard(source: Any, process_index: int, process_count: int) -> Any:

@@ -254,16 +254,6 @@ def check_images(source: VocSource, skip_corrupt: bool = False) -> VocSource:
   (CorruptImageError) instead of failing a worker mid-epoch; with skip_corrupt it is
   dropped with its annotation, and counted in the log. About a second for a few hundred
   photos (draft-mode JPEG decoding, as the image folders' skip_corrupt scan)."""
-  from concurrent.futures import ThreadPoolExecutor
-  with ThreadPoolExecutor(8) as pool:  # PIL decodes without the GIL
-    ok = list(pool.map(sources._decodes, source.image_files))
-  bad = [i for i, good in enumerate(ok) if not good]
-  if not bad:
-    return source
-  if not skip_corrupt:
-    sources.decode_image(source.image_files[bad[0]], 3)  # raises CorruptImageError, naming it
-  log.warning("skipped %d unreadable image(s) (dataset.skip_corrupt=True): %s", len(bad),
-              ", ".join(source.image_files[i] for i in bad[:5]))
-  kept = source.subset([i for i, good in enumerate(ok) if good])
-  kept.num_skipped_corrupt = len(bad)
+  kept = sources.without_unreadable(source, source.image_files, skip_corrupt)
+  kept.num_skipped_corrupt = len(source) - len(kept)
   return kept
