@@ -242,13 +242,6 @@ def voc_source(path: str, split: str, *, image_dir: str = "images",
   return source
 
 
-def box_sizes(source: VocSource) -> np.ndarray:
-  """(n, 2) normalized (width, height) of every box in `source`, difficult ones included:
-  the input to k-means anchor fitting. Reads annotations only, never an image."""
-  b = source._boxes
-  return np.stack([b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], axis=1).astype(np.float32)
-
-
 def check_images(source: VocSource, skip_corrupt: bool = False) -> VocSource:
   """Decode every image once, before training: a truncated or unreadable photo is named now
   (CorruptImageError) instead of failing a worker mid-epoch; with skip_corrupt it is

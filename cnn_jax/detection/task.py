@@ -29,7 +29,7 @@ from jax import lax
 from ml_collections import ConfigDict
 
 from cnn_jax import parallel
-from cnn_jax.data import input_pipeline, sources, voc
+from cnn_jax.data import input_pipeline, sources
 from cnn_jax.detection import anchors as anchors_lib
 from cnn_jax.detection import mean_ap
 from cnn_jax.detection.backbones import zoo_backbone
@@ -65,11 +65,11 @@ def resolve(config: ConfigDict, train_data: Optional[Any], splits: Sequence[Any]
 
 
 def box_sizes(source: Any) -> np.ndarray:
-  """(n, 2) normalized (w, h) of every box of a detection source (annotations only)."""
-  if hasattr(source, "_boxes"):
-    return voc.box_sizes(source)
-  boxes = np.concatenate([source.target(i)["boxes"] for i in range(len(source))]).reshape(-1, 4)
-  return np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], 1)
+  """(n, 2) normalized (w, h) of every box of a detection source, difficult ones included:
+  the input to the k-means anchors. Reads annotations only (`target`), never an image."""
+  boxes = np.concatenate([source.target(i)["boxes"] for i in range(len(source))]
+                         or [np.zeros((0, 4), np.float32)]).reshape(-1, 4)
+  return np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], 1).astype(np.float32)
 
 
 def anchors_of(config: ConfigDict) -> Anchors:
