@@ -131,6 +131,13 @@ def base_config() -> ConfigDict:
   # TF32 convolutions / matmuls on Ampere+ GPUs, bf16 passes on TPU — fast, and what a
   # PyTorch user gets by default for convolutions. "highest" gives full float32 everywhere.
   c.matmul_precision = "default"         # default | high | highest
+  # Computation dtype of the model: "bfloat16" runs every layer in bf16 while parameters,
+  # optimizer state, batch-norm statistics and the loss stay float32 (mixed precision, as
+  # the Flax ImageNet example's half_precision).
+  c.dtype = "float32"                    # float32 | bfloat16
+  # XLA's persistent compilation cache: a second start of the same run skips compiling.
+  # None: $CNN_JAX_COMPILATION_CACHE or ~/.cache/cnn_jax/xla; "" turns it off.
+  c.compilation_cache_dir = placeholder(str)
   # True: XLA's deterministic GPU ops (--xla_gpu_deterministic_ops; slower scatters and
   # reductions), so a resumed GPU run is bit-identical too. CPU runs are deterministic anyway.
   c.deterministic = False

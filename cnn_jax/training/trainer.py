@@ -22,7 +22,7 @@ from cnn_jax import checkpoint as ckpt_lib
 from cnn_jax import config as config_lib
 from cnn_jax import parallel
 from cnn_jax.data import input_pipeline
-from cnn_jax.training import evaluation, guards
+from cnn_jax.training import eval_pictures, evaluation, guards
 from cnn_jax.training import workdir as workdir_lib
 from cnn_jax.training.metric_writers import MetricWriter
 from cnn_jax.training.setup import Setup, setup
@@ -43,24 +43,6 @@ def _meta(s: Setup, epoch: int, step: int) -> dict[str, Any]:
           "class_names": getattr(data, "class_names", None),
           "input_shape": list(s.input_shape), "data_shape": list(s.data_shape),
           "config": json.loads(s.config.to_json_best_effort())}
-
-
-def _filters_to_tensorboard(writer: MetricWriter, s: Setup, state: Any, step: int,
-                            path: Optional[str]) -> Optional[str]:
-  """The first convolution's kernels as an image in TensorBoard (`filters/first_conv`), at
-  each evaluation: host-side numpy on a few KB of weights. A picture is never worth a run:
-  anything that goes wrong is logged once and the picture dropped."""
-  if path == "":
-    return path
-  try:
-    from cnn_jax.viz import filters  # noqa: PLC0415 - numpy only; matplotlib is not imported
-    variables = {"params": state.params, "batch_stats": state.batch_stats}  # only traced:
-    image, path = filters.first_conv_image(s.model, variables, s.input_shape, path)  # 1 kernel read
-    writer.image("filters/first_conv", image, step)
-    return path or ""
-  except Exception as e:  # noqa: BLE001
-    log.info("no filters picture for TensorBoard (%s: %s)", type(e).__name__, e)
-    return ""
 
 
 def train_and_evaluate(config: ConfigDict, workdir: str, train_data: Optional[Any] = None,
@@ -140,7 +122,7 @@ def _run(config: ConfigDict, workdir: Any, train_data: Optional[Any], val_data: 
   per_process = config.batch_size // jax.process_count()
   last_finite: tuple[int, Optional[float]] = (start_step, None)
   skipped_run = 0  # consecutive steps skip_nonfinite_steps dropped
-  filters_path: Optional[str] = None  # the first conv, found at the first evaluation
+  pictures: dict[str, Any] = {}  # what eval_pictures found once (e.g. the first conv)
   train_time, train_images = 0.0, 0
   try:
     # One reader for the whole run (grain workers start once), from the resumed step on;
@@ -213,7 +195,7 @@ def _run(config: ConfigDict, workdir: Any, train_data: Optional[Any], val_data: 
           ev = evaluation.evaluate(s, state, s.val_data)
           writer.write(step, ev, "validation")
           if is_main:
-            filters_path = _filters_to_tensorboard(writer, s, state, step, filters_path)
+            eval_pictures.write_eval_pictures(writer, s, state, step, pictures)
           meta["validation"] = summary["validation"] = ev
           save("best", meta, ev)
           if is_main:
