@@ -68,6 +68,12 @@ def base_config() -> ConfigDict:
   c.dataset.cache = True                   # decode small fixed-shape splits once (data/cache.py)
   c.dataset.cache_dir = placeholder(str)   # default $CNN_JAX_CACHE_DIR or ~/.cache/cnn_jax
   c.dataset.cache_max_mb = 4096
+  # Keep the whole train split on the device and gather each batch there (no host reader,
+  # no per-step copy): "auto" does it for an in-memory split with no host-side pp_train
+  # on a single process under parallel="sharded" when it fits on_device_max_mb; the
+  # batches are the same as the host reader's. True insists (error if impossible); False: off.
+  c.dataset.on_device = "auto"
+  c.dataset.on_device_max_mb = 1024
 
   # Training augmentation, ops joined by "|" and run on the device (cnn_jax/data/augment.py),
   # e.g. "pad_crop(4)|flip_lr|color(0.4, 0.4, 0.4, 0.1)|cutout(8)|mixup(0.2)". Image ops, in
@@ -164,6 +170,7 @@ def base_config() -> ConfigDict:
   c.restore_from = placeholder(str)                  # start a new run from another run's weights
   c.skip_nonfinite_steps = False         # skip NaN / inf steps instead of stopping
   c.progress_bar = True
+  c.tensorboard_samples = 8              # validation images + predictions in TensorBoard (0: off)
   return c
 
 
@@ -229,6 +236,10 @@ def _check_run_settings(config: ConfigDict) -> None:
   _positive_int(config, "eval_every_epochs", "validation runs every N epochs (and after the last)")
   _positive_int(config, "keep_checkpoints", "checkpoints/ keeps the newest N; with 0 a run "
                 "could never resume (best/ is kept apart)")
+  samples = config.get("tensorboard_samples", 0)
+  if not isinstance(samples, int) or isinstance(samples, bool) or samples < 0:
+    raise ValueError(f"tensorboard_samples must be an integer >= 0 (0: no sample pictures), "
+                     f"got {samples!r}")
   _positive_int(config, "dataset.max_train_examples", "leave it unset for the whole split")
   _positive_int(config, "dataset.max_eval_examples", "leave it unset for the whole split, or "
                 "set val_split='' / test_split='' to skip an evaluation")
@@ -264,6 +275,9 @@ def validate(config: ConfigDict) -> ConfigDict:
   if config.matmul_precision not in MATMUL_PRECISIONS:
     raise ValueError(f"matmul_precision must be one of {MATMUL_PRECISIONS}, got "
                      f"{config.matmul_precision!r}")
+  if config.get("dtype", "float32") not in ("float32", "bfloat16"):  # runs saved before: float32
+    raise ValueError(f"dtype must be 'float32' or 'bfloat16' (mixed precision: bfloat16 "
+                     f"compute, float32 parameters), got {config.dtype!r}")
   if config.parallel not in ("sharded", "pmap"):
     raise ValueError(f"parallel must be 'sharded' or 'pmap', got {config.parallel!r}")
   from cnn_jax.data import augment  # noqa: PLC0415 - jax only when a run is validated
