@@ -71,7 +71,7 @@ def base_config() -> ConfigDict:
   # Keep the whole train split on the device and gather each batch there (no host reader,
   # no per-step copy): "auto" does it for an in-memory split with no host-side pp_train
   # on a single process under parallel="sharded" when it fits on_device_max_mb; the
-  # batches are the same as the host reader's. True insists (error if impossible); False: off.
+  # batches are the same as the host reader's. "always" insists (error if it cannot); "never".
   c.dataset.on_device = "auto"
   c.dataset.on_device_max_mb = 1024
 
@@ -142,7 +142,7 @@ def base_config() -> ConfigDict:
   # the Flax ImageNet example's half_precision).
   c.dtype = "float32"                    # float32 | bfloat16
   # XLA's persistent compilation cache: a second start of the same run skips compiling.
-  # None: $CNN_JAX_COMPILATION_CACHE or ~/.cache/cnn_jax/xla; "" turns it off.
+  # None: $CNN_JAX_COMPILATION_CACHE or ~/.cache/cnn_jax/jax_compilation; "" turns it off.
   c.compilation_cache_dir = placeholder(str)
   # True: XLA's deterministic GPU ops (--xla_gpu_deterministic_ops; slower scatters and
   # reductions), so a resumed GPU run is bit-identical too. CPU runs are deterministic anyway.

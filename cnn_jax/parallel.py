@@ -18,7 +18,7 @@ import collections
 import functools
 import itertools
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import jax
 import numpy as np
@@ -74,6 +74,10 @@ class Compiled:
   eval_step: Callable[[Any, dict], dict]
   put_batch: Callable[[dict], dict]
   state_sharding: Any
+  # (state, data, {"index"}) -> (state, metrics): the train step on the batch gathered
+  # from a split kept on the device (`data.on_device`); sharded mode only, else None.
+  train_from_index: Optional[Callable[[Any, dict, dict], tuple[Any, dict]]] = None
+  replicated: Any = None  # where on_device keeps the split
 
 
 def compile_steps(mode: str, init_fn: Callable[[jax.Array], Any], train_fn: Callable,
@@ -96,11 +100,20 @@ def compile_steps(mode: str, init_fn: Callable[[jax.Array], Any], train_fn: Call
     evaluate = jax.jit(functools.partial(eval_fn, axis_name=None),
                        in_shardings=(state_sharding, batch_sharding), out_shardings=replicated)
 
+    def train_gathered(state, data, index_batch):
+      batch = {k: v[index_batch["index"]] for k, v in data.items()}
+      return train_fn(state, batch, axis_name=None)
+
+    train_from_index = jax.jit(train_gathered, donate_argnums=0,
+                               in_shardings=(state_sharding, replicated, batch_sharding),
+                               out_shardings=(state_sharding, replicated))
+
     def put_batch(batch):
       return {k: jax.make_array_from_process_local_data(batch_sharding, v)
               for k, v in batch.items()}
 
-    return Compiled(mode, init, train, evaluate, put_batch, state_sharding)
+    return Compiled(mode, init, train, evaluate, put_batch, state_sharding, train_from_index,
+                    replicated)
 
   if mode == "pmap":
     n_local = jax.local_device_count()

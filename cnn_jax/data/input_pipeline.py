@@ -125,9 +125,13 @@ class TrainBatch:
       last = self._order = (epoch, epoch_permutation(len(self.source), self.seed, epoch))
     return last[1]
 
-  def __call__(self, step: int) -> dict[str, np.ndarray]:
+  def indices(self, step: int) -> tuple[int, np.ndarray]:
+    """(epoch, the sorted example indices of step `step`): what the batch of a step is."""
     epoch, i = divmod(int(step), self.spe)
-    index = np.sort(self.order(epoch)[i * self.batch_size:(i + 1) * self.batch_size])
+    return epoch, np.sort(self.order(epoch)[i * self.batch_size:(i + 1) * self.batch_size])
+
+  def __call__(self, step: int) -> dict[str, np.ndarray]:
+    epoch, index = self.indices(step)
     return gather(self.source, index, self.pipeline, [self.seed, epoch], self.max_objects)
 
   def __getstate__(self) -> dict:

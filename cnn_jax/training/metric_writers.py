@@ -21,6 +21,25 @@ from cnn_jax.training import workdir as workdir_lib
 log = logging.getLogger("cnn_jax")
 
 
+def _summary_writer_class() -> Any:
+  """tensorboardX's SummaryWriter, imported without PyTorch.
+
+  tensorboardX imports torch whenever it is installed (only to accept torch tensors),
+  which cost 1.3-2.4 s of every run's start-up here. We pass numpy, so torch is hidden
+  during that import when nothing has imported it yet; tensorboardX handles its absence.
+  """
+  import sys
+  hide = "torch" not in sys.modules
+  if hide:
+    sys.modules["torch"] = None  # type: ignore[assignment] - makes `import torch` fail
+  try:
+    from tensorboardX import SummaryWriter  # noqa: PLC0415
+  finally:
+    if hide:
+      del sys.modules["torch"]
+  return SummaryWriter
+
+
 class MetricWriter:
   """Writes `{"step", "time", <prefix>/<name>: value}` lines to metrics.jsonl and TB events."""
 
@@ -49,8 +68,7 @@ class MetricWriter:
         # wrote, so what is left waits in `_pending` and no line is written twice or torn.
         self._fd = os.open(os.fspath(self.path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
       if tensorboard:
-        from tensorboardX import SummaryWriter
-        self._tb = SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
+        self._tb = _summary_writer_class()(str(epath.Path(workdir) / "tensorboard"))
 
   def _set_aside_after(self, step: int) -> None:
     lines = self.path.read_text().splitlines(True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any, Optional
@@ -21,7 +22,7 @@ from tqdm import tqdm
 from cnn_jax import checkpoint as ckpt_lib
 from cnn_jax import config as config_lib
 from cnn_jax import parallel
-from cnn_jax.data import input_pipeline
+from cnn_jax.data import input_pipeline, on_device
 from cnn_jax.training import eval_pictures, evaluation, guards
 from cnn_jax.training import workdir as workdir_lib
 from cnn_jax.training.metric_writers import MetricWriter
@@ -43,6 +44,36 @@ def _meta(s: Setup, epoch: int, step: int) -> dict[str, Any]:
           "class_names": getattr(data, "class_names", None),
           "input_shape": list(s.input_shape), "data_shape": list(s.data_shape),
           "config": json.loads(s.config.to_json_best_effort())}
+
+
+def _since_process_start() -> Optional[float]:
+  """Seconds since this process started (Linux /proc; None elsewhere): what a user waits
+  from the command to the first step, imports and data loading included."""
+  try:
+    with open("/proc/self/stat") as f:
+      start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+    with open("/proc/uptime") as f:
+      uptime = float(f.read().split()[0])
+    return round(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 2)
+  except (OSError, ValueError, IndexError):
+    return None
+
+
+def _train_reader(s: Setup, per_process: int, start_step: int) -> tuple[Any, Any]:
+  """(host batches of steps start_step.., the compiled step that takes them): the grain
+  reader and `train_step`, or, for a split kept on the device, each step's example
+  indices and `train_from_index`."""
+  config, spe = s.config, s.steps_per_epoch
+  steps = dict(steps_per_epoch=spe, start_step=start_step, num_steps=spe * config.num_epochs)
+  if on_device.use_on_device(config, s.train_data, jax.process_count()):
+    data = on_device.put_split(s.train_data, s.compiled.replicated)
+    log.info("train split on the device (%d examples); batches are gathered there",
+             len(s.train_data))
+    return (on_device.index_batches(s.train_data, per_process, config.seed, **steps),
+            lambda state, batch: s.compiled.train_from_index(state, data, batch))
+  return (input_pipeline.train_batches(s.train_data, per_process, config.seed,
+                                       pp=config.dataset.pp_train, **steps,
+                                       **s.batch_options()), s.compiled.train_step)
 
 
 def train_and_evaluate(config: ConfigDict, workdir: str, train_data: Optional[Any] = None,
@@ -127,9 +158,7 @@ def _run(config: ConfigDict, workdir: Any, train_data: Optional[Any], val_data: 
   try:
     # One reader for the whole run (grain workers start once), from the resumed step on;
     # inside `try`, so that a reader that cannot start still closes the checkpointers.
-    loader = input_pipeline.train_batches(
-        s.train_data, per_process, config.seed, steps_per_epoch=spe, start_step=start_step,
-        num_steps=spe * config.num_epochs, pp=config.dataset.pp_train, **s.batch_options())
+    loader, train_step = _train_reader(s, per_process, start_step)
     with guards.SignalFlag() as signals:
       for epoch in range(start_step // spe, config.num_epochs):
         first = max(0, start_step - epoch * spe)
@@ -141,7 +170,7 @@ def _run(config: ConfigDict, workdir: Any, train_data: Optional[Any], val_data: 
         epoch_start = time.time()
         for i, batch in enumerate(parallel.prefetch(bar, s.compiled.put_batch), start=first):
           try:
-            state, metrics = s.compiled.train_step(state, batch)
+            state, metrics = train_step(state, batch)
           except Exception as e:  # XlaRuntimeError on OOM
             raise guards.oom_hint(e, config) from e
           buffer.append(metrics)
@@ -149,6 +178,9 @@ def _run(config: ConfigDict, workdir: Any, train_data: Optional[Any], val_data: 
           if t0 is None:  # exclude the first step (compilation) from throughput
             jax.block_until_ready(metrics)
             t0, n0 = time.time(), 0
+            if "startup_seconds" not in summary:
+              summary["startup_seconds"] = _since_process_start()
+              log.info("first step done %.1fs after the process started", summary["startup_seconds"])
           else:
             n0 += config.batch_size
           end_of_epoch = i + 1 == spe
