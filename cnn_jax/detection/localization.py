@@ -7,6 +7,8 @@ logits, so it is not in the model registry; build it directly.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -23,6 +25,8 @@ class Localizer(nn.Module):
   frozen_backbone=True runs the backbone in inference mode (BN uses and keeps its
   running statistics, no dropout), which is what freezing a pretrained feature
   extractor should mean; pair it with transfer.freeze_mask to stop its gradients.
+  `dtype` is the heads' computation dtype (give the backbone its own); logits and boxes
+  come out float32, so the loss is float32 under bfloat16 mixed precision.
   """
   backbone: nn.Module
   num_classes: int
@@ -30,6 +34,7 @@ class Localizer(nn.Module):
   pooling: str = "avg"
   hidden: int = 0
   frozen_backbone: bool = False
+  dtype: Any = jnp.float32  # its own layers' computation dtype; the outputs are float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> tuple[Array, Array]:
@@ -44,9 +49,9 @@ class Localizer(nn.Module):
       else:
         raise ValueError(f"pooling must be 'avg' or 'flatten', got {self.pooling!r}")
     if self.hidden:
-      f = nn.relu(nn.Dense(self.hidden, name="hidden")(f))
-    logits = nn.Dense(self.num_classes, name="head")(f)
-    boxes = nn.sigmoid(nn.Dense(4, name="box_head")(f))
+      f = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="hidden")(f))
+    logits = jnp.asarray(nn.Dense(self.num_classes, dtype=self.dtype, name="head")(f), jnp.float32)
+    boxes = nn.sigmoid(jnp.asarray(nn.Dense(4, dtype=self.dtype, name="box_head")(f), jnp.float32))
     return logits, boxes
 
 

@@ -22,11 +22,13 @@ from cnn_jax.detection.boxes import box_iou
 from cnn_jax.detection.localization import Localizer, localization_loss
 
 
-def build_model(config: ConfigDict, num_classes: int, axis_name: Optional[str] = None) -> Localizer:
-  """Localizer (xyxy boxes) on the zoo backbone `config.model` (include_top=False)."""
+def build_model(config: ConfigDict, num_classes: int, axis_name: Optional[str] = None,
+                dtype: Any = jnp.float32) -> Localizer:
+  """Localizer (xyxy boxes) on the zoo backbone `config.model` (include_top=False), both
+  computing in `dtype` (logits and boxes, and so the loss, are float32)."""
   loc = config.localization
-  return Localizer(zoo_backbone(config, axis_name, "localization"), num_classes,
-                   box_format="xyxy", pooling=loc.pooling, hidden=int(loc.hidden))
+  return Localizer(zoo_backbone(config, axis_name, "localization", dtype), num_classes,
+                   box_format="xyxy", pooling=loc.pooling, hidden=int(loc.hidden), dtype=dtype)
 
 
 def loss_fn(config: ConfigDict):

@@ -76,11 +76,13 @@ def anchors_of(config: ConfigDict) -> Anchors:
   return tuple((float(w), float(h)) for w, h in config.detection.anchors)
 
 
-def build_model(config: ConfigDict, num_classes: int, axis_name: Optional[str] = None) -> YOLOv2Head:
-  """YOLOv2Head on the zoo backbone `config.model` (include_top=False)."""
-  return YOLOv2Head(backbone=zoo_backbone(config, axis_name, "detection"),
+def build_model(config: ConfigDict, num_classes: int, axis_name: Optional[str] = None,
+                dtype: Any = jnp.float32) -> YOLOv2Head:
+  """YOLOv2Head on the zoo backbone `config.model` (include_top=False), both computing in
+  `dtype` (the head's outputs, and so the loss, are float32)."""
+  return YOLOv2Head(backbone=zoo_backbone(config, axis_name, "detection", dtype),
                     anchors=anchors_of(config), num_classes=num_classes,
-                    hidden=int(config.detection.hidden))
+                    hidden=int(config.detection.hidden), dtype=dtype)
 
 
 def loss_fn(config: ConfigDict):

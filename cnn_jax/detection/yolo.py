@@ -9,6 +9,8 @@ the model registry; build it directly.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -34,6 +36,7 @@ class YOLOHead(nn.Module):
   num_classes: int = 20
   hidden: int = 256
   frozen_backbone: bool = False
+  dtype: Any = jnp.float32  # its own layers' computation dtype; the outputs are float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> dict[str, Array]:
@@ -43,8 +46,9 @@ class YOLOHead(nn.Module):
     S, B, C = self.grid_size, self.num_boxes, self.num_classes
     if f.shape[1:3] != (S, S):
       f = layers.adaptive_avg_pool(f, S)
-    f = nn.leaky_relu(layers.Conv2D(self.hidden, 3, padding=1, name="conv")(f), 0.1)
-    p = layers.Conv2D(B * 5 + C, 1, name="pred")(f)
+    f = nn.leaky_relu(layers.Conv2D(self.hidden, 3, padding=1, dtype=self.dtype, name="conv")(f),
+                      0.1)
+    p = jnp.asarray(layers.Conv2D(B * 5 + C, 1, dtype=self.dtype, name="pred")(f), jnp.float32)
     box = p[..., :B * 5].reshape(p.shape[:3] + (B, 5))
     return {"boxes": nn.sigmoid(box[..., :4]), "objectness": box[..., 4],
             "class_logits": p[..., B * 5:]}

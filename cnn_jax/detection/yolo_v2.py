@@ -13,7 +13,7 @@ corners too. NMS lives elsewhere; `decode_yolo_v2` only flattens and scores.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -53,7 +53,8 @@ class YOLOv2Head(nn.Module):
   for 0.01), the prior RetinaNet argues for: almost every (cell, anchor) is empty, and
   a bias of 0 (p = 0.5 everywhere) starts with a no-object loss of log 2 per anchor
   that swamps the few object terms and destabilises the first steps.
-  frozen_backbone=True runs the backbone in inference mode, as Localizer does.
+  frozen_backbone=True runs the backbone in inference mode, as Localizer does. `dtype` is
+  the head's computation dtype (the backbone has its own); the outputs are float32.
   """
   backbone: nn.Module
   anchors: tuple[tuple[float, float], ...]
@@ -61,6 +62,7 @@ class YOLOv2Head(nn.Module):
   hidden: int = 256
   frozen_backbone: bool = False
   obj_prior: float = 0.01
+  dtype: Any = jnp.float32  # its own layers' computation dtype; the outputs are float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> dict[str, Array]:
@@ -69,15 +71,17 @@ class YOLOv2Head(nn.Module):
       raise ValueError(f"YOLOv2Head needs a feature map (N, H, W, C), got shape {f.shape}")
     A, C = len(self.anchors), self.num_classes
     if self.hidden:
-      f = layers.Conv2D(self.hidden, 3, padding=1, use_bias=False, name="conv")(f)
-      f = nn.leaky_relu(layers.batch_norm(train, name="bn")(f), 0.1)
+      f = layers.Conv2D(self.hidden, 3, padding=1, use_bias=False, dtype=self.dtype,
+                        name="conv")(f)
+      f = nn.leaky_relu(layers.batch_norm(train, dtype=self.dtype, name="bn")(f), 0.1)
     obj_bias = math.log(self.obj_prior / (1.0 - self.obj_prior))
 
     def bias_init(key, shape, dtype=jnp.float32):
       b = jnp.zeros((A, 5 + C), dtype).at[:, 4].set(obj_bias)
       return b.reshape(shape)
 
-    p = layers.Conv2D(A * (5 + C), 1, bias_init=bias_init, name="pred")(f)
+    p = layers.Conv2D(A * (5 + C), 1, bias_init=bias_init, dtype=self.dtype, name="pred")(f)
+    p = jnp.asarray(p, jnp.float32)  # the loss and the decoded boxes are float32
     p = p.reshape(p.shape[:3] + (A, 5 + C))
     return {"xy": nn.sigmoid(p[..., :2]), "twh": p[..., 2:4], "objectness": p[..., 4],
             "class_logits": p[..., 5:]}

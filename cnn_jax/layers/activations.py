@@ -5,7 +5,7 @@ lookup lives in one place with an error that lists the known names.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -28,10 +28,12 @@ class Maxout(nn.Module):
   """Dense maxout unit: `features` outputs, each the max of `pieces` affine maps."""
   features: int
   pieces: int = 2
+  dtype: Any = None  # computation dtype (None: from the input and the float32 parameters)
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    return maxout(nn.Dense(self.features * self.pieces, name="linear")(x), self.pieces)
+    return maxout(nn.Dense(self.features * self.pieces, dtype=self.dtype, name="linear")(x),
+                  self.pieces)
 
 
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {

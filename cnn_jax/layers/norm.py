@@ -21,7 +21,9 @@ class LocalResponseNorm(nn.Module):
   b_c = a_c / (k + alpha * sum_{c' in window(c)} a_c'^2) ** beta, window of `size`
   channels centred on c. With `alpha_per_size=True` alpha is divided by `size`, as
   PyTorch and Caffe do; the paper's constants (k=2, n=5, alpha=1e-4, beta=0.75) use
-  the paper's formula.
+  the paper's formula. The denominator is computed in at least float32 and the output
+  has x's dtype: in bfloat16 (8 significant bits, a spacing of 1/64 at k=2) most of
+  alpha * sum would be rounded away.
   """
   size: int = 5
   alpha: float = 1e-4
@@ -31,13 +33,14 @@ class LocalResponseNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    sq = jnp.square(x)
+    sq = jnp.square(x.astype(jnp.promote_types(x.dtype, jnp.float32)))
     half = self.size // 2
     pads = [(0, 0)] * (x.ndim - 1) + [(half, self.size - 1 - half)]
     window = (1,) * (x.ndim - 1) + (self.size,)
     summed = lax.reduce_window(sq, 0.0, lax.add, window, (1,) * x.ndim, pads)
     alpha = self.alpha / self.size if self.alpha_per_size else self.alpha
-    return x / jnp.power(self.k + alpha * summed, self.beta)
+    return x / jnp.power(self.k + alpha * summed, self.beta).astype(x.dtype)
+
 
 class Dropout(nn.Module):
   """Inverted dropout whose masks do not depend on how the batch is split over devices.

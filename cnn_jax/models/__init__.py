@@ -8,6 +8,11 @@ Each model lives in its own file and registers itself here on import. Every mode
 `batch_stats` collection and dropout draws from the `dropout` RNG stream. The layer that
 makes the logits is always named `head`, so `transfer.replace_head` finds it in every
 model (tests/test_transfer.py checks all of them).
+
+Every model takes `dtype`, the dtype it computes in (`models.get_model("resnet20",
+dtype=jnp.bfloat16)`: mixed precision, as the Flax ImageNet example's half_precision):
+parameters and batch-norm statistics stay float32, the input is cast to `dtype` on entry
+and the logits are cast back to float32, so the loss and the metrics are float32.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,9 @@ class ModelSpec:
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
+
+# config.dtype -> the computation dtype models take.
+DTYPES: dict[str, Any] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 # Files that register models; imported lazily so `import cnn_jax` stays light.
 _MODEL_MODULES = ("mlp", "lenet", "mnist_cnn", "small_convnet", "alexnet", "zfnet", "vgg",
@@ -68,8 +77,18 @@ def get_spec(name: str) -> ModelSpec:
 
 
 def get_model(name: str, **kwargs: Any) -> nn.Module:
-  """Build the named model; kwargs go to its constructor (e.g. num_classes=10)."""
+  """Build the named model; kwargs go to its constructor (e.g. num_classes=10, dtype=bf16)."""
+  if "dtype" in kwargs and "dtype" not in constructor_args(name):
+    raise TypeError(f"model {name!r} has no dtype argument: it cannot compute in "
+                    f"{jnp.dtype(kwargs['dtype']).name}")
   return get_spec(name).factory(**kwargs)
+
+
+def compute_dtype(name: str) -> Any:
+  """The jnp dtype of a `config.dtype` name ("float32" | "bfloat16")."""
+  if name not in DTYPES:
+    raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {name!r}")
+  return DTYPES[name]
 
 
 def constructor_args(name: str) -> set[str]:

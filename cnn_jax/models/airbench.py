@@ -11,10 +11,11 @@ experiment (experiments/cifar10_fast.py) uses narrower groups.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from cnn_jax import layers
 from cnn_jax.models import register
@@ -24,17 +25,20 @@ class ConvGroup(nn.Module):
   features: int
   bn_momentum: float = 0.6
   axis_name: Optional[str] = None
+  dtype: Any = jnp.float32  # computation dtype; parameters, BN statistics stay float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    dt = self.dtype
     for i, pool in ((1, True), (2, False)):
-      x = layers.Conv2D(self.features, 3, padding="SAME", use_bias=False, name=f"conv{i}")(x)
+      x = layers.Conv2D(self.features, 3, padding="SAME", use_bias=False, dtype=dt,
+                        name=f"conv{i}")(x)
       if pool:
         x = layers.MaxPool(2, name="pool")(x)
       # airbench's BN momentum 0.6 (torch convention) = flax 0.4: the short runs need
       # running statistics that follow the weights closely.
       x = nn.BatchNorm(use_running_average=not train, momentum=1 - self.bn_momentum,
-                       epsilon=1e-12, axis_name=self.axis_name, name=f"bn{i}")(x)
+                       epsilon=1e-12, axis_name=self.axis_name, dtype=dt, name=f"bn{i}")(x)
       x = nn.gelu(x, approximate=False)
     return x
 
@@ -46,11 +50,15 @@ class Airbench(nn.Module):
   stem_width: int = 24
   logit_scale: float = 1 / 9
   axis_name: Optional[str] = None
+  dtype: Any = jnp.float32  # computation dtype (bfloat16: mixed precision); params stay float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    x = nn.gelu(layers.Conv2D(self.stem_width, 2, padding="VALID", name="stem")(x), approximate=False)
+    x, dt = jnp.asarray(x, self.dtype), self.dtype
+    x = nn.gelu(layers.Conv2D(self.stem_width, 2, padding="VALID", dtype=dt, name="stem")(x),
+                approximate=False)
     for i, w in enumerate(self.widths):
-      x = ConvGroup(w, axis_name=self.axis_name, name=f"group{i + 1}")(x, train)
+      x = ConvGroup(w, axis_name=self.axis_name, dtype=dt, name=f"group{i + 1}")(x, train)
     x = x.max(axis=(1, 2))  # global max-pool
-    return nn.Dense(self.num_classes, use_bias=False, name="head")(x) * self.logit_scale
+    logits = nn.Dense(self.num_classes, use_bias=False, dtype=dt, name="head")(x)
+    return jnp.asarray(logits, jnp.float32) * self.logit_scale

@@ -16,10 +16,11 @@ has 5*5*96*256 + 256 = 614,656 parameters rather than half that.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from cnn_jax import layers
 from cnn_jax.models import register
@@ -28,11 +29,13 @@ from cnn_jax.models import register
 def fc_classifier(x: jax.Array, num_classes: int, *, train: bool, dropout_rate: float,
                   axis_name: Optional[str], names: Sequence[str] = ("fc6", "fc7"),
                   dropout_names: Sequence[str] = ("dropout6", "dropout7"),
-                  dropout_first: bool = False, width: int = 4096) -> jax.Array:
+                  dropout_first: bool = False, width: int = 4096,
+                  dtype: Any = jnp.float32) -> jax.Array:
   """The 4096-4096-classes head of AlexNet, ZFNet and VGG, called inside a compact method.
 
   Each hidden layer is Dense -> ReLU -> Dropout (the papers, Keras), or Dropout -> Dense ->
-  ReLU with `dropout_first` (torchvision's AlexNet); the last Dense is always `head`.
+  ReLU with `dropout_first` (torchvision's AlexNet); the last Dense is always `head`. The
+  layers compute in `dtype`; the logits come out float32, so the loss is float32 too.
   Layer names are the importers' (cnn_jax.weights): keep them.
   """
   for name, drop_name in zip(names, dropout_names):
@@ -40,10 +43,10 @@ def fc_classifier(x: jax.Array, num_classes: int, *, train: bool, dropout_rate: 
                           name=drop_name)
     if dropout_first:
       x = drop(x)
-    x = nn.relu(nn.Dense(width, name=name)(x))
+    x = nn.relu(nn.Dense(width, dtype=dtype, name=name)(x))
     if not dropout_first:
       x = drop(x)
-  return nn.Dense(num_classes, name="head")(x)
+  return jnp.asarray(nn.Dense(num_classes, dtype=dtype, name="head")(x), jnp.float32)
 
 
 @register("alexnet", (224, 224, 3), "AlexNet, torchvision layout (61,100,840 parameters)")
@@ -53,23 +56,25 @@ class AlexNet(nn.Module):
   axis_name: Optional[str] = None  # pmap axis: dropout masks independent of device count
   dropout_rate: float = 0.5
   include_top: bool = True
+  dtype: Any = jnp.float32  # computation dtype (bfloat16: mixed precision); params stay float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    x = nn.relu(layers.Conv2D(64, 11, strides=4, padding=2, name="conv1")(x))   # 55x55x64
-    x = layers.MaxPool(3, 2, name="pool1")(x)                                     # 27x27
-    x = nn.relu(layers.Conv2D(192, 5, padding=2, name="conv2")(x))              # 27x27x192
-    x = layers.MaxPool(3, 2, name="pool2")(x)                                     # 13x13
-    x = nn.relu(layers.Conv2D(384, 3, padding=1, name="conv3")(x))              # 13x13x384
-    x = nn.relu(layers.Conv2D(256, 3, padding=1, name="conv4")(x))
-    x = nn.relu(layers.Conv2D(256, 3, padding=1, name="conv5")(x))
+    x, dt = jnp.asarray(x, self.dtype), self.dtype
+    x = nn.relu(layers.Conv2D(64, 11, strides=4, padding=2, dtype=dt, name="conv1")(x))  # 55x55x64
+    x = layers.MaxPool(3, 2, name="pool1")(x)                                            # 27x27
+    x = nn.relu(layers.Conv2D(192, 5, padding=2, dtype=dt, name="conv2")(x))             # 27x27x192
+    x = layers.MaxPool(3, 2, name="pool2")(x)                                            # 13x13
+    x = nn.relu(layers.Conv2D(384, 3, padding=1, dtype=dt, name="conv3")(x))             # 13x13x384
+    x = nn.relu(layers.Conv2D(256, 3, padding=1, dtype=dt, name="conv4")(x))
+    x = nn.relu(layers.Conv2D(256, 3, padding=1, dtype=dt, name="conv5")(x))
     x = layers.MaxPool(3, 2, name="pool5")(x)                                     # 6x6x256
     x = layers.AdaptiveAvgPool(6, name="avgpool")(x)
     if not self.include_top:
       return x
     x = layers.Flatten(name="flatten")(x)                                         # 9216 (HWC)
     return fc_classifier(x, self.num_classes, train=train, dropout_rate=self.dropout_rate,
-                         axis_name=self.axis_name, dropout_first=True)
+                         axis_name=self.axis_name, dropout_first=True, dtype=dt)
 
 
 @register("alexnet_original", (227, 227, 3),
@@ -80,24 +85,27 @@ class AlexNetOriginal(nn.Module):
   axis_name: Optional[str] = None  # pmap axis: dropout masks independent of device count
   dropout_rate: float = 0.5
   include_top: bool = True
+  dtype: Any = jnp.float32  # computation dtype (bfloat16: mixed precision); params stay float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    x, dt = jnp.asarray(x, self.dtype), self.dtype
+
     def lrn(name):
       return layers.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0, name=name)
 
-    x = nn.relu(layers.Conv2D(96, 11, strides=4, name="conv1")(x))             # 55x55x96
+    x = nn.relu(layers.Conv2D(96, 11, strides=4, dtype=dt, name="conv1")(x))   # 55x55x96
     x = lrn("norm1")(x)
-    x = layers.MaxPool(3, 2, name="pool1")(x)                                     # 27x27x96
-    x = nn.relu(layers.Conv2D(256, 5, padding=2, name="conv2")(x))              # 27x27x256
+    x = layers.MaxPool(3, 2, name="pool1")(x)                                   # 27x27x96
+    x = nn.relu(layers.Conv2D(256, 5, padding=2, dtype=dt, name="conv2")(x))    # 27x27x256
     x = lrn("norm2")(x)
-    x = layers.MaxPool(3, 2, name="pool2")(x)                                     # 13x13x256
-    x = nn.relu(layers.Conv2D(384, 3, padding=1, name="conv3")(x))              # 13x13x384
-    x = nn.relu(layers.Conv2D(384, 3, padding=1, name="conv4")(x))              # 13x13x384
-    x = nn.relu(layers.Conv2D(256, 3, padding=1, name="conv5")(x))              # 13x13x256
-    x = layers.MaxPool(3, 2, name="pool5")(x)                                     # 6x6x256
+    x = layers.MaxPool(3, 2, name="pool2")(x)                                   # 13x13x256
+    x = nn.relu(layers.Conv2D(384, 3, padding=1, dtype=dt, name="conv3")(x))    # 13x13x384
+    x = nn.relu(layers.Conv2D(384, 3, padding=1, dtype=dt, name="conv4")(x))    # 13x13x384
+    x = nn.relu(layers.Conv2D(256, 3, padding=1, dtype=dt, name="conv5")(x))    # 13x13x256
+    x = layers.MaxPool(3, 2, name="pool5")(x)                                   # 6x6x256
     if not self.include_top:
       return x
     x = layers.Flatten(name="flatten")(x)                                         # 9216
     return fc_classifier(x, self.num_classes, train=train, dropout_rate=self.dropout_rate,
-                         axis_name=self.axis_name)
+                         axis_name=self.axis_name, dtype=dt)

@@ -8,7 +8,7 @@ then a 1x1 conv to the classes and a global average pool (no FC layers). Built f
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -36,17 +36,20 @@ class Darknet19(nn.Module):
   stages: Sequence[Sequence[tuple[int, int]]] = DARKNET19_STAGES
   include_top: bool = True
   axis_name: Optional[str] = None
+  dtype: Any = jnp.float32  # computation dtype (bfloat16: mixed precision); params stay float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    x, dt = jnp.asarray(x, self.dtype), self.dtype
     for s, stage in enumerate(self.stages, start=1):
       if s > 1:
         x = layers.MaxPool(2, name=f"pool{s - 1}")(x)
       for i, (filters, k) in enumerate(stage, start=1):
-        x = layers.Conv2D(filters, k, padding=k // 2, use_bias=False, name=f"conv{s}_{i}")(x)
-        x = layers.batch_norm(train, self.axis_name, name=f"bn{s}_{i}")(x)
+        x = layers.Conv2D(filters, k, padding=k // 2, use_bias=False, dtype=dt,
+                          name=f"conv{s}_{i}")(x)
+        x = layers.batch_norm(train, self.axis_name, dtype=dt, name=f"bn{s}_{i}")(x)
         x = nn.leaky_relu(x, 0.1)
     if not self.include_top:
       return x
-    x = layers.Conv2D(self.num_classes, 1, name="head")(x)  # linear 1x1 conv, with bias
-    return jnp.mean(x, axis=(1, 2))
+    x = layers.Conv2D(self.num_classes, 1, dtype=dt, name="head")(x)  # linear 1x1 conv, with bias
+    return jnp.mean(jnp.asarray(x, jnp.float32), axis=(1, 2))

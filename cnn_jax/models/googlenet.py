@@ -14,7 +14,8 @@ built, and in training mode the model returns (logits, aux1_logits, aux2_logits)
 """
 from __future__ import annotations
 
-from typing import Optional, Union
+import functools
+from typing import Any, Optional, Union
 
 import flax.linen as nn
 import jax
@@ -31,12 +32,13 @@ class BasicConv(nn.Module):
   strides: int = 1
   padding: int = 0
   axis_name: Optional[str] = None
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     x = layers.Conv2D(self.features, self.kernel_size, strides=self.strides,
-                      padding=self.padding, use_bias=False, name="conv")(x)
-    x = layers.batch_norm(train, self.axis_name, epsilon=1e-3, name="bn")(x)
+                      padding=self.padding, use_bias=False, dtype=self.dtype, name="conv")(x)
+    x = layers.batch_norm(train, self.axis_name, epsilon=1e-3, dtype=self.dtype, name="bn")(x)
     return nn.relu(x)
 
 
@@ -54,11 +56,13 @@ class Inception(nn.Module):
   ch5x5: int
   pool_proj: int
   axis_name: Optional[str] = None
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     def conv(features: int, k: int, name: str) -> BasicConv:
-      return BasicConv(features, k, padding=k // 2, axis_name=self.axis_name, name=name)
+      return BasicConv(features, k, padding=k // 2, axis_name=self.axis_name, dtype=self.dtype,
+                       name=name)
 
     b1 = conv(self.ch1x1, 1, "branch1")(x, train)
     b2 = conv(self.ch3x3red, 1, "branch2_0")(x, train)
@@ -75,15 +79,16 @@ class InceptionAux(nn.Module):
   num_classes: int
   dropout_rate: float = 0.7
   axis_name: Optional[str] = None
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     x = layers.AdaptiveAvgPool(4)(x)
-    x = BasicConv(128, 1, axis_name=self.axis_name, name="conv")(x, train)
+    x = BasicConv(128, 1, axis_name=self.axis_name, dtype=self.dtype, name="conv")(x, train)
     x = x.reshape((x.shape[0], -1))
-    x = nn.relu(nn.Dense(1024, name="fc1")(x))
+    x = nn.relu(nn.Dense(1024, dtype=self.dtype, name="fc1")(x))
     x = layers.Dropout(self.dropout_rate, deterministic=not train, axis_name=self.axis_name)(x)
-    return nn.Dense(self.num_classes, name="fc2")(x)
+    return jnp.asarray(nn.Dense(self.num_classes, dtype=self.dtype, name="fc2")(x), jnp.float32)
 
 
 # (ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj) per block, from the paper's Table 1.
@@ -107,22 +112,25 @@ class GoogLeNet(nn.Module):
   dropout_rate: float = 0.2
   include_top: bool = True
   axis_name: Optional[str] = None
+  dtype: Any = jnp.float32  # computation dtype (bfloat16: mixed precision); params stay float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False
                ) -> Union[jax.Array, tuple[jax.Array, jax.Array, jax.Array]]:
-    ax = self.axis_name
+    ax, dt = self.axis_name, self.dtype
+    x = jnp.asarray(x, dt)
+    conv = functools.partial(BasicConv, axis_name=ax, dtype=dt)
 
     def inception(name: str) -> Inception:
-      return Inception(*INCEPTION_CONFIG[name], axis_name=ax, name=name)
+      return Inception(*INCEPTION_CONFIG[name], axis_name=ax, dtype=dt, name=name)
 
     def aux(name: str, x: jax.Array) -> jax.Array:
-      return InceptionAux(self.num_classes, axis_name=ax, name=name)(x, train)
+      return InceptionAux(self.num_classes, axis_name=ax, dtype=dt, name=name)(x, train)
 
-    x = BasicConv(64, 7, strides=2, padding=3, axis_name=ax, name="conv1")(x, train)  # 112
+    x = conv(64, 7, strides=2, padding=3, name="conv1")(x, train)                       # 112
     x = _ceil_max_pool(x, 3, 2)                                                         # 56
-    x = BasicConv(64, 1, axis_name=ax, name="conv2")(x, train)
-    x = BasicConv(192, 3, padding=1, axis_name=ax, name="conv3")(x, train)
+    x = conv(64, 1, name="conv2")(x, train)
+    x = conv(192, 3, padding=1, name="conv3")(x, train)
     x = _ceil_max_pool(x, 3, 2)                                                         # 28
     x = inception("inception3a")(x, train)                                              # 256
     x = inception("inception3b")(x, train)                                              # 480
@@ -143,7 +151,7 @@ class GoogLeNet(nn.Module):
     x = jnp.mean(x, axis=(1, 2))
     x = layers.Dropout(self.dropout_rate, deterministic=not train, axis_name=self.axis_name,
                        name="dropout")(x)
-    logits = nn.Dense(self.num_classes, name="head")(x)
+    logits = jnp.asarray(nn.Dense(self.num_classes, dtype=dt, name="head")(x), jnp.float32)
     if self.aux_logits and train:
       return logits, aux1, aux2
     return logits

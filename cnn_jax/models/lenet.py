@@ -9,8 +9,11 @@ dense layer rather than RBF units.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from cnn_jax import layers
 from cnn_jax.models import register
@@ -20,18 +23,20 @@ from cnn_jax.models import register
 class LeNet5(nn.Module):
   num_classes: int = 10
   activation: str = "tanh"
+  dtype: Any = jnp.float32  # computation dtype (bfloat16: mixed precision); params stay float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    act = layers.get_activation(self.activation)
-    x = act(layers.Conv2D(6, 5, name="C1")(x))           # 28x28x6
-    x = layers.AvgPool(2, name="S2")(x)                   # 14x14x6
-    x = act(layers.Conv2D(16, 5, name="C3")(x))          # 10x10x16
-    x = layers.AvgPool(2, name="S4")(x)                   # 5x5x16
-    x = act(layers.Conv2D(120, 5, name="C5")(x))         # 1x1x120
+    act, dt = layers.get_activation(self.activation), self.dtype
+    x = jnp.asarray(x, dt)
+    x = act(layers.Conv2D(6, 5, dtype=dt, name="C1")(x))    # 28x28x6
+    x = layers.AvgPool(2, name="S2")(x)                     # 14x14x6
+    x = act(layers.Conv2D(16, 5, dtype=dt, name="C3")(x))   # 10x10x16
+    x = layers.AvgPool(2, name="S4")(x)                     # 5x5x16
+    x = act(layers.Conv2D(120, 5, dtype=dt, name="C5")(x))  # 1x1x120
     x = layers.Flatten(name="flatten")(x)
-    x = act(nn.Dense(84, name="F6")(x))
-    return nn.Dense(self.num_classes, name="head")(x)
+    x = act(nn.Dense(84, dtype=dt, name="F6")(x))
+    return jnp.asarray(nn.Dense(self.num_classes, dtype=dt, name="head")(x), jnp.float32)
 
 
 @register("lenet_like", (32, 32, 1), "Keras LeNet-5-like convnet (81,194 parameters)")
@@ -39,15 +44,17 @@ class LeNetLike(nn.Module):
   """Conv 6 3x3 relu, avg pool, Conv 16 3x3 relu, avg pool, Dense 120-84-10."""
   num_classes: int = 10
   activation: str = "relu"
+  dtype: Any = jnp.float32  # computation dtype (bfloat16: mixed precision); params stay float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    act = layers.get_activation(self.activation)
-    x = act(layers.Conv2D(6, 3, name="conv1")(x))        # 30x30x6
-    x = layers.AvgPool(2, name="pool1")(x)                # 15x15x6
-    x = act(layers.Conv2D(16, 3, name="conv2")(x))       # 13x13x16
-    x = layers.AvgPool(2, name="pool2")(x)                # 6x6x16
-    x = layers.Flatten(name="flatten")(x)                 # 576
-    x = act(nn.Dense(120, name="dense1")(x))
-    x = act(nn.Dense(84, name="dense2")(x))
-    return nn.Dense(self.num_classes, name="head")(x)
+    act, dt = layers.get_activation(self.activation), self.dtype
+    x = jnp.asarray(x, dt)
+    x = act(layers.Conv2D(6, 3, dtype=dt, name="conv1")(x))   # 30x30x6
+    x = layers.AvgPool(2, name="pool1")(x)                    # 15x15x6
+    x = act(layers.Conv2D(16, 3, dtype=dt, name="conv2")(x))  # 13x13x16
+    x = layers.AvgPool(2, name="pool2")(x)                    # 6x6x16
+    x = layers.Flatten(name="flatten")(x)                     # 576
+    x = act(nn.Dense(120, dtype=dt, name="dense1")(x))
+    x = act(nn.Dense(84, dtype=dt, name="dense2")(x))
+    return jnp.asarray(nn.Dense(self.num_classes, dtype=dt, name="head")(x), jnp.float32)

@@ -17,7 +17,7 @@ zero channels), 0.27M / 0.46M / 0.66M / 0.85M / 1.7M parameters at 10 classes.
 from __future__ import annotations
 
 import functools
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -28,9 +28,16 @@ from cnn_jax.models import register
 
 
 class _BNMixin:
+  """The conv and BN every ImageNet ResNet module builds: its bias / epsilon / dtype settings."""
+
   def bn(self, name: str, train: bool, scale_init=nn.initializers.ones) -> nn.BatchNorm:
     return layers.batch_norm(train, self.axis_name, self.bn_epsilon, name=name,
-                             scale_init=scale_init)
+                             scale_init=scale_init, dtype=self.dtype)
+
+  def conv(self, features: int, kernel: int, strides: int = 1, padding: int = 0, *,
+           name: str) -> layers.Conv2D:
+    return layers.Conv2D(features, kernel, strides, padding=padding, use_bias=self.conv_bias,
+                         dtype=self.dtype, name=name)
 
 
 class BasicBlock(_BNMixin, nn.Module):
@@ -41,19 +48,18 @@ class BasicBlock(_BNMixin, nn.Module):
   bn_epsilon: float = 1e-5
   zero_init_residual: bool = False
   axis_name: Optional[str] = None
+  dtype: Any = jnp.float32
   expansion = 1
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     last_init = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
-    y = layers.Conv2D(self.planes, 3, self.strides, padding=1, use_bias=self.conv_bias,
-                      name="conv1")(x)
+    y = self.conv(self.planes, 3, self.strides, padding=1, name="conv1")(x)
     y = nn.relu(self.bn("bn1", train)(y))
-    y = layers.Conv2D(self.planes, 3, padding=1, use_bias=self.conv_bias, name="conv2")(y)
+    y = self.conv(self.planes, 3, padding=1, name="conv2")(y)
     y = self.bn("bn2", train, last_init)(y)
     if self.strides != 1 or x.shape[-1] != self.planes:
-      x = layers.Conv2D(self.planes, 1, self.strides, use_bias=self.conv_bias,
-                        name="downsample_conv")(x)
+      x = self.conv(self.planes, 1, self.strides, name="downsample_conv")(x)
       x = self.bn("downsample_bn", train)(x)
     return nn.relu(x + y)
 
@@ -67,6 +73,7 @@ class Bottleneck(_BNMixin, nn.Module):
   bn_epsilon: float = 1e-5
   zero_init_residual: bool = False
   axis_name: Optional[str] = None
+  dtype: Any = jnp.float32
   expansion = 4
 
   @nn.compact
@@ -74,14 +81,14 @@ class Bottleneck(_BNMixin, nn.Module):
     s1, s3 = (1, self.strides) if self.stride_on_3x3 else (self.strides, 1)
     last_init = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
     out = self.planes * self.expansion
-    y = layers.Conv2D(self.planes, 1, s1, use_bias=self.conv_bias, name="conv1")(x)
+    y = self.conv(self.planes, 1, s1, name="conv1")(x)
     y = nn.relu(self.bn("bn1", train)(y))
-    y = layers.Conv2D(self.planes, 3, s3, padding=1, use_bias=self.conv_bias, name="conv2")(y)
+    y = self.conv(self.planes, 3, s3, padding=1, name="conv2")(y)
     y = nn.relu(self.bn("bn2", train)(y))
-    y = layers.Conv2D(out, 1, use_bias=self.conv_bias, name="conv3")(y)
+    y = self.conv(out, 1, name="conv3")(y)
     y = self.bn("bn3", train, last_init)(y)
     if self.strides != 1 or x.shape[-1] != out:
-      x = layers.Conv2D(out, 1, self.strides, use_bias=self.conv_bias, name="downsample_conv")(x)
+      x = self.conv(out, 1, self.strides, name="downsample_conv")(x)
       x = self.bn("downsample_bn", train)(x)
     return nn.relu(x + y)
 
@@ -97,15 +104,18 @@ class ResNet(_BNMixin, nn.Module):
   zero_init_residual: bool = False
   include_top: bool = True
   axis_name: Optional[str] = None
+  dtype: Any = jnp.float32  # computation dtype (bfloat16: mixed precision); params stay float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    x = layers.Conv2D(64, 7, 2, padding=3, use_bias=self.conv_bias, name="conv1")(x)
+    x = jnp.asarray(x, self.dtype)
+    x = self.conv(64, 7, 2, padding=3, name="conv1")(x)
     x = nn.relu(self.bn("bn1", train)(x))
     # Max pooling after a relu: -inf padding (torch) and zero padding (Keras) agree.
     x = layers.MaxPool(3, 2, padding=1, name="maxpool")(x)
     common = dict(conv_bias=self.conv_bias, bn_epsilon=self.bn_epsilon,
-                  zero_init_residual=self.zero_init_residual, axis_name=self.axis_name)
+                  zero_init_residual=self.zero_init_residual, axis_name=self.axis_name,
+                  dtype=self.dtype)
     if self.bottleneck:
       block = functools.partial(Bottleneck, stride_on_3x3=self.stride_on_3x3, **common)
     else:
@@ -117,7 +127,7 @@ class ResNet(_BNMixin, nn.Module):
     if not self.include_top:
       return x
     x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.num_classes, name="head")(x)
+    return jnp.asarray(nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x), jnp.float32)
 
 
 def _resnet(name: str, stages: Sequence[int], bottleneck: bool, description: str, **kw):
@@ -142,13 +152,16 @@ class CifarBlock(nn.Module):
   planes: int
   strides: int = 1
   axis_name: Optional[str] = None
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    y = layers.Conv2D(self.planes, 3, self.strides, padding=1, use_bias=False, name="conv1")(x)
-    y = nn.relu(layers.batch_norm(train, self.axis_name, name="bn1")(y))
-    y = layers.Conv2D(self.planes, 3, padding=1, use_bias=False, name="conv2")(y)
-    y = layers.batch_norm(train, self.axis_name, name="bn2")(y)
+    dt = self.dtype
+    y = layers.Conv2D(self.planes, 3, self.strides, padding=1, use_bias=False, dtype=dt,
+                      name="conv1")(x)
+    y = nn.relu(layers.batch_norm(train, self.axis_name, dtype=dt, name="bn1")(y))
+    y = layers.Conv2D(self.planes, 3, padding=1, use_bias=False, dtype=dt, name="conv2")(y)
+    y = layers.batch_norm(train, self.axis_name, dtype=dt, name="bn2")(y)
     if self.strides != 1 or x.shape[-1] != self.planes:
       x = x[:, ::self.strides, ::self.strides, :]
       extra = self.planes - x.shape[-1]
@@ -162,22 +175,24 @@ class CifarResNet(nn.Module):
   num_classes: int = 10
   include_top: bool = True
   axis_name: Optional[str] = None
+  dtype: Any = jnp.float32  # computation dtype (bfloat16: mixed precision); params stay float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     if (self.depth - 2) % 6:
       raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {self.depth}")
     n = (self.depth - 2) // 6
-    x = layers.Conv2D(16, 3, padding=1, use_bias=False, name="conv1")(x)
-    x = nn.relu(layers.batch_norm(train, self.axis_name, name="bn1")(x))
+    x, dt = jnp.asarray(x, self.dtype), self.dtype
+    x = layers.Conv2D(16, 3, padding=1, use_bias=False, dtype=dt, name="conv1")(x)
+    x = nn.relu(layers.batch_norm(train, self.axis_name, dtype=dt, name="bn1")(x))
     for i, planes in enumerate((16, 32, 64)):
       for j in range(n):
         strides = 2 if i > 0 and j == 0 else 1
-        x = CifarBlock(planes, strides, self.axis_name, name=f"layer{i + 1}_{j}")(x, train)
+        x = CifarBlock(planes, strides, self.axis_name, dt, name=f"layer{i + 1}_{j}")(x, train)
     if not self.include_top:
       return x
     x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.num_classes, name="head")(x)
+    return jnp.asarray(nn.Dense(self.num_classes, dtype=dt, name="head")(x), jnp.float32)
 
 
 def _cifar(depth: int):

@@ -6,7 +6,7 @@ tests on CPU; with include_top=False it is `detection.TinyBackbone` by another n
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -22,13 +22,16 @@ class TinyCNN(nn.Module):
   num_classes: int = 10
   include_top: bool = True
   axis_name: Optional[str] = None
+  dtype: Any = jnp.float32  # computation dtype (bfloat16: mixed precision); params stay float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    x, dt = jnp.asarray(x, self.dtype), self.dtype
     for i, w in enumerate(self.widths, start=1):
-      x = layers.Conv2D(w, 3, padding=1, use_bias=False, name=f"conv{i}")(x)
-      x = layers.batch_norm(train, self.axis_name, name=f"bn{i}")(x)
+      x = layers.Conv2D(w, 3, padding=1, use_bias=False, dtype=dt, name=f"conv{i}")(x)
+      x = layers.batch_norm(train, self.axis_name, dtype=dt, name=f"bn{i}")(x)
       x = layers.MaxPool(2, name=f"pool{i}")(nn.relu(x))
     if not self.include_top:
       return x
-    return nn.Dense(self.num_classes, name="head")(jnp.mean(x, axis=(1, 2)))
+    logits = nn.Dense(self.num_classes, dtype=dt, name="head")(jnp.mean(x, axis=(1, 2)))
+    return jnp.asarray(logits, jnp.float32)

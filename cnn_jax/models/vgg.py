@@ -12,10 +12,11 @@ Keras' layout (its first FC layer then depends on the input size).
 from __future__ import annotations
 
 import functools
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from cnn_jax import layers
 from cnn_jax.models import register
@@ -39,14 +40,16 @@ class VGG(nn.Module):
   avgpool_size: Optional[int] = 7
   include_top: bool = True
   axis_name: Optional[str] = None
+  dtype: Any = jnp.float32  # computation dtype (bfloat16: mixed precision); params stay float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    x, dt = jnp.asarray(x, self.dtype), self.dtype
     for b, widths in enumerate(self.blocks, start=1):
       for i, width in enumerate(widths, start=1):
-        x = layers.Conv2D(width, 3, padding=1, name=f"block{b}_conv{i}")(x)
+        x = layers.Conv2D(width, 3, padding=1, dtype=dt, name=f"block{b}_conv{i}")(x)
         if self.batch_norm:
-          x = layers.batch_norm(train, self.axis_name, name=f"block{b}_bn{i}")(x)
+          x = layers.batch_norm(train, self.axis_name, dtype=dt, name=f"block{b}_bn{i}")(x)
         x = nn.relu(x)
       x = layers.MaxPool(2, name=f"block{b}_pool")(x)
     if self.avgpool_size is not None:
@@ -56,7 +59,7 @@ class VGG(nn.Module):
     x = layers.Flatten(name="flatten")(x)                          # 25088 (HWC order)
     return fc_classifier(x, self.num_classes, train=train, dropout_rate=self.dropout_rate,
                          axis_name=self.axis_name, names=("fc1", "fc2"),
-                         dropout_names=("dropout1", "dropout2"))
+                         dropout_names=("dropout1", "dropout2"), dtype=dt)
 
 
 def _variant(depth: int, bn: bool):

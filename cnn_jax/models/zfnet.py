@@ -25,10 +25,11 @@ ceil-mode rounding, i.e. one extra row/column at the bottom/right. The paper's
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from cnn_jax import layers
 from cnn_jax.models import register
@@ -41,23 +42,25 @@ class ZFNet(nn.Module):
   axis_name: Optional[str] = None  # pmap axis: dropout masks independent of device count
   dropout_rate: float = 0.5
   include_top: bool = True
+  dtype: Any = jnp.float32  # computation dtype (bfloat16: mixed precision); params stay float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    x, dt = jnp.asarray(x, self.dtype), self.dtype
     ceil = ((0, 1), (0, 1))  # Caffe ceil-mode rounding for the two 3x3/2 pools
     lrn = lambda name: layers.LocalResponseNorm(5, 1e-4, 0.75, 2.0, name=name)  # noqa: E731
-    x = nn.relu(layers.Conv2D(96, 7, strides=2, padding=1, name="conv1")(x))   # 110x110x96
-    x = layers.MaxPool(3, 2, padding=ceil, name="pool1")(x)                      # 55x55x96
+    x = nn.relu(layers.Conv2D(96, 7, strides=2, padding=1, dtype=dt, name="conv1")(x))  # 110x110x96
+    x = layers.MaxPool(3, 2, padding=ceil, name="pool1")(x)                             # 55x55x96
     x = lrn("norm1")(x)
-    x = nn.relu(layers.Conv2D(256, 5, strides=2, name="conv2")(x))             # 26x26x256
-    x = layers.MaxPool(3, 2, padding=ceil, name="pool2")(x)                      # 13x13x256
+    x = nn.relu(layers.Conv2D(256, 5, strides=2, dtype=dt, name="conv2")(x))            # 26x26x256
+    x = layers.MaxPool(3, 2, padding=ceil, name="pool2")(x)                             # 13x13x256
     x = lrn("norm2")(x)
-    x = nn.relu(layers.Conv2D(384, 3, padding=1, name="conv3")(x))             # 13x13x384
-    x = nn.relu(layers.Conv2D(384, 3, padding=1, name="conv4")(x))             # 13x13x384
-    x = nn.relu(layers.Conv2D(256, 3, padding=1, name="conv5")(x))             # 13x13x256
-    x = layers.MaxPool(3, 2, name="pool5")(x)                                    # 6x6x256
+    x = nn.relu(layers.Conv2D(384, 3, padding=1, dtype=dt, name="conv3")(x))            # 13x13x384
+    x = nn.relu(layers.Conv2D(384, 3, padding=1, dtype=dt, name="conv4")(x))            # 13x13x384
+    x = nn.relu(layers.Conv2D(256, 3, padding=1, dtype=dt, name="conv5")(x))            # 13x13x256
+    x = layers.MaxPool(3, 2, name="pool5")(x)                                           # 6x6x256
     if not self.include_top:
       return x
     x = layers.Flatten(name="flatten")(x)
     return fc_classifier(x, self.num_classes, train=train, dropout_rate=self.dropout_rate,
-                         axis_name=self.axis_name)
+                         axis_name=self.axis_name, dtype=dt)

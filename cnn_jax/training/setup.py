@@ -12,6 +12,7 @@ import os
 from typing import Any, Callable, Optional
 
 import jax
+import jax.numpy as jnp
 from ml_collections import ConfigDict
 
 from cnn_jax import config as config_lib
@@ -46,16 +47,22 @@ class Setup:
 
 
 def build_model(config: ConfigDict, num_classes: int) -> Any:
-  """The registered model with num_classes and, under pmap, cross-device batch norm.
+  """The registered model with num_classes, config.dtype and, under pmap, cross-device
+  batch norm.
 
   task="detection": the registered model is the backbone of a YOLO v2 detector.
+  config.dtype="bfloat16" computes in bfloat16 with float32 parameters (mixed precision);
+  runs saved before the key existed are float32.
   """
   task = config.get("task", "classification")
+  dtype = models.compute_dtype(config.get("dtype", "float32"))
   if task != "classification":
     axis = parallel.PMAP_AXIS if config.parallel == "pmap" else None
-    return task_module(config).build_model(config, num_classes, axis)
+    return task_module(config).build_model(config, num_classes, axis, dtype)
   kwargs = dict(config.model_kwargs.to_dict() if config.model_kwargs else {})
   kwargs.setdefault("num_classes", num_classes)
+  if dtype != jnp.float32:  # float32 is every model's default
+    kwargs.setdefault("dtype", dtype)
   if config.parallel == "pmap" and "axis_name" in models.constructor_args(config.model):
     kwargs.setdefault("axis_name", parallel.PMAP_AXIS)  # cross-device batch norm
   return models.get_model(config.model, **kwargs)
