@@ -128,19 +128,29 @@ def train_step(state: TrainState, batch: Batch, *, preprocess: Optional[Preproce
   return new_state, metrics
 
 
-def eval_step(state: TrainState, batch: Batch, *, preprocess: Optional[PreprocessFn] = None,
-              axis_name: Optional[str] = None, matmul_precision: str = "default",
-              flip: bool = False) -> dict[str, jax.Array]:
-  """Sums (not means) of loss / correct over the real examples of `batch` (its `mask`).
+def eval_logits(apply_fn: Callable[..., Any], variables: Any, images: jax.Array, *,
+                preprocess: Optional[PreprocessFn] = None, matmul_precision: str = "default",
+                flip: bool = False) -> jax.Array:
+  """The logits evaluation scores for stored (uint8) `images`: one place, so that the
+  sample predictions sent to TensorBoard (`eval_pictures`) are the evaluation's own.
 
   flip: test-time augmentation, the mean of the logits of each image and its mirror image.
   """
-  images = batch["image"] if preprocess is None else preprocess(batch["image"],
-                                                                jax.random.key(0), False)
+  x = images if preprocess is None else preprocess(images, jax.random.key(0), False)
   with jax.default_matmul_precision(matmul_precision):
-    logits = state.apply_fn(variables_of(state), images, train=False)
+    logits = apply_fn(variables, x, train=False)
     if flip:
-      logits = 0.5 * (logits + state.apply_fn(variables_of(state), images[:, :, ::-1], train=False))
+      logits = 0.5 * (logits + apply_fn(variables, x[:, :, ::-1], train=False))
+  return logits
+
+
+def eval_step(state: TrainState, batch: Batch, *, preprocess: Optional[PreprocessFn] = None,
+              axis_name: Optional[str] = None, matmul_precision: str = "default",
+              flip: bool = False) -> dict[str, jax.Array]:
+  """Sums (not means) of loss / correct over the real examples of `batch` (its `mask`),
+  from `eval_logits` (flip: its mirror-image test-time augmentation)."""
+  logits = eval_logits(state.apply_fn, variables_of(state), batch["image"], preprocess=preprocess,
+                       matmul_precision=matmul_precision, flip=flip)
   mask = batch.get("mask", jnp.ones(logits.shape[0], jnp.float32))
   sums = {"loss": jnp.sum(losses.cross_entropy(logits, batch["label"]) * mask),
           "correct": jnp.sum(losses.topk_correct(logits, batch["label"], 1) * mask),

@@ -2,7 +2,8 @@
 
 curves (metrics.jsonl), filters (conv kernels), activations (feature maps), confusion
 (matrix + misclassified examples), gradcam (class evidence), augment (a training batch),
-and kernels_sheet (the classic kernels on a photo, `cnn-jax kernels`).
+kernels_sheet (the classic kernels on a photo, `cnn-jax kernels`), and samples (images with
+their predictions, what training sends to TensorBoard).
 
 Every picture is a PNG of a known size in pixels, drawn with matplotlib's Agg canvas
 through the object-oriented `matplotlib.figure.Figure` (never pyplot): nothing is set
@@ -48,6 +49,15 @@ def save(fig: Any, path: str, overwrite: bool = False) -> str:
   check_out(path, overwrite)
   fig.savefig(path, dpi=DPI, format="png")
   return path
+
+
+def pixels(fig: Any) -> np.ndarray:
+  """The figure's uint8 RGB pixels (H, W, 3), drawn on a fresh Agg canvas: for pictures
+  that go to TensorBoard rather than to a file."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  canvas = FigureCanvasAgg(fig)
+  canvas.draw()
+  return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 def show_image(ax: Any, image: np.ndarray, title: Optional[str] = None, **kw: Any) -> None:
