@@ -288,3 +288,16 @@ def test_aux_logits_train_with_weight_0_3():
             "label": jax.ShapeDtypeStruct((2,), jnp.int32)}
   _, gm = jax.eval_shape(steps.train_step, gstate, gbatch)
   assert gm["loss"].shape == () and "main_loss" in gm
+
+
+def test_metric_writer_does_not_import_torch(tmp_path):
+  """tensorboardX imports torch whenever it is installed (1.3-2.4 s of every run's
+  start-up); the writer hides it. Run in a fresh process: this one may have torch."""
+  import subprocess
+  import sys
+  code = ("import sys; from cnn_jax.training.metric_writers import MetricWriter; "
+          f"w = MetricWriter({str(tmp_path)!r}); w.write(1, {{'loss': 1.0}}, 'train'); w.close(); "
+          "print('torch' in sys.modules)")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == "False"
+  assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
