@@ -14,64 +14,27 @@ the median round is reported. Compilation and warm-up steps are excluded.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import platform
 import statistics
-import time
 
 import numpy as np
+
+from torch_vs_jax import bench_jax  # the one bare-step timer (same folder)
 
 # The CIFAR / MNIST shapes the zoo registers these models for.
 DEFAULT_MODELS = ("mnist_cnn", "lenet_like", "resnet20")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bfloat16_cpu.json")
 
 
-def make_runner(name: str, dtype: str, batches: list[dict], steps: int):
-  """A function that runs `steps` train steps of model `name` in `dtype`; returns seconds."""
-  import jax
-  import jax.numpy as jnp
-  from ml_collections import ConfigDict
-
-  from cnn_jax import models
-  from cnn_jax.data import augment
-  from cnn_jax.training import optim
-  from cnn_jax.training import steps as steps_lib
-  from cnn_jax.training.train_state import create_train_state
-
-  kwargs = {} if dtype == "float32" else {"dtype": models.compute_dtype(dtype)}
-  model = models.get_model(name, **kwargs)
-  tx, _ = optim.make_optimizer(ConfigDict(dict(name="adam", learning_rate=1e-3,
-                                               schedule="constant")), 1, 1)
-  state = create_train_state(model, tx, jax.random.key(0), models.input_shape(name))
-  channels = models.input_shape(name)[-1]
-  pre = augment.make_preprocess_fn(None, (0.5,) * channels, (0.25,) * channels)
-  step = jax.jit(functools.partial(steps_lib.train_step, preprocess=pre), donate_argnums=0)
-  batches = [jax.device_put(b) for b in batches]
-  for b in batches[:3]:  # compile and warm up
-    state, _ = step(state, b)
-  jax.block_until_ready(state)
-  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(state.params))
-
-  def run() -> float:
-    nonlocal state
-    t = time.perf_counter()
-    for k in range(steps):
-      state, _ = step(state, batches[k % len(batches)])
-    jax.block_until_ready(state)
-    return time.perf_counter() - t
-
-  return run
-
-
 def bench_model(name: str, batch: int, steps: int, rounds: int) -> dict:
   from cnn_jax import models
   rng = np.random.RandomState(0)
   shape = models.input_shape(name)
-  batches = [{"image": rng.randint(0, 256, (batch, *shape)).astype(np.uint8),
-              "label": rng.randint(0, 10, batch).astype(np.int32)} for _ in range(4)]
-  runners = {dt: make_runner(name, dt, batches, steps) for dt in ("float32", "bfloat16")}
+  images = [rng.randint(0, 256, (batch, *shape)).astype(np.uint8) for _ in range(4)]
+  labels = [rng.randint(0, 10, batch).astype(np.int32) for _ in range(4)]
+  runners = {dt: bench_jax(name, images, labels, steps, dt) for dt in ("float32", "bfloat16")}
   times: dict[str, list[float]] = {dt: [] for dt in runners}
   for _ in range(rounds):
     for dt, run in runners.items():

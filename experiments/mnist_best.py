@@ -7,29 +7,23 @@ kept on the device, no validation split (the final model is reported, evaluated 
 
   cnn-jax train --config experiments/mnist_best.py --workdir workdirs/mnist_best
 """
+import os
+import runpy
+
 from cnn_jax.config import base_config, parse_arg, smoke_variant
+
+against_the_clock = runpy.run_path(os.path.join(os.path.dirname(__file__), "mnist_fast.py"))[
+    "against_the_clock"]
 
 
 def get_config(arg=None):
   args = parse_arg(arg)
-  c = base_config()
+  c = against_the_clock(base_config())
   c.model = "small_convnet"
   c.model_kwargs.batch_norm = True
-  c.dataset.name = "mnist"
-  c.dataset.train_split = "train"
-  c.dataset.val_split = ""          # no model selection: the final model is reported
-  c.dataset.test_split = "test"
-  c.batch_size = 128
-  c.eval_batch_size = 2000
   c.num_epochs = 8
-  c.optimizer.name = "adam"
   c.optimizer.learning_rate = 3e-3
-  c.optimizer.schedule = "onecycle"
-  c.augment = "pad_crop(2)"
   c.label_smoothing = 0.1
-  c.log_every_steps = 100
-  c.keep_checkpoints = 1
-  c.best_metric = ""
   if args.smoke:
     smoke_variant(c)
   return c
