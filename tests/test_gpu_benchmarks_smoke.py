@@ -2,7 +2,8 @@
 
 The three benchmarks start together as subprocesses (each pays JAX's import and a
 compile; side by side they take about the time of the slowest, ~40-60 s on 2 cores) and
-each test checks one results file: the keys, and positive finite figures. The results
+each test checks one results file: the keys, and positive finite figures (marked `slow`:
+`pytest -m slow tests/test_gpu_benchmarks_smoke.py`). The results
 file rules (never overwrite; smoke never writes into benchmarks/results) and the CIFAR-10
 pack are checked in-process on tiny inputs.
 """
@@ -83,6 +84,7 @@ def _check(res, positive):
     assert isinstance(v, (int, float)) and math.isfinite(v) and v > 0, (key, v)
 
 
+@pytest.mark.slow  # ~45-100 s of benchmark subprocesses: pytest -m slow
 def test_resnet50_vs_torch_smoke(smoke_results):
   res = smoke_results["resnet50_vs_torch"]
   _check(res, ["images_per_sec.jax", "step_ms.jax", "jax_side.parameters", "batch"])
@@ -94,6 +96,7 @@ def test_resnet50_vs_torch_smoke(smoke_results):
     assert "torch_skipped" in res
 
 
+@pytest.mark.slow  # ~45-100 s of benchmark subprocesses: pytest -m slow
 def test_cifar10_time_to_94_smoke(smoke_results):
   res = smoke_results["cifar10_time_to_94"]
   _check(res, ["train_seconds", "seconds_per_epoch", "train_images_per_sec", "compile_seconds",
@@ -104,6 +107,7 @@ def test_cifar10_time_to_94_smoke(smoke_results):
   assert res["train_images"] == 512 and res["data"].startswith("synthetic")
 
 
+@pytest.mark.slow  # ~45-100 s of benchmark subprocesses: pytest -m slow
 def test_parallel_overhead_smoke(smoke_results):
   res = smoke_results["parallel_overhead"]
   runners = ("plain_jit", "sharded", "pmap", "sharded_input_pipeline")
