@@ -290,6 +290,33 @@ def test_a_full_disk_is_survived(small_disk, caplog, async_save):
   assert steps == sorted(steps)
 
 
+def test_a_dead_tensorboard_writer_never_blocks_training(tmp_path, caplog):
+  """tensorboardX's event thread dies on a write error (a full disk) and its 10-event queue
+  is then never read: the 11th event blocked the loop forever (the full-disk test hung)."""
+  import logging
+  import threading
+  from cnn_jax.training.metric_writers import MetricWriter
+  w = MetricWriter(tmp_path, enabled=True)
+  events = next(iter(w._tb.all_writers.values())).event_writer
+
+  def no_room(event):
+    raise OSError(28, "No space left on device")
+  events._ev_writer.write_event = no_room
+  done = threading.Event()
+
+  def log_many():
+    for step in range(40):
+      w.write(step, {"loss": 1.0, "accuracy": 0.5}, "train")
+    w.flush()
+    w.close()
+    done.set()
+  with caplog.at_level(logging.ERROR, logger="cnn_jax"):
+    threading.Thread(target=log_many, daemon=True).start()
+    assert done.wait(30), "the metric writer blocked on TensorBoard's dead event thread"
+  assert caplog.text.count("TensorBoard's event writer") == 1
+  assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 40  # the JSON lines go on
+
+
 def test_metric_lines_wait_for_room_and_none_is_torn(tmp_path, monkeypatch, caplog):
   import errno
   import json

@@ -40,6 +40,44 @@ def _summary_writer_class() -> Any:
   return SummaryWriter
 
 
+class _EventThreadDead(Exception):
+  """tensorboardX's event thread is gone: its queue will never be read again."""
+
+
+def _event_writers(tb: Any) -> list[Any]:
+  """tensorboardX's EventFileWriters of a SummaryWriter ([] for another layout)."""
+  try:
+    return [w.event_writer for w in tb.all_writers.values()]
+  except AttributeError:
+    return []
+
+
+def _event_thread_alive(events: Any) -> bool:
+  worker = getattr(events, "_worker", None)
+  return worker is None or worker.is_alive()  # None: closed (writes are then dropped)
+
+
+class _GuardedQueue:
+  """tensorboardX's bounded event queue, whose `put` stops waiting when the thread that
+  reads it has died (it dies on the first write error, e.g. a full disk): a plain `put`
+  then blocked the training loop forever once 10 events were waiting."""
+
+  def __init__(self, events: Any):
+    self._events, self._queue = events, events._event_queue
+
+  def put(self, item: Any) -> None:
+    import queue
+    while True:
+      try:
+        return self._queue.put(item, timeout=1.0)
+      except queue.Full:
+        if not _event_thread_alive(self._events):
+          raise _EventThreadDead() from None
+
+  def __getattr__(self, name: str) -> Any:
+    return getattr(self._queue, name)
+
+
 class MetricWriter:
   """Writes `{"step", "time", <prefix>/<name>: value}` lines to metrics.jsonl and TB events."""
 
@@ -69,6 +107,8 @@ class MetricWriter:
         self._fd = os.open(os.fspath(self.path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
       if tensorboard:
         self._tb = _summary_writer_class()(str(epath.Path(workdir) / "tensorboard"))
+        for w in _event_writers(self._tb):
+          w._event_queue = _GuardedQueue(w)
 
   def _set_aside_after(self, step: int) -> None:
     lines = self.path.read_text().splitlines(True)
@@ -97,12 +137,34 @@ class MetricWriter:
     else:
       self._pending += line.encode()
       self._drain()
-    if self._tb is not None:
-      try:
-        for k, v in values.items():
+    try:
+      for k, v in values.items():
+        if self._tensorboard() is not None:
           self._tb.add_scalar(k, v, int(step))
-      except OSError:  # TensorBoard is a copy of metrics.jsonl: never worth the run
-        pass
+    except _EventThreadDead:
+      self._drop_tensorboard()
+    except OSError:  # TensorBoard is a copy of metrics.jsonl: never worth the run
+      pass
+
+  def _tensorboard(self) -> Any:
+    """The TensorBoard writer while its event thread lives; else None, said once.
+
+    tensorboardX writes events from a background thread that dies on an I/O error (a full
+    disk) and leaves its bounded queue (10 events) unread: the next events would block the
+    training loop forever (seen in tests/test_settings.py's full-disk test). A dead
+    writer is dropped, never closed (its close() waits on the same queue)."""
+    if self._tb is not None and not all(_event_thread_alive(w) for w in _event_writers(self._tb)):
+      self._drop_tensorboard()
+    return self._tb
+
+  def _drop_tensorboard(self) -> None:
+    for w in _event_writers(self._tb):
+      queue = getattr(w, "_event_queue", None)
+      if isinstance(queue, _GuardedQueue):
+        queue.cancel_join_thread()  # or exiting would wait on the unread queue
+    log.error("TensorBoard's event writer in %s stopped (disk full?); TensorBoard output ends "
+              "here, metrics.jsonl goes on", self.path.parent / "tensorboard")
+    self._tb = None
 
   def _drain(self) -> None:
     """Write what waits; on a full disk keep it for the next call (one log line each way)."""
@@ -122,16 +184,19 @@ class MetricWriter:
 
   def image(self, tag: str, image: np.ndarray, step: int) -> None:
     """A uint8 HWC (or HW) image to TensorBoard (process 0 only)."""
-    if self._tb is not None and image is not None:
-      self._tb.add_image(tag, image if image.ndim == 3 else image[..., None], int(step),
-                         dataformats="HWC")
+    if image is not None and self._tensorboard() is not None:
+      try:
+        self._tb.add_image(tag, image if image.ndim == 3 else image[..., None], int(step),
+                           dataformats="HWC")
+      except _EventThreadDead:
+        self._drop_tensorboard()
 
   def flush(self) -> None:
     if self._remote and self.enabled:
       self.path.write_text("".join(self._lines))
     if self._fd is not None:
       self._drain()
-    if self._tb is not None:
+    if self._tensorboard() is not None:
       try:
         self._tb.flush()
       except OSError:
@@ -146,7 +211,7 @@ class MetricWriter:
         self._pending = b""
       os.close(self._fd)
       self._fd = None
-    if self._tb is not None:
+    if self._tensorboard() is not None:
       try:
         self._tb.close()
       except OSError:
