@@ -41,7 +41,7 @@ def bench_jax(model: str, images, labels, steps: int, dtype: str = "float32"):
   from cnn_jax.training import optim, steps as steps_lib
   from cnn_jax.training.train_state import create_train_state
 
-  kwargs = {"dtype": jnp.bfloat16} if dtype == "bfloat16" else {}
+  kwargs = {"dtype": models.compute_dtype(dtype)} if dtype != "float32" else {}
   net = models.get_model(model, **kwargs)
   tx, _ = optim.make_optimizer(ConfigDict(dict(name="adam", learning_rate=1e-3,
                                                schedule="constant")), 1, 1)

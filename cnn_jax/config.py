@@ -275,9 +275,10 @@ def validate(config: ConfigDict) -> ConfigDict:
   if config.matmul_precision not in MATMUL_PRECISIONS:
     raise ValueError(f"matmul_precision must be one of {MATMUL_PRECISIONS}, got "
                      f"{config.matmul_precision!r}")
-  if config.get("dtype", "float32") not in ("float32", "bfloat16"):  # runs saved before: float32
-    raise ValueError(f"dtype must be 'float32' or 'bfloat16' (mixed precision: bfloat16 "
-                     f"compute, float32 parameters), got {config.dtype!r}")
+  from cnn_jax import models  # noqa: PLC0415 - the one list of computation dtypes
+  if config.get("dtype", "float32") not in models.DTYPES:  # runs saved before: float32
+    raise ValueError(f"dtype must be {' or '.join(map(repr, models.DTYPES))} (mixed precision: "
+                     f"bfloat16 compute, float32 parameters), got {config.dtype!r}")
   if config.parallel not in ("sharded", "pmap"):
     raise ValueError(f"parallel must be 'sharded' or 'pmap', got {config.parallel!r}")
   from cnn_jax.data import augment  # noqa: PLC0415 - jax only when a run is validated

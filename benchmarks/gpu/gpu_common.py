@@ -39,11 +39,6 @@ def smoke_platform(smoke: bool) -> None:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
-def compute_dtype(name: str) -> Any:
-  import jax.numpy as jnp
-  return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
-
-
 def get_model(name: str, dtype: str, smoke: bool, **kwargs: Any) -> tuple[Any, str, str]:
   """(model, the dtype it computes in, a note) for `models.get_model(name, dtype=...)`.
 
@@ -56,7 +51,7 @@ def get_model(name: str, dtype: str, smoke: bool, **kwargs: Any) -> tuple[Any, s
   if dtype == "float32":
     return models.get_model(name, **kwargs), "float32", ""
   try:
-    return models.get_model(name, dtype=compute_dtype(dtype), **kwargs), dtype, ""
+    return models.get_model(name, dtype=models.compute_dtype(dtype), **kwargs), dtype, ""
   except TypeError as e:
     if not smoke:
       raise SystemExit(f"models.get_model({name!r}, dtype={dtype}) failed ({e}): this checkout's "

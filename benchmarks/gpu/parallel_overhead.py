@@ -78,7 +78,7 @@ def main():
   shape = (size, size, 3)
   model, dtype, note = gpu_common.get_model(args.model, args.dtype, smoke, num_classes=args.classes)
   pmodel = (models.get_model(args.model, num_classes=args.classes, axis_name=parallel.PMAP_AXIS,
-                             **({"dtype": gpu_common.compute_dtype(dtype)} if dtype != "float32" else {}))
+                             **({"dtype": models.compute_dtype(dtype)} if dtype != "float32" else {}))
             if "axis_name" in models.constructor_args(args.model) else model)
   tx, _ = optim.make_optimizer(ConfigDict(dict(name="momentum", learning_rate=0.1,
                                                schedule="constant", momentum=0.9)), 1, 1)

@@ -180,7 +180,9 @@ def _run(config: ConfigDict, workdir: Any, train_data: Optional[Any], val_data: 
             t0, n0 = time.time(), 0
             if "startup_seconds" not in summary:
               summary["startup_seconds"] = _since_process_start()
-              log.info("first step done %.1fs after the process started", summary["startup_seconds"])
+              if summary["startup_seconds"] is not None:  # None off Linux
+                log.info("first step done %.1fs after the process started",
+                         summary["startup_seconds"])
           else:
             n0 += config.batch_size
           end_of_epoch = i + 1 == spe
