@@ -52,16 +52,17 @@ def load_config(model: str, epochs: int, examples: int):
 def data_for(model: str, config, examples: int):
   """(split, what it is): real MNIST when prepared, else random images of the right shape."""
   from cnn_jax.data import sources
+  from cnn_jax.data.split import Split
   if model != "resnet20":
     try:
       split = sources.load_source(config.dataset, "train", max_examples=examples)
-      return sources.Split(np.asarray(split.images), split.labels, 10), "MNIST train (tfds)"
+      return Split(np.asarray(split.images), split.labels, 10), "MNIST train (tfds)"
     except Exception as e:  # noqa: BLE001 - not prepared here
       print(f"  MNIST not available ({type(e).__name__}); random images instead")
   shape = (28, 28, 1) if model != "resnet20" else (32, 32, 3)
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (examples,) + shape, dtype=np.uint8)
-  return sources.Split(images, rng.integers(0, 10, examples).astype(np.int32), 10), "random uint8"
+  return Split(images, rng.integers(0, 10, examples).astype(np.int32), 10), "random uint8"
 
 
 def bare(config, split, steps: int) -> float:

@@ -2,7 +2,7 @@
 import numpy as np
 
 from cnn_jax.config import base_config, smoke_variant
-from cnn_jax.data.sources import Split
+from cnn_jax.data.split import Split
 
 
 def random_split(n: int, shape=(28, 28, 1), num_classes: int = 10, seed: int = 0) -> Split:

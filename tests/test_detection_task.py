@@ -208,12 +208,12 @@ def test_localizer_learns_shapes_through_the_loop(tmp_path, optimized_xla):
 
 def test_a_truncated_photo_is_named_before_training_or_skipped(tmp_path):
   """kangaroo's images/00090.jpg is cut short: found when the split loads, not mid-epoch."""
-  from cnn_jax.data import sources
+  from cnn_jax.data import images, sources
   voc_folder(tmp_path, n=6)
   img = tmp_path / "images" / "img002.png"
   img.write_bytes(img.read_bytes()[:200])
   ds = detection_config(tmp_path).dataset
-  with pytest.raises(sources.CorruptImageError, match="img002.png.*skip_corrupt"):
+  with pytest.raises(images.CorruptImageError, match="img002.png.*skip_corrupt"):
     sources.load_source(ds, "train")
   ds.skip_corrupt = True
   kept = sources.load_source(ds, "train")

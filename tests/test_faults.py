@@ -16,7 +16,7 @@ import pytest
 
 from cnn_jax import checkpoint as ckpt_lib
 from cnn_jax import cli, config as config_lib, inference, parallel
-from cnn_jax.data.sources import Split
+from cnn_jax.data.split import Split
 from cnn_jax.training import guards, setup, trainer
 from cnn_jax.training import workdir as workdir_lib
 from helpers import random_split, tiny_config

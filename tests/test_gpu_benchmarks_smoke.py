@@ -136,7 +136,7 @@ def test_cifar10_pack_round_trip(tmp_path):
   """pack_cifar10 stores the JPEG files' bytes; loading decodes the very pixels the
   image-folder source decodes."""
   from PIL import Image
-  from cnn_jax.data.sources import decode_image
+  from cnn_jax.data.images import decode_image
   rng = np.random.default_rng(0)
   src = tmp_path / "cifar"
   files = {}

@@ -7,7 +7,7 @@ import tensorflow_datasets as tfds
 
 from cnn_jax import checkpoint as ckpt_lib
 from cnn_jax import cli, config as config_lib
-from cnn_jax.data.sources import Split
+from cnn_jax.data.split import Split
 from cnn_jax.training import trainer
 from cnn_jax.training.metric_writers import read_metrics
 from helpers import random_split, tiny_config

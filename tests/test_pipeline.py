@@ -15,8 +15,10 @@ from ml_collections import ConfigDict
 from PIL import Image
 
 from cnn_jax import parallel
-from cnn_jax.data import input_pipeline, sources, tfds_data
-from cnn_jax.data.sources import CorruptImageError, FolderSource, Split
+from cnn_jax.data import folders, images, input_pipeline, sources, tfds_data
+from cnn_jax.data.folders import FolderSource
+from cnn_jax.data.images import CorruptImageError
+from cnn_jax.data.split import Split, shard
 from cnn_jax.training import setup, trainer
 from helpers import tiny_config
 
@@ -78,7 +80,7 @@ def test_folder_images_in_any_mode_decode_to_channels_with_sorted_labels(tmp_pat
            for i, m in enumerate(("RGB", "L"))}
   for path, (mode, _) in jpegs.items():
     Image.new(mode, (7, 5), (90, 140, 200) if mode == "RGB" else 120).save(path)
-  src = sources.folder_source(str(tmp_path), "train", channels=channels)
+  src = folders.folder_source(str(tmp_path), "train", channels=channels)
   assert src.class_names == ["a_dog", "b_cat"] and src.num_classes == 2
   assert len(src) == len(written) + len(jpegs) == 14
   assert src.image_shape == (5, 7, channels)
@@ -106,9 +108,9 @@ def _hwc(img):
 
 def test_percent_slices_partition_the_files(tmp_path):
   make_folder(tmp_path, per_class=9)
-  whole = sources.folder_source(str(tmp_path), "train")
-  a = sources.folder_source(str(tmp_path), "train[:50%]")
-  b = sources.folder_source(str(tmp_path), "train[50%:]")
+  whole = folders.folder_source(str(tmp_path), "train")
+  a = folders.folder_source(str(tmp_path), "train[:50%]")
+  b = folders.folder_source(str(tmp_path), "train[50%:]")
   assert len(a) == 9 and len(b) == 9
   assert not set(a.files) & set(b.files)
   assert sorted(a.files + b.files) == sorted(whole.files)
@@ -118,26 +120,26 @@ def test_percent_slices_partition_the_files(tmp_path):
     assert [label[f] for f in part.files] == part.labels.tolist()
     assert set(part.labels.tolist()) == {0, 1}
   with pytest.raises(ValueError, match="train\\[:90%\\]"):
-    sources.folder_source(str(tmp_path), "train[:ninety]")
+    folders.folder_source(str(tmp_path), "train[:ninety]")
 
 
 def test_folder_layout_errors_name_the_path(tmp_path):
   missing = tmp_path / "nowhere"
   with pytest.raises(FileNotFoundError, match=str(missing)):
-    sources.folder_source(str(missing), "train")
+    folders.folder_source(str(missing), "train")
   (tmp_path / "val").mkdir()
   (tmp_path / "extra").mkdir()
   with pytest.raises(FileNotFoundError) as e:
-    sources.folder_source(str(tmp_path), "train[:90%]")
+    folders.folder_source(str(tmp_path), "train[:90%]")
   assert str(tmp_path / "train") in str(e.value) and "['extra', 'val']" in str(e.value)
   (tmp_path / "train").mkdir()
   with pytest.raises(ValueError, match=f"{tmp_path / 'train'} has no class sub-folders"):
-    sources.folder_source(str(tmp_path), "train")
+    folders.folder_source(str(tmp_path), "train")
   write(str(tmp_path / "train" / "a" / "x.png"), "RGB")
   (tmp_path / "train" / "b").mkdir()
   (tmp_path / "train" / "b" / "notes.txt").write_text("not an image")
   with pytest.raises(ValueError, match=f"class folder {tmp_path / 'train' / 'b'} holds no images"):
-    sources.folder_source(str(tmp_path), "train")
+    folders.folder_source(str(tmp_path), "train")
   with pytest.raises(ValueError, match="dataset.path"):
     sources.load_source(folder_ds(tmp_path, path=None), "train")
 
@@ -146,7 +148,7 @@ def test_corrupt_file_is_named_or_skipped_and_counted(tmp_path, caplog):
   make_folder(tmp_path, per_class=3)
   bad = tmp_path / "train" / "b_cat" / "x.jpg"
   bad.write_bytes(b"definitely not a JPEG" * 10)
-  src = sources.folder_source(str(tmp_path), "train")
+  src = folders.folder_source(str(tmp_path), "train")
   assert len(src) == 7 and src.image_shape == (5, 7, 3)  # the header scan passes over it
   with pytest.raises(CorruptImageError, match=str(bad)) as e:
     [src[i] for i in range(len(src))]
@@ -155,7 +157,7 @@ def test_corrupt_file_is_named_or_skipped_and_counted(tmp_path, caplog):
   with pytest.raises(CorruptImageError, match=str(bad)):
     sources.load_source(folder_ds(tmp_path), "train")
   with caplog.at_level(logging.WARNING, logger="cnn_jax"):
-    kept = sources.folder_source(str(tmp_path), "train", skip_corrupt=True)
+    kept = folders.folder_source(str(tmp_path), "train", skip_corrupt=True)
   assert len(kept) == 6 and str(bad) not in kept.files
   assert [src.labels[src.files.index(f)] for f in kept.files] == kept.labels.tolist()
   warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
@@ -170,8 +172,8 @@ def test_skip_corrupt_scans_only_when_the_cache_misses(tmp_path, monkeypatch):
   make_folder(tmp_path, per_class=3)
   (tmp_path / "train" / "b_cat" / "x.jpg").write_bytes(b"not a JPEG" * 10)
   scans = []
-  real = sources._without_corrupt
-  monkeypatch.setattr(sources, "_without_corrupt", lambda s: scans.append(1) or real(s))
+  real = folders.without_corrupt
+  monkeypatch.setattr(folders, "without_corrupt", lambda s: scans.append(1) or real(s))
   first = sources.load_source(folder_ds(tmp_path, skip_corrupt=True), "train")
   second = sources.load_source(folder_ds(tmp_path, skip_corrupt=True), "train")
   assert len(scans) == 1 and len(first) == len(second) == 6
@@ -191,9 +193,9 @@ def test_skip_corrupt_skips_a_truncated_jpeg(tmp_path, caplog):
   cut = tmp_path / "train" / "a_dog" / "cut.jpg"
   cut.write_bytes(buf.getvalue()[:int(len(buf.getvalue()) * 0.9)])
   with pytest.raises(CorruptImageError, match=str(cut)):
-    sources.decode_image(str(cut), 3)
+    images.decode_image(str(cut), 3)
   with caplog.at_level(logging.WARNING, logger="cnn_jax"):
-    kept = sources.folder_source(str(tmp_path), "train", skip_corrupt=True)
+    kept = folders.folder_source(str(tmp_path), "train", skip_corrupt=True)
   assert str(cut) not in kept.files and len(kept) == 4
   assert "skipped 1 unreadable" in caplog.text
   assert all(kept[i][0].shape == (5, 7, 3) for i in range(len(kept)))  # all decode
@@ -228,7 +230,7 @@ def test_wrong_class_count_and_unknown_pp_op_fail_before_compiling(tmp_path, no_
 
 # --- the decoded cache -----------------------------------------------------------------
 
-REAL_DECODE = sources.decode_image
+REAL_DECODE = images.decode_image
 
 
 def count_decodes(monkeypatch):
@@ -238,15 +240,15 @@ def count_decodes(monkeypatch):
   def counted(path, channels):
     calls.append(path)
     return real(path, channels)
-  monkeypatch.setattr(sources, "decode_image", counted)
+  monkeypatch.setattr(images, "decode_image", counted)
   return calls
 
 
 def test_cache_fills_once_and_is_invalidated_by_changed_files(tmp_path, monkeypatch):
   make_folder(tmp_path, per_class=4)
   ds = folder_ds(tmp_path)
-  files = sources.folder_source(str(tmp_path), "train").files
-  decoded = np.stack([sources.decode_image(f, 3) for f in files])
+  files = folders.folder_source(str(tmp_path), "train").files
+  decoded = np.stack([images.decode_image(f, 3) for f in files])
   calls = count_decodes(monkeypatch)
   first = sources.load_source(ds, "train")
   assert isinstance(first, Split) and first.mapped_from
@@ -257,7 +259,7 @@ def test_cache_fills_once_and_is_invalidated_by_changed_files(tmp_path, monkeypa
 
   def fail(path, channels):
     raise AssertionError(f"decoded {path} although the cache holds it")
-  monkeypatch.setattr(sources, "decode_image", fail)
+  monkeypatch.setattr(images, "decode_image", fail)
   second = sources.load_source(ds, "train")
   np.testing.assert_array_equal(second.images, decoded)
   np.testing.assert_array_equal(second.labels, first.labels)
@@ -294,7 +296,7 @@ def test_cache_follows_files_moved_between_classes(tmp_path):
   train = tmp_path / "train"
   os.rename(train / "a_dog" / "00.bmp", train / "b_cat" / "00a.bmp")
   os.rename(train / "b_cat" / "00.bmp", train / "a_dog" / "00a.bmp")
-  fresh = sources.folder_source(str(tmp_path), "train")
+  fresh = folders.folder_source(str(tmp_path), "train")
   assert not {str(train / c / "00a.bmp") for c in CLASSES} & set(fresh.files[:3])
   images = np.stack([fresh[i][0] for i in range(len(fresh))])
   assert not np.array_equal(before.images, images)
@@ -419,15 +421,15 @@ def test_max_examples_is_a_global_count_for_tfds_as_for_folders():
 @pytest.mark.parametrize("n", [11, 12])
 def test_shards_partition_a_folder_split(tmp_path, n):
   written = make_folder(tmp_path, per_class=n // 2 + 1)
-  src = sources.folder_source(str(tmp_path), f"train[:{n}]")
+  src = folders.folder_source(str(tmp_path), f"train[:{n}]")
   assert len(src) == n
-  parts = [sources.shard(src, i, 3) for i in range(3)]
+  parts = [shard(src, i, 3) for i in range(3)]
   sizes = [len(p) for p in parts]
   assert sum(sizes) == n and max(sizes) - min(sizes) <= 1
   assert [f for p in parts for f in p.files] == src.files  # contiguous, in order, disjoint
   assert np.array_equal(np.concatenate([p.labels for p in parts]), src.labels)
   assert all(p.class_names == ["a_dog", "b_cat"] for p in parts)
-  assert sources.shard(src, 0, 1) is src
+  assert shard(src, 0, 1) is src
   # through load_source: each process's share is cached on its own
   ds = folder_ds(tmp_path)
   loaded = [sources.load_source(ds, f"train[:{n}]", process_index=i, process_count=3)
@@ -442,7 +444,7 @@ ORPHAN_CHILD = r"""
 import glob, os, sys, time
 import numpy as np
 from cnn_jax.data import input_pipeline
-from cnn_jax.data.sources import Split
+from cnn_jax.data.split import Split
 data = Split(np.zeros((64, 4, 4, 1), np.uint8), np.zeros(64, np.int32), 2)
 it = input_pipeline.train_batches(data, 8, 0, steps_per_epoch=8, num_steps=10**6,
                                   pp="flip_lr", workers=1)

@@ -11,7 +11,7 @@ import pytest
 from ml_collections import ConfigDict
 
 from cnn_jax.data.input_pipeline import eval_batches, train_batches
-from cnn_jax.data.sources import Split
+from cnn_jax.data.split import Split
 from cnn_jax.training import losses, optim, setup, trainer
 from cnn_jax.training.metric_writers import read_metrics
 from helpers import random_split, tiny_config

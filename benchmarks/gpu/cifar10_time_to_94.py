@@ -117,7 +117,8 @@ def main():
 
   import jax
   from cnn_jax import parallel
-  from cnn_jax.data import augment, on_device, sources
+  from cnn_jax.data import augment, on_device
+  from cnn_jax.data.split import Split
   from cnn_jax.training import optim, steps
   from cnn_jax.training.train_state import create_train_state
 
@@ -140,7 +141,7 @@ def main():
   # steps; the split on the device once; each step sends its example indices (the host
   # reader's order, `input_pipeline.TrainBatch.indices`) and gathers its batch there.
   c = parallel.compile_steps("sharded", init_fn, train_fn, eval_fn)
-  split = sources.Split(data["train_images"], data["train_labels"], 10)
+  split = Split(data["train_images"], data["train_labels"], 10)
   on_dev = on_device.put_split(split, c.replicated)
   pad = -n_test % eval_bs  # padded with masked examples: every test image counts once
   test_batches = []

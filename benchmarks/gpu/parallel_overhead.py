@@ -9,7 +9,7 @@
    `jax.jit` (donated state) on one device, `parallel.compile_steps("sharded")` (jit over
    a 1-device Mesh, what `cnn-jax train` runs) and `compile_steps("pmap")`.
 2. Real data vs synthetic (target: within 5%). The sharded step fed by the project's
-   input pipeline — an in-memory `sources.Split` of uint8 images read by
+   input pipeline — an in-memory `split.Split` of uint8 images read by
    `input_pipeline.train_batches` (grain, reader threads) and copied ahead by
    `parallel.prefetch(..., compiled.put_batch)` — against the same step on one batch
    already on the device. The difference is what the host side (gather, host-to-device
@@ -67,7 +67,8 @@ def main():
   import jax
   from ml_collections import ConfigDict
   from cnn_jax import models, parallel
-  from cnn_jax.data import augment, input_pipeline, sources
+  from cnn_jax.data import augment, input_pipeline
+  from cnn_jax.data.split import Split
   from cnn_jax.training import optim, steps as steps_lib
   from cnn_jax.training.train_state import create_train_state
 
@@ -90,8 +91,8 @@ def main():
 
   rng = np.random.default_rng(0)
   n = max(args.source_images, 2 * batch)
-  source = sources.Split(rng.integers(0, 256, (n, *shape), np.uint8),
-                         rng.integers(0, args.classes, n).astype(np.int32), args.classes)
+  source = Split(rng.integers(0, 256, (n, *shape), np.uint8),
+                 rng.integers(0, args.classes, n).astype(np.int32), args.classes)
   fixed = input_pipeline.TrainBatch(source, batch, n // batch, 0, "")(0)
 
   # runner: (step, state, next_batch)

@@ -25,6 +25,8 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from cnn_jax.data.split import Split
+
 log = logging.getLogger("cnn_jax")
 
 
@@ -38,7 +40,6 @@ def key_of(description: dict[str, Any]) -> str:
 
 
 def _load(path: str) -> Any:
-  from cnn_jax.data.sources import Split
   meta = json.loads(open(os.path.join(path, "meta.json")).read())
   images = np.load(os.path.join(path, "images.npy"), mmap_mode="r")
   labels = np.load(os.path.join(path, "labels.npy"))
@@ -105,7 +106,6 @@ def maybe_cached(source: Any, description: dict[str, Any], ds: Any,
     if not os.path.exists(os.path.join(root, "meta.json")):
       log.warning("could not write the decoded cache %s (%s); using the decoded arrays in "
                   "memory", root, e)
-      from cnn_jax.data.sources import Split
       return Split(images, labels, source.num_classes, source.class_names)
   log.info("decoded %d examples (%.0f MB) in %.1fs, cached in %s", len(source), size_mb,
            time.time() - t0, root)

@@ -21,8 +21,8 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from cnn_jax.data import ops
-from cnn_jax.data.sources import Split
+from cnn_jax.data import box_ops, ops
+from cnn_jax.data.split import Split
 
 # ImageNet's per-channel mean / std: what torchvision / Keras "torch"-mode weights expect.
 IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -65,7 +65,6 @@ def parse_pp(pp: str, boxes: bool = False) -> Any:
   """A pp string as a host pipeline: image ops (`ops`), or box-aware ones (`box_ops`) for
   detection, whose examples carry boxes that every geometric op must move too."""
   if boxes:
-    from cnn_jax.data import box_ops  # noqa: PLC0415
     return box_ops.parse(pp)
   return ops.parse(pp)
 
@@ -100,7 +99,6 @@ def gather(source: Any, index: np.ndarray, pipeline: Optional[Any],
   _same_size(images)
   if max_objects is None:
     return {"image": np.stack(images), "label": np.asarray(labels, np.int32)}
-  from cnn_jax.data import box_ops  # noqa: PLC0415
   padded = [box_ops.pad_objects(t, max_objects) for t in labels]
   return {"image": np.stack(images), **{k: np.stack([t[k] for t in padded]) for k in padded[0]}}
 

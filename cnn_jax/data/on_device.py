@@ -16,7 +16,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 
 from cnn_jax.data.input_pipeline import TrainBatch
-from cnn_jax.data.sources import Split
+from cnn_jax.data.split import Split
 
 SETTINGS = ("auto", "always", "never")
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cnn_jax.data.split import parse_split, slice_range
+
 
 SHAPE_NAMES = ("square", "circle", "triangle")
 
@@ -90,10 +92,9 @@ SHAPES_SPLITS = {"train": (4096, 0), "test": (512, 1)}
 
 def shapes_source(split: str, size: int = 32) -> ShapesSource:
   """A split of the synthetic shapes data set (`SHAPES_SPLITS`), generated in a second."""
-  from cnn_jax.data import sources  # noqa: PLC0415
-  name, (start, stop), spec = sources.parse_split(split)
+  name, (start, stop), spec = parse_split(split)
   if name not in SHAPES_SPLITS:
     raise ValueError(f"shapes has splits {sorted(SHAPES_SPLITS)}, not {spec!r}")
   num, seed = SHAPES_SPLITS[name]
   source = ShapesSource(num, size, seed)
-  return source.subset(np.arange(sources._bound(start, num, 0), sources._bound(stop, num, num)))
+  return source.subset(slice_range(start, stop, num))

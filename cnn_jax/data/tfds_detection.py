@@ -14,6 +14,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from cnn_jax.data import tfds_data
+
 
 class TfdsDetectionSource:
   """A tfds `data_source` with an `objects` sequence of `bbox` / `label` (/ `is_difficult`)."""
@@ -69,7 +71,6 @@ class TfdsDetectionSource:
 def tfds_detection_source(ds: Any, split: str, *, max_examples: Optional[int] = None,
                           process_index: int = 0, process_count: int = 1) -> TfdsDetectionSource:
   """This process's share of a tfds detection split (`max_examples` is a global count)."""
-  from cnn_jax.data import tfds_data
   builder, _, data = tfds_data.process_data_source(ds, split, process_index, process_count)
   features = builder.info.features
   if "objects" not in features or "bbox" not in features["objects"].feature:

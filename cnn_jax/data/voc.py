@@ -28,7 +28,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from cnn_jax.data import sources
+from cnn_jax.data import images
+from cnn_jax.data.split import parse_split, slice_range
 
 log = logging.getLogger("cnn_jax")
 
@@ -123,7 +124,7 @@ class VocSource:
   def __init__(self, image_dir: str, annotation_dir: str,
                class_names: Optional[Sequence[str]] = None, split: str = "train",
                split_seed: int = 0, skip_empty: bool = True):
-    name, (start, stop), spec = sources.parse_split(split)
+    name, (start, stop), spec = parse_split(split)
     if name not in ("train", "all"):
       raise ValueError(f"VOC split {spec!r}: a VOC folder is one listing; name it 'train' or "
                        "'all' and slice it, e.g. 'train[:80%]' and 'train[80%:]'")
@@ -137,7 +138,7 @@ class VocSource:
     xmls = [os.path.join(annotation_dir, f) for f in xmls]
     order = np.random.default_rng(split_seed).permutation(len(xmls))
     n = len(xmls)
-    chosen = [xmls[i] for i in order[sources._bound(start, n, 0):sources._bound(stop, n, n)]]
+    chosen = [xmls[i] for i in order[slice_range(start, stop, n)]]
     parsed = {f: parse_voc_xml(f) for f in (xmls if class_names is None else chosen)}
     if class_names is None:
       class_names = sorted({o["name"] for a in parsed.values() for o in a["objects"]})
@@ -189,7 +190,7 @@ class VocSource:
             "difficult": self._difficult[lo:hi].copy()}
 
   def __getitem__(self, i: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    image = sources.decode_image(self.image_files[i], 3)
+    image = images.decode_image(self.image_files[i], 3)
     if image.shape[:2] != tuple(self.sizes[i]):
       h, w = self.sizes[i]
       raise ValueError(f"{self.image_files[i]} decodes to {image.shape[1]}x{image.shape[0]} "
@@ -247,6 +248,6 @@ def check_images(source: VocSource, skip_corrupt: bool = False) -> VocSource:
   (CorruptImageError) instead of failing a worker mid-epoch; with skip_corrupt it is
   dropped with its annotation, and counted in the log. About a second for a few hundred
   photos (draft-mode JPEG decoding, as the image folders' skip_corrupt scan)."""
-  kept = sources.without_unreadable(source, source.image_files, skip_corrupt)
+  kept = images.without_unreadable(source, source.image_files, skip_corrupt)
   kept.num_skipped_corrupt = len(source) - len(kept)
   return kept
