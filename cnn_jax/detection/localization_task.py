@@ -7,6 +7,13 @@ image (`boxes` (N, 1, 4) corners, `labels` (N, 1)), so any box-aware host pp and
 detection source (a VOC folder with one box per photo, `dataset.name="shapes"`) feed it.
 Evaluation sums, over the real examples of each batch, the loss, the correct classes and
 the IoU of the predicted box with the true one.
+
+An image can hold no object: its box-aware pp (`translate`, `scale_jitter`, `random_affine`,
+`random_crop`) pushed the object out of frame, or its annotation has none. Its padded target
+(label 0, box (0, 0, 0, 0), `valid` False) is no target: such an example adds nothing to the
+loss or its gradient (the loss is the mean over the examples that have an object), and
+evaluation leaves it out of every metric (loss, accuracy, IoU), counting it apart as
+`num_without_object`.
 """
 from __future__ import annotations
 
@@ -31,46 +38,70 @@ def build_model(config: ConfigDict, num_classes: int, axis_name: Optional[str] =
                    box_format="xyxy", pooling=loc.pooling, hidden=int(loc.hidden), dtype=dtype)
 
 
-def loss_fn(config: ConfigDict):
-  """(model outputs, batch) -> (loss, metrics) for `steps.train_step`."""
+def per_example_loss(config: ConfigDict, logits: jax.Array, boxes: jax.Array, labels: jax.Array,
+                     truth: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(loss, cross entropy, box loss), each (N,): `localization_loss` of every example alone,
+  so that examples without an object can be left out of the means."""
   loc = config.localization
 
+  def one(lg, b, y, t):
+    _, m = localization_loss(lg[None], b[None], y[None], t[None], cls_weight=loc.cls_weight,
+                             box_weight=loc.box_weight, box_loss=loc.box_loss)
+    return m["loss"], m["cls_loss"], m["box_loss"]
+  return jax.vmap(one)(logits, boxes, labels, truth)
+
+
+def _mean(x: jax.Array, valid: jax.Array, count: jax.Array) -> jax.Array:
+  """Mean of x over the valid examples; `where`, not a product: an invalid example's NaN
+  (the IoU of two empty boxes) must not leak into the mean or the gradient."""
+  return jnp.sum(jnp.where(valid > 0, x, 0.0)) / jnp.maximum(count, 1.0)
+
+
+def loss_fn(config: ConfigDict):
+  """(model outputs, batch) -> (loss, metrics) for `steps.train_step`: means over the
+  examples with a valid object (0, not NaN, when a batch has none)."""
+
   def loss(outputs: tuple, batch: dict) -> tuple[jax.Array, dict]:
-    (logits, boxes), truth = outputs, batch["boxes"][:, 0]
-    value, metrics = localization_loss(logits, boxes, batch["labels"][:, 0], truth,
-                                       cls_weight=loc.cls_weight, box_weight=loc.box_weight,
-                                       box_loss=loc.box_loss)
-    return value, {**metrics, "mean_iou": jnp.mean(box_iou(boxes, truth, box_format="xyxy"))}
+    (logits, boxes), truth, labels = outputs, batch["boxes"][:, 0], batch["labels"][:, 0]
+    valid = batch["valid"][:, 0].astype(jnp.float32)
+    n = jnp.sum(valid)
+    value, ce, reg = per_example_loss(config, logits, boxes, labels, truth)
+    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    value = _mean(value, valid, n)
+    return value, {"loss": value, "cls_loss": _mean(ce, valid, n), "box_loss": _mean(reg, valid, n),
+                   "accuracy": _mean(correct, valid, n),
+                   "mean_iou": _mean(box_iou(boxes, truth, box_format="xyxy"), valid, n)}
   return loss
 
 
 def eval_step(state: Any, batch: dict, *, config: ConfigDict, preprocess: Any,
               axis_name: Optional[str] = None, matmul_precision: str = "default",
               flip: bool = False) -> dict[str, jax.Array]:
-  """Sums over the real examples (`mask`): loss, correct classes, IoU, IoU > 0.5."""
+  """Sums over the real examples (`mask`) that have an object (`valid`): loss, correct
+  classes, IoU, IoU > 0.5; and the count of real examples without one."""
   from cnn_jax.training.train_state import variables_of  # noqa: PLC0415 - a leaf module
   if flip:
     raise ValueError("eval_flip is for classifiers; a mirrored image has a mirrored box")
   images = preprocess(batch["image"], jax.random.key(0), False)
   with jax.default_matmul_precision(matmul_precision):
     logits, boxes = state.apply_fn(variables_of(state), images, train=False)
-  labels, truth, mask = batch["labels"][:, 0], batch["boxes"][:, 0], batch["mask"]
-  loc = config.localization
-  per_example = jax.vmap(lambda lg, b, y, t: localization_loss(
-      lg[None], b[None], y[None], t[None], cls_weight=loc.cls_weight, box_weight=loc.box_weight,
-      box_loss=loc.box_loss)[0])(logits, boxes, labels, truth)
+  labels, truth = batch["labels"][:, 0], batch["boxes"][:, 0]
+  real = batch["mask"]
+  mask = real * batch["valid"][:, 0]  # real examples that have an object: the ones scored
+  per_example = per_example_loss(config, logits, boxes, labels, truth)[0]
   iou = box_iou(boxes, truth, box_format="xyxy")
-  sums = {"loss": jnp.sum(per_example * mask),
-          "correct": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
-          "iou": jnp.sum(iou * mask), "iou50": jnp.sum((iou > 0.5) * mask), "count": jnp.sum(mask)}
+  scored = lambda x: jnp.sum(jnp.where(mask > 0, x, 0.0))  # noqa: E731
+  sums = {"loss": scored(per_example), "correct": scored(jnp.argmax(logits, -1) == labels),
+          "iou": scored(iou), "iou50": scored(iou > 0.5), "count": jnp.sum(mask),
+          "no_object": jnp.sum(real) - jnp.sum(mask)}
   if axis_name is not None:
     sums = lax.psum(sums, axis_name)
   return sums
 
 
 def metrics(totals: dict[str, float]) -> dict[str, float]:
-  """Sums over a split -> means."""
+  """Sums over a split -> means over the examples with an object."""
   n = max(totals.get("count", 0.0), 1.0)
   return {"loss": totals["loss"] / n, "accuracy": totals["correct"] / n,
           "mean_iou": totals["iou"] / n, "iou50": totals["iou50"] / n,
-          "num_examples": totals["count"]}
+          "num_examples": totals["count"], "num_without_object": totals.get("no_object", 0.0)}
