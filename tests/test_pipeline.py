@@ -123,6 +123,36 @@ def test_percent_slices_partition_the_files(tmp_path):
     folders.folder_source(str(tmp_path), "train[:ninety]")
 
 
+def _classes(root, split, names, per_class=2):
+  for k, name in enumerate(names):
+    for i in range(per_class):
+      write(os.path.join(str(root), split, name, f"{i}.png"), "RGB", seed=10 * k + i)
+
+
+def test_every_folder_split_is_labelled_by_the_training_class_names(tmp_path, no_compile):
+  """Labels used to be each split's own sorted folders: test {bee, cat} scored bee as 0 = ant."""
+  _classes(tmp_path, "train", ["ant", "bee", "cat"])
+  _classes(tmp_path, "test", ["bee", "cat"])
+  test = sources.load_source(folder_ds(tmp_path, train_split="train"), "test")
+  assert test.class_names == ["ant", "bee", "cat"] and test.num_classes == 3
+  names = {0: "ant", 1: "bee", 2: "cat"}
+  by_file = folders.folder_source(str(tmp_path), "test", class_names=["ant", "bee", "cat"])
+  assert {f.split(os.sep)[-2] for f in by_file.files} == {"bee", "cat"}
+  assert [names[k] for k in by_file.labels.tolist()] == [f.split(os.sep)[-2] for f in by_file.files]
+  assert sorted(test.labels.tolist()) == [1, 1, 2, 2]  # via the decoded cache too
+  # A class the training split lacks is refused before anything compiles, even when
+  # model_kwargs.num_classes is set (the class counts were not even compared).
+  _classes(tmp_path, "test", ["dog"])
+  cfg = folder_config(tmp_path, **{"dataset.train_split": "train", "dataset.val_split": "",
+                                   "dataset.test_split": "test"})
+  cfg.model_kwargs.num_classes = 4
+  with pytest.raises(ValueError) as e:
+    setup.setup(cfg)
+  assert str(e.value).startswith("split 'test' has class folder(s) 'dog' that the training "
+                                 "split 'train' lacks (its classes: ant, bee, cat)")
+  assert "\n" not in str(e.value)
+
+
 def test_folder_layout_errors_name_the_path(tmp_path):
   missing = tmp_path / "nowhere"
   with pytest.raises(FileNotFoundError, match=str(missing)):

@@ -14,6 +14,7 @@ decoded once and cached (`cache`): later runs start in seconds.
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Optional
 
@@ -21,7 +22,22 @@ import numpy as np
 
 from cnn_jax.data import cache as cache_lib
 from cnn_jax.data import folders, synthetic, tfds_data, tfds_detection, voc
-from cnn_jax.data.split import shard
+from cnn_jax.data.split import parse_split, shard
+
+log = logging.getLogger("cnn_jax")
+
+
+def _training_classes(root: str, train_split: str) -> Optional[list[str]]:
+  """The class names every split of an image folder is labelled by: the training split's.
+
+  None (each split its own sorted folders) only when there is no training split to read:
+  `train_split` unset, or its folder absent (evaluating a run where only test data is).
+  """
+  if not train_split or not os.path.isdir(os.path.join(root, parse_split(train_split)[0])):
+    log.info("image folder %s: no training split folder %r; labels follow each split's own "
+             "sorted class folders", root, train_split)
+    return None
+  return folders.folder_classes(root, train_split)
 
 
 def load_source(ds: Any, split: str, *, max_examples: Optional[int] = None,
@@ -58,7 +74,10 @@ def load_source(ds: Any, split: str, *, max_examples: Optional[int] = None,
     # The corrupt-file scan decodes every file: it runs only when the decoded cache misses
     # (the key holds every file's size and mtime, so the scan's outcome cannot change).
     skip = bool(ds.get("skip_corrupt"))
-    source = folders.folder_source(ds.path, split, ds.get("channels") or 3)
+    train_split = ds.get("train_split") or ""
+    source = folders.folder_source(ds.path, split, ds.get("channels") or 3,
+                                   class_names=_training_classes(ds.path, train_split),
+                                   train_split=train_split)
     if max_examples is not None:
       source = source.subset(np.arange(min(max_examples, len(source))))
     source = shard(source, process_index, process_count)
