@@ -63,14 +63,11 @@ class Predictor:
     appended to `notes`, one line each: a prediction on a changed image should say so.
     """
     from PIL import Image
-    from cnn_jax.data import ops
+    from cnn_jax.data import images, ops
     h, w, c = self.image_shape
-    try:
-      img = Image.open(path)
-      mode = img.mode
-      img = img.convert("L" if c == 1 else "RGB")
-    except OSError as e:  # missing, unreadable, truncated or not an image
-      raise ValueError(f"cannot read image {path}: {e}") from e
+    img = images.open_image(path)  # the one decoder: unreadable files and bombs in one line
+    mode = img.mode
+    img = img.convert("L" if c == 1 else "RGB")
     if notes is not None and mode not in (("L",) if c == 1 else ("RGB",)):
       notes.append(f"converted from {mode} to {'grey' if c == 1 else 'RGB'}")
     original = img.size

@@ -14,18 +14,15 @@ from typing import Sequence
 import numpy as np
 
 from cnn_jax import kernels, viz
+from cnn_jax.data import images
 
 CELL_PX = 320
 
 
 def load_photo(path: str, grey: bool = False) -> np.ndarray:
   """uint8 (H, W, 3), or (H, W) with grey=True; any PIL mode is converted."""
-  from PIL import Image
-  try:
-    with Image.open(path) as img:
-      return np.asarray(img.convert("L" if grey else "RGB"), np.uint8)
-  except OSError as e:  # missing, unreadable or not an image
-    raise ValueError(f"cannot read image {path}: {e}") from e
+  image = images.decode_image(path, 1 if grey else 3)  # the one decoder: unreadable files, bombs
+  return image[..., 0] if grey else image
 
 
 def kernel_sheet(photo: str, names: Sequence[str], out_dir: str, padding: str = "same",
