@@ -167,11 +167,20 @@ def test_pickle_round_trip_gives_the_same_items(tmp_path):
   np.testing.assert_array_equal(sub.target(0)["boxes"], src.target(2)["boxes"])
 
 
-def test_image_size_disagreeing_with_xml_is_an_error(tmp_path):
-  write(tmp_path, "liar", 40, 20, [("a", (1, 1, 5, 5), False)], image_size=(20, 40))
-  src = voc.voc_source(str(tmp_path), "train")
-  with pytest.raises(ValueError, match=r"liar\.jpg decodes to 20x40.*liar\.xml.*40x20"):
-    src[0]
+def test_image_size_disagreeing_with_xml_is_refused_when_the_source_is_built(tmp_path):
+  """It used to fail only when the image was decoded: at the first batch, 40 s into a run
+  (the old test read src[0] right away, so it could not tell when the error came)."""
+  make_folder(tmp_path, n=3)
+  write(tmp_path, "liar", 40, 20, [("cat", (1, 1, 5, 5), False)], image_size=(20, 40))
+  write(tmp_path, "tall", 40, 20, [("cat", (1, 1, 5, 5), False)], image_size=(40, 21))
+  with pytest.raises(ValueError) as e:
+    voc.voc_source(str(tmp_path), "train")
+  msg = str(e.value)
+  assert "\n" not in msg and msg.startswith("2 image(s) differ in size from their annotation's "
+                                             "<size>")
+  assert (f"{tmp_path / 'images' / 'liar.jpg'} is 20x40 (width x height) but "
+          f"{tmp_path / 'annotations' / 'liar.xml'} says 40x20") in msg
+  assert f"{tmp_path / 'images' / 'tall.jpg'} is 40x21" in msg
 
 
 SHARED = os.environ.get("CNN_JAX_SHARED_DATASETS",

@@ -166,11 +166,28 @@ class VocSource:
       labels += [index[o["name"]] for o in a["objects"]]
       difficult += [o["difficult"] for o in a["objects"]]
       counts.append(len(a["objects"]))
+    self._check_sizes()
     if self.num_skipped_empty:
       log.info("VOC %s split %r: skipped %d annotation(s) with no objects (skip_empty=True)",
                annotation_dir, spec, self.num_skipped_empty)
     self._arrays(np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int32),
                  np.asarray(difficult, bool), np.asarray(counts, np.int64))
+
+  def _check_sizes(self) -> None:
+    """Refuse images whose size differs from their annotation's <size>, now: the boxes are
+    normalized by <size>, so they would be wrong (and decoding would fail at the first
+    batch). Headers only (PIL reads no pixels): a few milliseconds for hundreds of files."""
+    wrong = []
+    for xml_file, image_file, (h, w) in zip(self.xml_files, self.image_files, self.sizes):
+      size = images.header_size(image_file)  # None: unreadable, reported by check_images
+      if size is not None and size != (w, h):
+        wrong.append(f"{image_file} is {size[0]}x{size[1]} (width x height) but {xml_file} "
+                     f"says {w}x{h}")
+    if wrong:
+      raise ValueError(f"{len(wrong)} image(s) differ in size from their annotation's <size>, "
+                       f"so their normalized boxes would be wrong: {'; '.join(wrong[:5])}"
+                       f"{'; ...' if len(wrong) > 5 else ''}. Fix the annotations' <width> / "
+                       "<height> (or the images)")
 
   def _arrays(self, boxes: np.ndarray, labels: np.ndarray, difficult: np.ndarray,
               counts: np.ndarray) -> None:
