@@ -177,3 +177,23 @@ def test_pad_objects_shapes_valid_mask_and_largest_kept():
   np.testing.assert_allclose(cut["boxes"], [[0, 0, 0.5, 0.5], [0, 0, 0.3, 0.3]])
   empty = box_ops.pad_objects(target(np.zeros((0, 4))), 3)
   assert empty["boxes"].shape == (3, 4) and not empty["valid"].any()
+
+
+@pytest.mark.parametrize("hw", [(37, 91), (120, 45), (64, 64)])
+def test_frame_moves_boxes_as_the_deterministic_ops_do(hw):
+  """`BoxPipeline.frame` (what the k-means anchors cluster) gives, with no image, the boxes
+  the real pipeline gives after its deterministic geometry; random ops are left out of it."""
+  boxes = np.array([[0.1, 0.2, 0.5, 0.9], [0.0, 0.0, 1.0, 1.0], [0.3, 0.35, 0.4, 0.5]], np.float32)
+  image = np.zeros(hw + (3,), np.uint8)
+  for pp in ("letterbox(64)", "resize((50, 30))|letterbox((40, 64))", "letterbox(48)|resize(96)"):
+    pipeline = box_ops.parse(pp)
+    _, out = pipeline(image, target(boxes), rng())
+    assert pipeline.frame_needs_size  # a letterbox's scale depends on the image size
+    np.testing.assert_allclose(pipeline.frame(boxes, hw), out["boxes"], atol=1e-6)
+  jittered = box_ops.parse("flip_lr|scale_jitter|letterbox(64)")
+  np.testing.assert_allclose(jittered.frame(boxes, hw),
+                             box_ops.parse("letterbox(64)").frame(boxes, hw), atol=0)
+  assert not box_ops.parse("flip_lr|resize(32)").frame_needs_size
+  np.testing.assert_array_equal(box_ops.parse("flip_lr|resize(32)").frame(boxes), boxes)
+  with pytest.raises(ValueError, match="depend on the image size; pass it"):
+    jittered.frame(boxes)

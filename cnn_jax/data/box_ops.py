@@ -63,12 +63,30 @@ def _keep_visible(boxes: Boxes, labels: np.ndarray, h: int, w: int, min_visible:
   return clipped[keep].astype(np.float32), np.asarray(labels)[keep]
 
 
+# What the geometry of a deterministic op does to boxes alone, with no image:
+# frame(boxes, (H, W)) -> (boxes, (H', W')), the input image's size in and the output's out.
+# It lets the k-means anchors cluster the boxes as the model sees them (`BoxPipeline.frame`).
+Frame = Callable[[Boxes, tuple[int, int]], tuple[Boxes, tuple[int, int]]]
+
+
+def _framed(fn: BoxOp, frame: Frame, needs_size: bool) -> BoxOp:
+  fn.frame, fn.frame_needs_size = frame, needs_size  # type: ignore[attr-defined]
+  return fn
+
+
 @_register("resize")
 def _resize(size: Size) -> BoxOp:
   """Squash to `size` (aspect ratio not kept); normalized boxes are unchanged."""
   h, w = pp_spec.int_pair("size", size)
-  return ops._shaped(lambda im, b, l, rng: (ops._resize(im, h, w), b, l),
-                     lambda s: (h, w, s[2]))
+  fn = ops._shaped(lambda im, b, l, rng: (ops._resize(im, h, w), b, l), lambda s: (h, w, s[2]))
+  return _framed(fn, lambda boxes, hw: (boxes, (h, w)), needs_size=False)
+
+
+def _letterbox_place(H: int, W: int, h: int, w: int) -> tuple[int, int, int, int]:
+  """(nh, nw, top, left): where letterbox puts an H x W image scaled into h x w."""
+  s = min(h / H, w / W)
+  nh, nw = min(h, max(1, round(H * s))), min(w, max(1, round(W * s)))
+  return nh, nw, (h - nh) // 2, (w - nw) // 2
 
 
 @_register("letterbox")
@@ -81,17 +99,18 @@ def _letterbox(size: Size, fill: int = 114) -> BoxOp:
   h, w = pp_spec.int_pair("size", size)
   pp_spec.integer("fill", fill, 0, 255)
 
-  def fn(im, boxes, labels, rng):
-    H, W = im.shape[:2]
-    s = min(h / H, w / W)
-    nh, nw = min(h, max(1, round(H * s))), min(w, max(1, round(W * s)))
-    top, left = (h - nh) // 2, (w - nw) // 2
-    out = np.full((h, w, im.shape[2]), fill, np.uint8)
-    out[top:top + nh, left:left + nw] = ops._resize(im, nh, nw)
+  def frame(boxes, hw):
+    nh, nw, top, left = _letterbox_place(hw[0], hw[1], h, w)
     scale = np.array([nw / w, nh / h] * 2, np.float32)
     shift = np.array([left / w, top / h] * 2, np.float32)
-    return out, (np.asarray(boxes, np.float32) * scale + shift).astype(np.float32), labels
-  return ops._shaped(fn, lambda s: (h, w, s[2]))
+    return (np.asarray(boxes, np.float32) * scale + shift).astype(np.float32), (h, w)
+
+  def fn(im, boxes, labels, rng):
+    nh, nw, top, left = _letterbox_place(im.shape[0], im.shape[1], h, w)
+    out = np.full((h, w, im.shape[2]), fill, np.uint8)
+    out[top:top + nh, left:left + nw] = ops._resize(im, nh, nw)
+    return out, frame(boxes, im.shape[:2])[0], labels
+  return _framed(ops._shaped(fn, lambda s: (h, w, s[2])), frame, needs_size=True)
 
 
 @_register("flip_lr", random=True)
@@ -198,6 +217,25 @@ class BoxPipeline(ops.Pipeline):
   """
   _build = staticmethod(lambda name, args, kwargs, pp: _make(name, args, kwargs, pp))
   _random_ops = _RANDOM
+
+  @property
+  def frame_needs_size(self) -> bool:
+    """Whether `frame` needs each image's size (a letterbox: its scale depends on it)."""
+    return any(getattr(fn, "frame_needs_size", False) for fn in self._fns)
+
+  def frame(self, boxes: Boxes, image_size: Optional[tuple[int, int]] = None) -> Boxes:
+    """`boxes` of an image of `image_size` (H, W) as the model sees them: moved by the
+    deterministic geometric ops (resize, letterbox) and not by the random ones (flip,
+    affine jitter, crops), which only spread boxes around that frame. No image is read;
+    image_size may be None unless `frame_needs_size`."""
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    for fn in self._fns:
+      frame = getattr(fn, "frame", None)
+      if frame is not None:
+        if image_size is None and fn.frame_needs_size:
+          raise ValueError(f"box pp {str(self)!r}: its boxes depend on the image size; pass it")
+        boxes, image_size = frame(boxes, image_size)
+    return boxes
 
   def __call__(self, image: np.ndarray, target: dict, rng: np.random.Generator
                ) -> tuple[np.ndarray, dict]:

@@ -45,6 +45,7 @@ class Detector:
   def __post_init__(self) -> None:
     from cnn_jax.data import augment, input_pipeline
     from cnn_jax.detection import task
+    task.check_pp_eval(self.config)  # a run saved before flips were refused there
     preprocess = augment.preprocess_from_config(self.config)
     self.pipeline = input_pipeline.parse_pp(self.config.dataset.get("pp_eval") or "", boxes=True)
     self.fn = jax.jit(lambda v, x: task.detect(self.model.apply, v,

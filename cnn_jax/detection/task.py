@@ -29,7 +29,7 @@ from jax import lax
 from ml_collections import ConfigDict
 
 from cnn_jax import parallel
-from cnn_jax.data import input_pipeline, sources
+from cnn_jax.data import box_ops, input_pipeline, sources
 from cnn_jax.detection import anchors as anchors_lib
 from cnn_jax.detection import mean_ap
 from cnn_jax.detection.backbones import zoo_backbone
@@ -41,8 +41,10 @@ Anchors = tuple[tuple[float, float], ...]
 
 
 def resolve(config: ConfigDict, train_data: Optional[Any], splits: Sequence[Any]) -> None:
-  """Fill config.detection.anchors (k-means on the train boxes) and .max_objects (the
-  largest object count of any split) where they are unset, in place."""
+  """Fill config.detection.anchors (k-means on the train boxes as the model sees them) and
+  .max_objects (the largest object count of any split) where they are unset, in place.
+  Refuses a flip in pp_eval; says once how many training objects a set max_objects drops."""
+  check_pp_eval(config)
   d = config.detection
   if d.anchors is None:
     if train_data is None:
@@ -50,26 +52,68 @@ def resolve(config: ConfigDict, train_data: Optional[Any], splits: Sequence[Any]
                        "set --config.detection.anchors='((w, h), ...)'")
     wh = box_sizes(train_data if jax.process_count() == 1 else sources.load_source(
         config.dataset, config.dataset.train_split,
-        max_examples=config.dataset.max_train_examples))  # every process: the same anchors
+        max_examples=config.dataset.max_train_examples),  # every process: the same anchors
+        config.dataset.pp_train)
     k = int(d.num_anchors)
     if len(np.unique(wh, axis=0)) < k:
       raise ValueError(f"detection.num_anchors={k} but the training split has only "
                        f"{len(np.unique(wh, axis=0))} distinct box sizes; lower num_anchors")
     found = anchors_lib.kmeans_anchors(wh, k, seed=config.seed)
     d.anchors = tuple((round(float(w), 5), round(float(h), 5)) for w, h in found)
-    log.info("anchors (k-means on %d training boxes, mean IoU %.3f): %s", len(wh),
-             anchors_lib.mean_iou(wh, np.asarray(d.anchors)), d.anchors)
+    log.info("anchors (k-means on %d training boxes in the model's frame, mean IoU %.3f): %s",
+             len(wh), anchors_lib.mean_iou(wh, np.asarray(d.anchors)), d.anchors)
   if d.max_objects is None:
     d.max_objects = parallel.agree(max(1, max(int(s.max_objects) for s in splits if s is not None)),
                                    max)
+  elif train_data is not None:
+    _log_capped_objects(train_data, int(d.max_objects))
 
 
-def box_sizes(source: Any) -> np.ndarray:
-  """(n, 2) normalized (w, h) of every box of a detection source, difficult ones included:
-  the input to the k-means anchors. Reads annotations only (`target`), never an image."""
-  boxes = np.concatenate([source.target(i)["boxes"] for i in range(len(source))]
-                         or [np.zeros((0, 4), np.float32)]).reshape(-1, 4)
+def _log_capped_objects(train_data: Any, max_objects: int) -> None:
+  """Training targets keep the max_objects largest objects of an image (`pad_objects`):
+  say once how many that leaves out (evaluation pads to each split's own maximum)."""
+  counts = np.array([len(train_data.target(i)["boxes"]) for i in range(len(train_data))], np.int64)
+  over = counts > max_objects
+  if over.any():
+    log.warning("detection.max_objects=%d leaves out %d of the %d objects of the training split "
+                "(the smallest of %d image%s with more) from the training targets; evaluation "
+                "keeps every ground-truth box", max_objects, int((counts - max_objects)[over].sum()),
+                int(counts.sum()), int(over.sum()), "" if over.sum() == 1 else "s")
+
+
+def check_pp_eval(config: ConfigDict) -> None:
+  """A flip in a detector's pp_eval would score mirrored images and mirror `cnn-jax detect`'s
+  boxes (they are mapped back to the file's pixels through the pp's geometry, which has no
+  flip): refused, in one line."""
+  pp = config.dataset.get("pp_eval") or ""
+  if "flip_lr" in [name for name, _, _ in box_ops.parse(pp).ops]:
+    raise ValueError(f"dataset.pp_eval={pp!r} mirrors the image (flip_lr): a detector's "
+                     "evaluation and `cnn-jax detect` need the unflipped image; remove flip_lr "
+                     "from dataset.pp_eval (keep it in pp_train)")
+
+
+def box_sizes(source: Any, pp: str = "") -> np.ndarray:
+  """(n, 2) normalized (w, h) of every box of a detection source, difficult ones included,
+  in the model's frame: moved by the deterministic geometry of the box pp `pp` (resize,
+  letterbox; `BoxPipeline.frame`), as the targets the loss sees are. The input to the
+  k-means anchors. Reads annotations only (`target`) and image sizes (a letterbox needs
+  them), decoding an image only for a source that does not know its sizes."""
+  pipeline = box_ops.parse(pp)
+  sized = pipeline.frame_needs_size
+  boxes = np.concatenate(
+      [pipeline.frame(source.target(i)["boxes"], image_size(source, i) if sized else None)
+       for i in range(len(source))] or [np.zeros((0, 4), np.float32)]).reshape(-1, 4)
   return np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], 1).astype(np.float32)
+
+
+def image_size(source: Any, i: int) -> tuple[int, int]:
+  """(H, W) of example i: from the annotations (VOC `<size>`), the source's one image
+  shape, or else by decoding the image."""
+  if getattr(source, "sizes", None) is not None:
+    return tuple(int(v) for v in source.sizes[i])
+  if getattr(source, "image_shape", None):
+    return tuple(int(v) for v in source.image_shape[:2])
+  return tuple(int(v) for v in source[i][0].shape[:2])
 
 
 def anchors_of(config: ConfigDict) -> Anchors:
@@ -126,13 +170,16 @@ def eval_step(state: Any, batch: dict, *, config: ConfigDict, preprocess: Any,
 
 
 def evaluate(s: Any, state: Any, data: Any) -> dict[str, float]:
-  """mAP of the detector on every example of `data` (this process's share)."""
+  """mAP of the detector on every example of `data` (this process's share), against all
+  of its ground truth: batches are padded to the split's own largest object count, never
+  cut to `detection.max_objects` (a training setting: dropped objects inflated the mAP)."""
   per_process = s.config.eval_batch_size // jax.process_count()
   num_batches = parallel.agree(-(-len(data) // per_process), max)
   ds = s.config.dataset
+  options = {**s.batch_options(), "max_objects": eval_max_objects(s.max_objects, data)}
   detections, truth = [], []
   for batch in input_pipeline.eval_batches(data, per_process, num_batches, pp=ds.pp_eval,
-                                           **s.batch_options()):
+                                           **options):
     out = jax.device_get(s.compiled.eval_step(state, s.compiled.put_batch(batch)))
     if s.compiled.mode == "pmap" and jax.process_count() > 1:
       from jax.experimental import multihost_utils  # noqa: PLC0415
@@ -149,6 +196,12 @@ def evaluate(s: Any, state: Any, data: Any) -> dict[str, float]:
   metrics["detections_per_image"] = float(np.mean([len(d["scores"]) for d in detections])
                                           if detections else 0.0)
   return metrics
+
+
+def eval_max_objects(max_objects: Optional[int], data: Any) -> int:
+  """Ground-truth rows per evaluated image: every object of the split's fullest image (the
+  same on every process, so batch shapes agree), at least the training `max_objects`."""
+  return parallel.agree(max(1, int(max_objects or 1), int(getattr(data, "max_objects", 0))), max)
 
 
 def restore_backbone(state: Any, variables: dict[str, Any]) -> Any:
