@@ -236,7 +236,15 @@ def test_mixed_sizes_need_a_resize_op_then_train(tmp_path, no_compile):
   assert sources.load_source(folder_ds(tmp_path), "train").image_shape is None  # not cached
   with pytest.raises(ValueError, match="resize / crop") as e:
     setup.setup(folder_config(tmp_path, shape=(8, 8, 3)))
-  assert "dataset.pp_train" in str(e.value)
+  # The message names the key of the split at fault and its example sets that key (it
+  # named pp_train with an example setting pp_eval).
+  assert "folder/train[:90%] images differ in size and dataset.pp_train='' " in str(e.value)
+  assert "--config.dataset.pp_train='resize_small(146)|central_crop(128)'" in str(e.value)
+  assert "pp_eval" not in str(e.value)
+  with pytest.raises(ValueError, match="resize / crop") as e:
+    setup.setup(folder_config(tmp_path, shape=(8, 8, 3), **{"dataset.pp_train": "resize(8)"}))
+  assert "folder/train[90%:] images differ in size and dataset.pp_eval='' " in str(e.value)
+  assert "--config.dataset.pp_eval='resize_small(146)|central_crop(128)'" in str(e.value)
   no_compile.undo()  # compiling allowed from here on
   cfg = folder_config(tmp_path, shape=(8, 8, 3), **{"dataset.pp_train": "resize(8)",
                                                     "dataset.pp_eval": "resize(8)"})

@@ -112,9 +112,10 @@ def batch_image_shape(config: ConfigDict, data: Any, split: str) -> tuple[int, i
     raise ValueError(f"dataset.{key}: {e}") from None
   if None in shape:
     key = "pp_train" if split == "train" else "pp_eval"
-    raise ValueError(f"{config.dataset.name}/{split} images differ in size and "
+    name = config.dataset.get(SPLIT_KEYS.get(split, ""), split)  # e.g. "train[:90%]"
+    raise ValueError(f"{config.dataset.name}/{name} images differ in size and "
                      f"dataset.{key}={pp!r} does not bring them to one size: add a resize / crop "
-                     "op, e.g. --config.dataset.pp_eval='resize_small(146)|central_crop(128)'")
+                     f"op, e.g. --config.dataset.{key}='resize_small(146)|central_crop(128)'")
   return tuple(int(v) for v in shape)
 
 
