@@ -220,3 +220,30 @@ def test_a_flip_in_a_detectors_pp_eval_is_refused():
   with pytest.raises(ValueError) as e:
     detection_task.resolve(c, None, [])
   assert str(e.value) == message
+
+
+def test_localization_loss_under_pmap_is_the_global_valid_mean():
+  """Two replicas (vmap with the pmap axis name: the same collectives), one with two valid
+  examples, one with one valid and one without: the replicas' average loss (what pmean of
+  their gradients differentiates) equals the single-device mean over the 3 valid ones;
+  dividing by each replica's own count gave (mean of 2 + mean of 1) / 2."""
+  from cnn_jax import parallel
+  rs = np.random.RandomState(3)
+  logits = rs.normal(size=(4, 3)).astype(np.float32)
+  boxes = rs.uniform(0, 1, (4, 4)).astype(np.float32)
+  truth = rs.uniform(0, 1, (4, 1, 4)).astype(np.float32)
+  batch = {"boxes": truth, "labels": np.array([[2], [0], [1], [0]], np.int32),
+           "valid": np.array([[True], [True], [True], [False]])}
+  single, single_metrics = jax.jit(localization_task.loss_fn(localization_config()))(
+      (logits, boxes), batch)
+  c = localization_config()
+  c.parallel = "pmap"
+  split = lambda x: x.reshape((2, 2) + x.shape[1:])  # noqa: E731
+  replicas = jax.jit(lambda o, b: jax.vmap(localization_task.loss_fn(c), axis_name=parallel.PMAP_AXIS)(
+      (split(o[0]), split(o[1])), {k: split(v) for k, v in b.items()}))
+  per_replica = replicas((logits, boxes), batch)
+  assert float(per_replica[0].mean()) == pytest.approx(float(single), rel=1e-6)
+  assert float(per_replica[1]["box_loss"].mean()) == pytest.approx(  # pmean'd metrics too
+      float(single_metrics["box_loss"]), rel=1e-6)
+  zero = replicas((logits, boxes), {**batch, "valid": np.zeros((4, 1), bool)})[0]
+  np.testing.assert_array_equal(zero, 0.0)

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from jax import lax
 from ml_collections import ConfigDict
 
+from cnn_jax import parallel
 from cnn_jax.detection.backbones import zoo_backbone
 from cnn_jax.detection.boxes import box_iou
 from cnn_jax.detection.localization import Localizer, localization_loss
@@ -54,17 +55,25 @@ def per_example_loss(config: ConfigDict, logits: jax.Array, boxes: jax.Array, la
 def _mean(x: jax.Array, valid: jax.Array, count: jax.Array) -> jax.Array:
   """Mean of x over the valid examples; `where`, not a product: an invalid example's NaN
   (the IoU of two empty boxes) must not leak into the mean or the gradient."""
-  return jnp.sum(jnp.where(valid > 0, x, 0.0)) / jnp.maximum(count, 1.0)
+  return jnp.sum(jnp.where(valid > 0, x, 0.0)) / jnp.where(count > 0, count, 1.0)
 
 
 def loss_fn(config: ConfigDict):
   """(model outputs, batch) -> (loss, metrics) for `steps.train_step`: means over the
-  examples with a valid object (0, not NaN, when a batch has none)."""
+  examples with a valid object (0, not NaN, when a batch has none).
+
+  Under pmap the step averages the replicas' gradients and metrics: each replica divides
+  by the mean valid count of all replicas, so that average is the mean over every valid
+  example of the global batch, as one device computes it (replicas need not hold alike)."""
+  axis = parallel.PMAP_AXIS if config.get("parallel") == "pmap" else None
 
   def loss(outputs: tuple, batch: dict) -> tuple[jax.Array, dict]:
     (logits, boxes), truth, labels = outputs, batch["boxes"][:, 0], batch["labels"][:, 0]
     valid = batch["valid"][:, 0].astype(jnp.float32)
     n = jnp.sum(valid)
+    if axis is not None:
+      total = lax.psum(n, axis)
+      n = jnp.where(total > 0, total / lax.psum(1.0, axis), 0.0)
     value, ce, reg = per_example_loss(config, logits, boxes, labels, truth)
     correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
     value = _mean(value, valid, n)
