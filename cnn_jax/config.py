@@ -286,6 +286,8 @@ def validate(config: ConfigDict) -> ConfigDict:
   task = config.get("task", "classification")  # runs saved before tasks existed classify
   if task not in TASKS:
     raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+  from cnn_jax.data import input_pipeline  # noqa: PLC0415 - as augment above
+  input_pipeline.check_eval_pp(config.dataset.get("pp_eval") or "", task in BOX_TASKS)
   if task in BOX_TASKS:
     moving = [o.text for o in ops if o.name not in BOX_SAFE_AUGMENT]
     if moving:

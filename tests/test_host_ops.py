@@ -313,3 +313,28 @@ def test_pipeline_pickles_as_its_ops():
   q = pickle.loads(pickle.dumps(p))
   img = rng(10).integers(0, 256, (30, 40, 3), dtype=np.uint8)
   assert q == p and str(q) == str(p) and np.array_equal(q(img, rng(3)), p(img, rng(3)))
+
+
+@pytest.mark.parametrize("task,pp,random", [
+    ("classification", "resize_small(40)|random_crop(32)", "random_crop"),
+    ("classification", "flip_lr|resize(32)", "flip_lr"),
+    ("detection", "scale_jitter(0.8, 1.2)|resize(64)", "scale_jitter")])
+def test_random_ops_in_pp_eval_are_refused_when_the_config_is_checked(task, pp, random):
+  """Suspected and confirmed: config.validate (and setup) accepted a random crop or flip in
+  dataset.pp_eval, so validation and test scores were taken on randomly augmented images."""
+  from cnn_jax import config as config_lib
+  c = config_lib.base_config()
+  c.task = task
+  c.best_metric = "mAP50" if task == "detection" else c.best_metric
+  c.dataset.pp_eval = pp
+  with pytest.raises(ValueError) as e:
+    config_lib.validate(c)
+  assert str(e.value) == (
+      f"dataset.pp_eval={pp!r} has random op(s) {random}: evaluation and predict must see each "
+      "image the same way every time; move them to dataset.pp_train and keep pp_eval to "
+      "deterministic ops (resize, resize_small, central_crop, ...)")
+  c.dataset.pp_eval = "resize(32)"  # deterministic ops are fine
+  config_lib.validate(c)
+  c.dataset.pp_eval = "centre_crop(5)"  # a typo still says which key
+  with pytest.raises(ValueError, match="dataset.pp_eval: unknown op 'centre_crop'"):
+    config_lib.validate(c)

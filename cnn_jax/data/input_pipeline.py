@@ -69,6 +69,21 @@ def parse_pp(pp: str, boxes: bool = False) -> Any:
   return ops.parse(pp)
 
 
+def check_eval_pp(pp: str, boxes: bool = False) -> None:
+  """Refuse `dataset.pp_eval` with a random op (a crop, a flip, a jitter), in one line:
+  validation, test and predict must see an image the same way every time; a random op
+  there would score augmented images. Parse errors name the key too."""
+  try:
+    pipeline = parse_pp(pp or "", boxes)
+  except ValueError as e:
+    raise ValueError(f"dataset.pp_eval: {e}") from None
+  if pipeline.random_ops:
+    raise ValueError(f"dataset.pp_eval={pp!r} has random op(s) {', '.join(pipeline.random_ops)}: "
+                     "evaluation and predict must see each image the same way every time; move "
+                     "them to dataset.pp_train and keep pp_eval to deterministic ops (resize, "
+                     "resize_small, central_crop, ...)")
+
+
 def _same_size(images: list[np.ndarray]) -> None:
   shapes = {im.shape for im in images}
   if len(shapes) > 1:

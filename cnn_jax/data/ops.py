@@ -259,7 +259,12 @@ class Pipeline:
   @property
   def random(self) -> bool:
     """Whether any op draws from the rng (a training-only pipeline)."""
-    return any(name in self._random_ops for name, _, _ in self.ops)
+    return bool(self.random_ops)
+
+  @property
+  def random_ops(self) -> list[str]:
+    """The names of the ops that draw from the rng, in order."""
+    return [name for name, _, _ in self.ops if name in self._random_ops]
 
   def __str__(self) -> str:
     return "|".join(pp_spec.format_op(*op) for op in self.ops)
