@@ -46,6 +46,39 @@ def _persistent_compilation_cache(path: Optional[str] = None) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+def _config_problem(path: str) -> Optional[str]:
+  """Why `FILE.py[:ARG]` gives no config, in one line (None: it does).
+
+  ml_collections calls `get_config(*ARGS)` itself, but reports a failure there as a
+  traceback inside its flag error. Here the file is run and get_config called the same
+  way first: an unknown variant is the experiment's own message (`config.parse_arg` lists
+  the known ones); any other failure is named with the call that failed.
+  """
+  import importlib.util
+  import inspect
+  file, *args = path.split(":")
+  spec = importlib.util.spec_from_file_location("cnn_jax_experiment_config", file)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+  except Exception as e:  # noqa: BLE001 - any error in the file, said in one line
+    return f"{file}: {type(e).__name__}: {e}"
+  get_config = getattr(module, "get_config", None)
+  if not callable(get_config):
+    return f"{file} has no get_config(arg=None) function"
+  try:
+    if args and not inspect.signature(get_config).parameters:
+      return (f"{file} has no variants (its get_config takes no argument): "
+              f"drop ':{':'.join(args)}'")
+    get_config(*args)
+  except ValueError as e:  # config.parse_arg: "unknown variant 'x' ...; it has: smoke"
+    return f"{path}: {e}"
+  except Exception as e:  # noqa: BLE001 - a config that cannot be built, in one line
+    call = f"get_config({', '.join(map(repr, args))})"
+    return f"{path}: {call} failed: {type(e).__name__}: {e}"
+  return None
+
+
 def _flag_problem(argv: Sequence[str]) -> Optional[str]:
   """What is wrong with train's flags, said in one line before ml_collections tries them
   (it prints a 46-line traceback for a config file with a syntax error, and only
@@ -63,6 +96,9 @@ def _flag_problem(argv: Sequence[str]) -> Optional[str]:
         compile(f.read(), file, "exec")
     except SyntaxError as e:
       return f"{file}, line {e.lineno}: {e.msg}: {(e.text or '').strip()}"
+    problem = _config_problem(path)
+    if problem:
+      return problem
   known = config_lib.known_keys()
   for a in argv:
     if a.startswith("--config."):
