@@ -120,8 +120,10 @@ def base_config() -> ConfigDict:
   c.optimizer.schedule = "constant"      # constant | cosine | warmup_cosine | piecewise | onecycle | exponential
   c.optimizer.warmup_epochs = 0.0
   c.optimizer.end_learning_rate = 0.0
-  c.optimizer.decay_epochs = (5, 8)      # piecewise
-  c.optimizer.decay_factors = (0.1, 0.1)
+  # piecewise: the rate is multiplied by decay_factors[i] from epoch decay_epochs[i] on
+  # (increasing, inside (0, num_epochs)); None: at 1/2 and 3/4 of num_epochs, each by 0.1.
+  c.optimizer.decay_epochs = placeholder(tuple)
+  c.optimizer.decay_factors = placeholder(tuple)   # None: 0.1 at each decay epoch
   c.optimizer.decay_rate = 0.95          # exponential, per epoch
   c.optimizer.momentum = 0.9
   c.optimizer.nesterov = False

@@ -13,20 +13,74 @@ OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "piecewise", "onecycle", "exponential")
 
 
+WARMUP_SCHEDULES = ("constant", "cosine", "warmup_cosine")  # the ones warmup_epochs applies to
+
+
+def piecewise_decays(cfg: ConfigDict, num_epochs: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """(decay epochs, factors) of the piecewise schedule, checked: one factor per epoch,
+  epochs increasing and inside (0, num_epochs). `zip` would drop an epoch without a
+  factor, and an epoch at or past num_epochs never applies: both silently.
+
+  decay_epochs None: 1/2 and 3/4 of num_epochs (fractions, so a 1-epoch run decays too);
+  decay_factors None: 0.1 at each decay epoch."""
+  epochs = cfg.get("decay_epochs")
+  epochs = (num_epochs / 2, 3 * num_epochs / 4) if epochs is None else tuple(epochs)
+  factors = cfg.get("decay_factors")
+  factors = (0.1,) * len(epochs) if factors is None else tuple(factors)
+  numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in epochs + factors)
+  problem = (
+      "they must be numbers" if not numbers else
+      f"{len(epochs)} decay epoch(s) but {len(factors)} factor(s): give one factor per epoch"
+      if len(epochs) != len(factors) else
+      "decay_epochs must increase" if any(b <= a for a, b in zip(epochs, epochs[1:])) else
+      f"every decay epoch must lie inside (0, num_epochs={num_epochs}) (later ones never apply; "
+      "scale learning_rate instead of decaying at 0)" if not all(0 < e < num_epochs for e in epochs)
+      else "decay_factors must be positive" if not all(f > 0 for f in factors) else None)
+  if problem:
+    raise ValueError(f"optimizer.decay_epochs={cfg.get('decay_epochs')} / decay_factors="
+                     f"{cfg.get('decay_factors')} for the piecewise schedule: {problem}")
+  return epochs, factors
+
+
+def check_schedule(cfg: ConfigDict, steps_per_epoch: float, num_epochs: int) -> None:
+  """One-line errors for schedule settings that would be wrong or silently unused, before
+  anything compiles (`setup` builds the optimizer first)."""
+  name = cfg.get("schedule", "constant")
+  if name not in SCHEDULES:
+    raise ValueError(f"unknown schedule {name!r}; choose one of {SCHEDULES}")
+  warmup_epochs = cfg.get("warmup_epochs", 0) or 0
+  if warmup_epochs < 0:
+    raise ValueError(f"optimizer.warmup_epochs must be >= 0, got {warmup_epochs}")
+  if warmup_epochs and name not in WARMUP_SCHEDULES:
+    raise ValueError(f"optimizer.warmup_epochs={warmup_epochs} is not used by the {name!r} "
+                     f"schedule (only by {', '.join(WARMUP_SCHEDULES)}); set it to 0")
+  if cfg.get("end_learning_rate", 0.0) and name not in ("cosine", "warmup_cosine"):
+    raise ValueError(f"optimizer.end_learning_rate={cfg.end_learning_rate} is used only by the "
+                     f"cosine schedules, not {name!r}; set it to 0")
+  total = max(1, int(steps_per_epoch * num_epochs))
+  warmup = int(warmup_epochs * steps_per_epoch)
+  if warmup and warmup >= total:
+    raise ValueError(f"optimizer.warmup_epochs={warmup_epochs} leaves no steps to decay "
+                     f"over in num_epochs={num_epochs} ({warmup} warmup of {total} steps): lower "
+                     "warmup_epochs or train longer")
+  if name == "piecewise":
+    piecewise_decays(cfg, num_epochs)
+  rate = cfg.get("decay_rate", 0.95)
+  if name == "exponential" and not (isinstance(rate, (int, float)) and rate > 0):
+    raise ValueError(f"optimizer.decay_rate must be > 0 (the rate's factor per epoch), got {rate!r}")
+
+
 def make_schedule(cfg: ConfigDict, steps_per_epoch: float, num_epochs: int) -> optax.Schedule:
   """Learning-rate schedule over the whole run, counted in optimizer updates.
 
   Epochs in the config become updates (`steps_per_epoch` may be fractional: with
   gradient accumulation an epoch of 10 micro-batches is 2.5 updates of 4).
   """
+  check_schedule(cfg, steps_per_epoch, num_epochs)
   lr = cfg.learning_rate
   total = max(1, int(steps_per_epoch * num_epochs))
-  warmup = int(cfg.get("warmup_epochs", 0) * steps_per_epoch)
+  warmup = int((cfg.get("warmup_epochs", 0) or 0) * steps_per_epoch)
   name = cfg.get("schedule", "constant")
-  if name in ("cosine", "warmup_cosine") and warmup >= total:
-    raise ValueError(f"optimizer.warmup_epochs={cfg.get('warmup_epochs')} leaves no steps to decay "
-                     f"over in num_epochs={num_epochs} ({warmup} warmup of {total} steps): lower "
-                     "warmup_epochs or train longer")
   if name == "constant":
     sched = optax.constant_schedule(lr)
     if warmup:
@@ -36,15 +90,14 @@ def make_schedule(cfg: ConfigDict, steps_per_epoch: float, num_epochs: int) -> o
     return optax.warmup_cosine_decay_schedule(0.0 if warmup else lr, lr, warmup, total,
                                               end_value=cfg.get("end_learning_rate", 0.0))
   if name == "piecewise":
-    boundaries = {int(e * steps_per_epoch): s for e, s in
-                  zip(cfg.get("decay_epochs", (num_epochs // 2, 3 * num_epochs // 4)),
-                      cfg.get("decay_factors", (0.1, 0.1)))}
+    boundaries: dict[int, float] = {}
+    for epoch, factor in zip(*piecewise_decays(cfg, num_epochs)):  # checked: equal lengths
+      step = int(epoch * steps_per_epoch)  # two epochs in one update: both factors apply
+      boundaries[step] = boundaries.get(step, 1.0) * factor
     return optax.piecewise_constant_schedule(lr, boundaries)
   if name == "onecycle":
     return optax.cosine_onecycle_schedule(total, lr)
-  if name == "exponential":
-    return optax.exponential_decay(lr, max(1, round(steps_per_epoch)), cfg.get("decay_rate", 0.95))
-  raise ValueError(f"unknown schedule {name!r}; choose one of {SCHEDULES}")
+  return optax.exponential_decay(lr, max(1, round(steps_per_epoch)), cfg.get("decay_rate", 0.95))
 
 
 def _decay_mask(params: Any) -> Any:
