@@ -74,3 +74,38 @@ def test_prepare_mnist_and_fashion_mnist_offline_into_one_data_dir(tmp_path):
   assert len(full_m) == len(full_f) == 10_000
   assert np.bincount(full_m.labels).tolist()[:3] == [980, 1135, 1032]  # MNIST test class counts
   assert np.bincount(full_f.labels).tolist() == [1000] * 10            # Fashion-MNIST: balanced
+
+
+def test_in_memory_splits_are_shared_out_per_process(monkeypatch):
+  """Suspected and confirmed: splits passed to train_and_evaluate were used whole by every
+  process (setup: "used as they are"), so P processes each read every example and
+  evaluation counted each one P times. Now each process takes its share, as for files."""
+  from cnn_jax import parallel
+  from cnn_jax.data import sources
+  from cnn_jax.training import setup as setup_lib
+  from helpers import random_split
+  train, test = random_split(10, seed=1), random_split(7, seed=2)
+  shares = [sources.process_shares({"train": train, "validation": None, "test": test}, i, 2)
+            for i in range(2)]
+  assert [len(s["train"]) for s in shares] == [5, 5] and [len(s["test"]) for s in shares] == [3, 4]
+  assert all(s["validation"] is None for s in shares)
+  np.testing.assert_array_equal(np.concatenate([s["test"].images for s in shares]), test.images)
+  np.testing.assert_array_equal(np.concatenate([s["train"].labels for s in shares]),
+                                train.labels)
+  assert sources.process_shares({"train": train}, 0, 1)["train"] is train
+  # setup hands in-memory splits through it with this process's index and count: here
+  # simulated as process 1 of 2 (the steps are not compiled).
+  real = sources.process_shares
+  seen = []
+
+  def as_process_1_of_2(splits, index, count):
+    seen.append((index, count))
+    return real(splits, 1, 2)
+  monkeypatch.setattr(sources, "process_shares", as_process_1_of_2)
+  monkeypatch.setattr(parallel, "compile_steps", lambda *a, **kw: None)
+  cfg = tiny_config("mlp", model_input_shape=(28, 28, 1), batch_size=4, eval_batch_size=4)
+  s = setup_lib.setup(cfg, train, None, test)
+  assert seen == [(0, 1)]
+  np.testing.assert_array_equal(s.train_data.images, train.images[5:])
+  np.testing.assert_array_equal(s.test_data.images, test.images[3:])
+  assert s.steps_per_epoch == 5 // 4

@@ -27,6 +27,18 @@ from cnn_jax.data.split import parse_split, shard
 log = logging.getLogger("cnn_jax")
 
 
+def process_shares(splits: dict[str, Optional[Any]], process_index: int, process_count: int
+                   ) -> dict[str, Optional[Any]]:
+  """This process's share of each whole split held in memory (None stays None).
+
+  What `load_source` does for a config's splits, for splits passed to `train_and_evaluate`
+  directly: P processes read P disjoint parts, instead of each the whole split (every
+  example then trained on P times a step and counted P times in evaluation).
+  """
+  return {k: None if v is None else shard(v, process_index, process_count)
+          for k, v in splits.items()}
+
+
 def _training_classes(root: str, train_split: str) -> Optional[list[str]]:
   """The class names every split of an image folder is labelled by: the training split's.
 

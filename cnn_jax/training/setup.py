@@ -184,8 +184,9 @@ def setup(config: ConfigDict, train_data: Optional[Any] = None, val_data: Option
           test_data: Optional[Any] = None, *, for_training: bool = True) -> Setup:
   """Validate the config, load data, build model / optimizer and compile the steps.
 
-  Splits passed in memory are used as they are and nothing is loaded from the config;
-  otherwise the config's splits are loaded (train only when `for_training`).
+  Splits passed in memory are whole splits, of which each process takes its share, and
+  nothing is loaded from the config; otherwise the config's splits are loaded (train only
+  when `for_training`).
   """
   config_lib.validate(config)
   check_determinism(config)
@@ -194,6 +195,10 @@ def setup(config: ConfigDict, train_data: Optional[Any] = None, val_data: Option
   if train_data is None and val_data is None and test_data is None:
     loaded = load_splits(config, for_training)
     train_data, val_data, test_data = loaded["train"], loaded["val"], loaded["test"]
+  else:  # this process's share, as load_splits reads a config's
+    mine = sources.process_shares({"train": train_data, "val": val_data, "test": test_data},
+                                  jax.process_index(), jax.process_count())
+    train_data, val_data, test_data = mine["train"], mine["val"], mine["test"]
   if for_training and train_data is None:
     raise ValueError("no training data: set --config.dataset.train_split")
   splits = {"train": train_data, "validation": val_data, "test": test_data}
