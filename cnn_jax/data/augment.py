@@ -220,14 +220,17 @@ def _noise(std):
 
 @_register(IMAGE_OPS, "cutout")
 def _cutout(size):
-  """Zero one size x size square whose centre is uniform over the image (clipped)."""
+  """Set one size x size square, its centre uniform over the image (clipped), to the data's
+  per-channel mean: 0 after normalization, as DeVries & Taylor (2017) cut out (their code
+  zeroes normalized pixels). `preprocess` passes the mean as `fill`."""
   size = integer("size", size, 1)
 
-  def op(x, rng):
+  def op(x, rng, fill=0.0):
     ky, kx = jax.random.split(rng)
     cy = jax.random.randint(ky, (x.shape[0],), 0, x.shape[1])
     cx = jax.random.randint(kx, (x.shape[0],), 0, x.shape[2])
-    return jax.vmap(lambda img, y, xx: image_ops.cutout_image(img, y, xx, size))(x, cy, cx)
+    return jax.vmap(lambda img, y, xx: image_ops.cutout_image(img, y, xx, size, fill))(x, cy, cx)
+  op.fills_mean = True  # the op runs before normalization: the mean is what normalizes to 0
   return op
 
 
@@ -321,7 +324,7 @@ def make_preprocess_fn(image_size: Optional[Sequence[int]], mean: Sequence[float
     if train:
       for op in augment_ops:
         rng, sub = jax.random.split(rng)
-        x = op.fn(x, sub)
+        x = op.fn(x, sub, fill=mean_a) if getattr(op.fn, "fills_mean", False) else op.fn(x, sub)
     return (x - mean_a) / std_a
 
   return preprocess

@@ -91,15 +91,16 @@ def scale_image(img: jax.Array, s: Any) -> jax.Array:
   return _affine_zero_fill(img, jnp.diag(jnp.stack([inv, inv])))
 
 
-def cutout_image(img: jax.Array, cy: Any, cx: Any, size: int) -> jax.Array:
+def cutout_image(img: jax.Array, cy: Any, cx: Any, size: int, fill: Any = 0.0) -> jax.Array:
   """img (H, W, C) with rows [cy - size//2, cy - size//2 + size) x the same columns about
-  cx set to 0, clipped at the borders (DeVries & Taylor 2017). Own code: pix has none."""
+  cx set to `fill` (a number, or one per channel), clipped at the borders (DeVries & Taylor
+  2017). Own code: pix has none."""
   h, w = img.shape[:2]
   top, left = cy - size // 2, cx - size // 2
   r = jnp.arange(h)[:, None, None]
   c = jnp.arange(w)[None, :, None]
   box = (r >= top) & (r < top + size) & (c >= left) & (c < left + size)
-  return jnp.where(box, jnp.zeros((), img.dtype), img)
+  return jnp.where(box, jnp.asarray(fill, img.dtype), img)
 
 
 def grayscale(img: jax.Array) -> jax.Array:
