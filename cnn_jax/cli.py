@@ -14,6 +14,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -54,8 +56,6 @@ def _config_problem(path: str) -> Optional[str]:
   way first: an unknown variant is the experiment's own message (`config.parse_arg` lists
   the known ones); any other failure is named with the call that failed.
   """
-  import importlib.util
-  import inspect
   file, *args = path.split(":")
   spec = importlib.util.spec_from_file_location("cnn_jax_experiment_config", file)
   module = importlib.util.module_from_spec(spec)

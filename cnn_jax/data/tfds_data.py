@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import difflib
 import os
+import socket
 from typing import Any, Optional
 
 import numpy as np
+from ml_collections import ConfigDict
 
 from cnn_jax.data import cache as cache_lib
 
@@ -44,7 +46,7 @@ def default_raw_dir(raw_dir: Optional[str] = None) -> Optional[str]:
 
 
 def _builder(name: str, data_dir: Optional[str]):
-  import tensorflow_datasets as tfds
+  import tensorflow_datasets as tfds  # noqa: PLC0415 - heavy: only when tfds data is read
   try:
     return tfds.builder(name, data_dir=data_dir, file_format="array_record")
   except tfds.core.registered.DatasetNotFoundError:
@@ -75,7 +77,6 @@ PROBE_HOST = "storage.googleapis.com"  # where tfds keeps most data sets and its
 
 def _network_reachable(timeout: float = 3.0) -> bool:
   """Whether a download can start at all (behind a proxy, assume it can: tfds will say)."""
-  import socket
   if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")):
     return True
   try:
@@ -88,7 +89,7 @@ def _network_reachable(timeout: float = 3.0) -> bool:
 def prepare(name: str, data_dir: Optional[str] = None, raw_dir: Optional[str] = None,
             allow_download: bool = True) -> Any:
   """Make sure `name` is prepared in data_dir (from raw_dir if given); return its builder."""
-  import tensorflow_datasets as tfds
+  import tensorflow_datasets as tfds  # noqa: PLC0415 - heavy: only when tfds data is read
   data_dir, raw_dir = default_data_dir(data_dir), default_raw_dir(raw_dir)
   builder = _builder(name, data_dir)
   if builder.is_prepared():
@@ -161,7 +162,7 @@ def process_data_source(ds: Any, split: str, process_index: int = 0, process_cou
                         ) -> tuple[Any, str, Any]:
   """(builder, this process's sub-split, its `tfds.data_source`): the data set prepared
   first, the split cut into even shares (`tfds.even_splits`), a bad split name explained."""
-  import tensorflow_datasets as tfds
+  import tensorflow_datasets as tfds  # noqa: PLC0415 - heavy: only when tfds data is read
   builder = prepare(ds.name, ds.get("data_dir"), ds.get("raw_dir"), ds.get("allow_download", True))
   sub = tfds.even_splits(split, process_count)[process_index] if process_count > 1 else split
   try:
@@ -202,7 +203,6 @@ def load_split(name: str, split: str, data_dir: Optional[str] = None,
                allow_download: bool = True, max_examples: Optional[int] = None,
                cache: bool = True) -> Any:
   """A tfds split as a source without a run config (notebooks, tests): see `tfds_source`."""
-  from ml_collections import ConfigDict
   ds = ConfigDict({"name": name, "data_dir": data_dir, "raw_dir": raw_dir,
                    "allow_download": allow_download, "cache": cache})
   return tfds_source(ds, split, max_examples=max_examples, process_index=process_index,
