@@ -16,7 +16,10 @@ a fixed shape and carry a `mask`, so every example counts once and nothing recom
 from __future__ import annotations
 
 import functools
+import os
 import sys
+import threading
+import time
 from typing import Any, Iterator, Optional
 
 import numpy as np
@@ -196,18 +199,25 @@ def _absl_flags_parsed() -> None:
     flags.FLAGS.mark_as_parsed()
 
 
-def _die_with_parent(worker_index: int, worker_count: int) -> None:
-  """grain worker init: on Linux, ask the kernel to kill this worker when its parent dies.
+def _die_with_parent(parent_pid: int, worker_index: int, worker_count: int) -> None:
+  """grain worker init: end this worker when the training process that started it is gone.
 
-  A SIGKILLed (or OOM-killed) training process cannot clean up; without this its grain
-  workers live on as orphans holding memory and a CPU each.
+  A SIGKILLed (or OOM-killed) training process cannot clean up; its grain workers lived on
+  as orphans (2 of 260 MB each, with multiprocessing's resource tracker, in 1 of 2 kills).
+  prctl(PR_SET_PDEATHSIG), set here before, missed a parent killed while the worker was
+  still starting (spawn re-imports the main module and jax: seconds), before this init
+  ran, so the signal was never armed; and it is tied to the *thread* that started the
+  worker (grain starts them from a pool thread), not to the process. A daemon thread here
+  instead compares os.getppid() with the parent's pid, at once and every 0.2 s, and ends
+  the worker when it differs (an orphan is re-parented to init or a subreaper).
   """
   del worker_index, worker_count
-  if sys.platform.startswith("linux"):
-    import ctypes
-    import signal
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+  def watch() -> None:
+    while os.getppid() == parent_pid:
+      time.sleep(0.2)
+    os._exit(0)  # noqa: SLF001 - nothing of this worker's is worth saving; exit now
+  threading.Thread(target=watch, name="cnn_jax-parent-watch", daemon=True).start()
 
 
 def _iterate(dataset: Any, workers: int, prefetch: int, threads: int) -> Iterator[dict]:
@@ -218,7 +228,7 @@ def _iterate(dataset: Any, workers: int, prefetch: int, threads: int) -> Iterato
     _absl_flags_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
                                                      per_worker_buffer_size=max(1, prefetch)),
-                         worker_init_fn=_die_with_parent)
+                         worker_init_fn=functools.partial(_die_with_parent, os.getpid()))
     return _explain_worker_death(iter(it), workers)
   return iter(it)
 
