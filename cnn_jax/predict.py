@@ -7,6 +7,8 @@ model's input size) and then goes through the same preprocessing as in training
 """
 from __future__ import annotations
 
+import functools
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -15,21 +17,32 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
+from PIL import Image
 
+from cnn_jax import inference, models
+from cnn_jax.data import augment, ops, tfds_data
 from cnn_jax.data.augment import PreprocessFn
+from cnn_jax.data.images import open_image
+from cnn_jax.training import steps
+from cnn_jax.weights import check_variables, torch_import
 
 
-def _jit_probs(model: Any, preprocess: PreprocessFn) -> Callable[[Any, jax.Array], jax.Array]:
+def _jit_probs(model: Any, preprocess: PreprocessFn, flip: bool = False,
+               matmul_precision: str = "default") -> Callable[[Any, jax.Array], jax.Array]:
   """jit of (variables, uint8 images) -> class probabilities.
 
+  The logits are evaluation's own (`steps.eval_logits`: the run's preprocessing, matmul
+  precision and `eval_flip` mirror averaging), so a prediction is what evaluation scored.
   The variables are an argument, not closed over: closed-over arrays become constants
   of the program (93 MB of HLO for resnet18, compiled 3.4x slower), and new weights of
   the same shapes could not reuse it.
   """
+  logits = functools.partial(steps.eval_logits, model.apply, preprocess=preprocess,
+                             matmul_precision=matmul_precision, flip=flip)
+
   @jax.jit
   def probs(variables: Any, images: jax.Array) -> jax.Array:
-    x = preprocess(images, jax.random.key(0), False)
-    return jax.nn.softmax(model.apply(variables, x, train=False))
+    return jax.nn.softmax(logits(variables, images).astype(jnp.float32))
   return probs
 
 
@@ -46,10 +59,12 @@ class Predictor:
   image_shape: tuple[int, int, int]
   class_names: Optional[Sequence[str]] = None
   host_pp: str = ""  # the run's dataset.pp_eval: host-side ops applied after decoding
+  flip: bool = False  # the run's eval_flip: mean of the image's and its mirror's logits
+  matmul_precision: str = "default"  # the run's matmul_precision
   probs_fn: Callable[[Any, jax.Array], jax.Array] = field(init=False, repr=False)
 
   def __post_init__(self) -> None:
-    self.probs_fn = _jit_probs(self.model, self.preprocess)
+    self.probs_fn = _jit_probs(self.model, self.preprocess, self.flip, self.matmul_precision)
 
   def probs(self, images: Any) -> jax.Array:
     """Class probabilities of a uint8 NHWC batch of `image_shape` images."""
@@ -62,10 +77,8 @@ class Predictor:
     What was changed on the way (a colour photo made grey, a 4000x3000 photo resized) is
     appended to `notes`, one line each: a prediction on a changed image should say so.
     """
-    from PIL import Image
-    from cnn_jax.data import images, ops
     h, w, c = self.image_shape
-    img = images.open_image(path)  # the one decoder: unreadable files and bombs in one line
+    img = open_image(path)  # the one decoder: unreadable files and bombs in one line
     mode = img.mode
     img = img.convert("L" if c == 1 else "RGB")
     if notes is not None and mode not in (("L",) if c == 1 else ("RGB",)):
@@ -103,7 +116,6 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 def image_paths(paths: Sequence[str]) -> list[str]:
   """Files as given; folders expanded to their images, sorted. Missing paths are an error."""
-  import os
   out = []
   for p in paths:
     if os.path.isdir(p):
@@ -127,12 +139,10 @@ def stored_image_shape(meta: Mapping[str, Any], config: ConfigDict) -> tuple[int
   if meta.get("data_shape"):
     return tuple(int(v) for v in meta["data_shape"])
   if not config.dataset.get("image_size"):
-    from cnn_jax import models
     shape = meta.get("input_shape") or config.get("model_input_shape") or models.input_shape(config.model)
     return tuple(int(v) for v in shape)
   name = config.dataset.name
   try:
-    from cnn_jax.data import tfds_data
     shape = tfds_data._builder(name, config.dataset.get("data_dir")).info.features["image"].shape
   except Exception as e:  # noqa: BLE001 - no tfds, unknown data set, no image feature
     raise ValueError(f"the checkpoint does not record its data's image shape (meta['data_shape']) "
@@ -145,27 +155,37 @@ def stored_image_shape(meta: Mapping[str, Any], config: ConfigDict) -> tuple[int
   return tuple(int(v) for v in shape)
 
 
-def from_workdir(workdir: str, which: str = "best") -> Predictor:
-  """A run's best (or latest) checkpoint, with its training preprocessing and class names."""
-  from cnn_jax import inference
-  from cnn_jax.data import augment, tfds_data
-  model, variables, config, meta = inference.load_run(workdir, which)
+def class_names(config: ConfigDict, meta: Mapping[str, Any]) -> Optional[list[str]]:
+  """The run's class names: recorded in the checkpoint, else its tfds data set's."""
   names = meta.get("class_names")
-  if not names and config.dataset.name != "folder":
-    try:
-      builder = tfds_data._builder(config.dataset.name, config.dataset.data_dir)
-      names = builder.info.features["label"].names
-    except Exception:  # noqa: BLE001 - names are a nicety; indices still print
-      pass
+  if names or config.dataset.name == "folder":
+    return names
+  try:
+    return tfds_data._builder(config.dataset.name, config.dataset.get("data_dir")
+                              ).info.features["label"].names
+  except Exception:  # noqa: BLE001 - names are a nicety; indices still print
+    return None
+
+
+def from_run(model: Any, variables: Any, config: ConfigDict, meta: Mapping[str, Any]
+             ) -> Predictor:
+  """The Predictor of a loaded classification run: its eval preprocessing, eval_flip,
+  matmul precision and class names (what `cnn-jax eval` scores). `inference.load_run(...,
+  task="classification")` has refused runs of other tasks."""
   return Predictor(model, variables, augment.preprocess_from_config(config),
-                   stored_image_shape(meta, config), names,
-                   host_pp=config.dataset.get("pp_eval") or "")
+                   stored_image_shape(meta, config), class_names(config, meta),
+                   host_pp=config.dataset.get("pp_eval") or "",
+                   flip=bool(config.get("eval_flip")),
+                   matmul_precision=config.get("matmul_precision") or "default")
+
+
+def from_workdir(workdir: str, which: str = "best") -> Predictor:
+  """A run's best (or latest) checkpoint, with its evaluation's preprocessing and class names."""
+  return from_run(*inference.load_run(workdir, which, task="classification"))
 
 
 def from_weights(model_name: str, weights: str) -> Predictor:
   """A zoo model with a torchvision state dict, prepared as torchvision prepares input."""
-  from cnn_jax import models
-  from cnn_jax.weights import check_variables, torch_import
   if not weights:
     raise ValueError("--model needs --weights FILE (a torchvision .pth state dict)")
   variables = torch_import.load_torchvision_pth(weights, model_name)

@@ -88,3 +88,84 @@ def test_preprocess_from_config_pads_and_augments_only_in_training():
   np.testing.assert_allclose(evald[:, 2:30, 2:30], (images / 255.0 - mean) / std, rtol=1e-5)
   np.testing.assert_allclose(evald[:, :2], -mean / std, rtol=1e-6)  # zero padding
   assert not np.allclose(pre(images, key, True), evald)  # random crop / flip
+
+
+@pytest.fixture(scope="module")
+def flip_run(tmp_path_factory):
+  """(workdir, validation split) of an mlp trained one epoch with eval_flip."""
+  workdir = str(tmp_path_factory.mktemp("flip") / "w")
+  val = random_split(48, seed=2)
+  trainer.train_and_evaluate(tiny_config("mlp", num_epochs=1, eval_flip=True), workdir,
+                             random_split(128), val)
+  return workdir, val
+
+
+def test_predict_and_viz_confusion_score_as_evaluation_with_eval_flip(flip_run):
+  """A run trained with eval_flip (mirror-averaged logits in evaluation): predict and viz
+  confusion give the probabilities / predictions that evaluation scored, not those of the
+  unflipped pass (before: the unflipped pass, so their numbers were not the reported ones)."""
+  from cnn_jax.training import steps
+  from cnn_jax.viz import runs
+  workdir, val = flip_run
+  p = predict.from_workdir(workdir)
+  model, variables, config, meta = inference.load_run(workdir)
+  probs = np.asarray(p.probs(val.images))
+  # The validation loss and accuracy the run logged, from predict's probabilities:
+  loss = -np.log(probs[np.arange(len(val.labels)), val.labels]).mean()
+  assert loss == pytest.approx(meta["validation"]["loss"], rel=1e-5)
+  accuracy = (probs.argmax(-1) == val.labels).mean()
+  assert accuracy == pytest.approx(meta["validation"]["accuracy"])
+  # ... which are the evaluation forward's, and not the unflipped pass's.
+  pre = augment.preprocess_from_config(config)
+  flipped, plain = (np.asarray(jax.nn.softmax(steps.eval_logits(
+      model.apply, variables, jnp.asarray(val.images), preprocess=pre, flip=f)))
+      for f in (True, False))
+  np.testing.assert_allclose(probs, flipped, rtol=1e-5, atol=1e-7)
+  assert np.abs(plain - flipped).max() > 1e-3
+  # viz confusion's matrix: the same predictions, the logged accuracy.
+  run = runs.load_run(workdir)
+  result = runs.predict_source(run, val, batch_size=16)
+  assert result["accuracy"] == pytest.approx(meta["validation"]["accuracy"])
+  want = np.zeros_like(result["matrix"])
+  np.add.at(want, (val.labels, flipped.argmax(-1)), 1)
+  np.testing.assert_array_equal(result["matrix"], want)
+
+
+def tampered(workdir, tmp_path, name, edit):
+  """A copy of `workdir` whose saved config (every checkpoint's meta) `edit` changed."""
+  import json
+  import pathlib
+  import shutil
+  copy = tmp_path / name
+  shutil.copytree(workdir, copy)
+  for meta in pathlib.Path(copy).glob("*/*/meta/metadata"):
+    data = json.loads(meta.read_text())
+    edit(data["config"])
+    meta.write_text(json.dumps(data))
+  return str(copy)
+
+
+@pytest.mark.parametrize("name,edit,message", [
+    ("unknown", lambda c: c["model_kwargs"].update(hiddden=[8]),
+     "best/{step}/meta/metadata: model_kwargs.hiddden is not an argument of model 'mlp' "
+     "(it takes activation, axis_name, dropout_rate, dtype, hidden, num_classes); fix or remove it"),
+    ("mistyped", lambda c: c["model_kwargs"].update(hidden="abc"),
+     "best/{step}/meta/metadata: model_kwargs.hidden='abc' does not build model 'mlp' (TypeError:"),
+    ("reshaped", lambda c: c["model_kwargs"].update(hidden=[64]),
+     "best/{step}/meta/metadata: the saved weights do not fit the model its config builds "
+     "(model_kwargs {{'hidden': [64]}}; params/dense1/bias: saved (128,), built (64,)"),
+    ("detector", lambda c: c.update(task="detection"),
+     "the run in {workdir} is a detection run, not a classification one: use "
+     "`cnn-jax detect --workdir {workdir} ...` for it"),
+])
+def test_a_tampered_or_other_task_run_is_one_line(flip_run, tmp_path, capsys, name, edit, message):
+  """predict of a detector's run was a TypeError traceback, and a model_kwargs entry edited
+  after training a traceback from inside flax: one line each, naming the key and the file."""
+  workdir = tampered(flip_run[0], tmp_path, name, edit)
+  step = next(p.name for p in (tmp_path / name / "best").iterdir() if p.name.isdigit())
+  image = tmp_path / "x.png"
+  Image.fromarray(np.zeros((28, 28), np.uint8)).save(image)
+  assert cli.main(["predict", "--workdir", workdir, str(image)]) == 1
+  err = capsys.readouterr().err
+  assert message.format(step=step, workdir=workdir) in err
+  assert err.count("\n") == 1 and "Traceback" not in err

@@ -12,7 +12,7 @@ from PIL import Image
 from cnn_jax import cli, layers, predict, viz
 from cnn_jax.data import augment as augment_lib
 from cnn_jax.training import trainer
-from cnn_jax.viz import activations, augment, confusion, curves, filters, gradcam
+from cnn_jax.viz import activations, augment, confusion, curves, filters, gradcam, runs
 from helpers import tiny_config
 
 CLASSES = ("a", "b", "c")
@@ -83,7 +83,7 @@ def test_curves_overlay_runs_and_skip_missing_metrics(trained, tmp_path, capsys)
 
 # ------------------------------------------------------------------------ filters
 def test_filters_grid_shows_a_known_kernel(trained, tmp_path, capsys):
-  run = viz.load_run(trained[0])
+  run = runs.load_run(trained[0])
   params = jax.tree_util.tree_map(np.array, run.variables["params"])
   k = params["conv1"]["kernel"]                      # (5, 5, 1, 16)
   k[..., 0, 0] = np.arange(25).reshape(5, 5) - 7.0   # a ramp: min-max -> 0 .. 1
@@ -160,7 +160,7 @@ def test_activations_of_each_stage(trained, tmp_path, capsys):
                      capsys)
   assert rc == 0 and "conv1 24x24x16, pool1 12x12x16, conv2 8x8x24, pool2 4x4x24" in text
   assert png_size(out) == (96 * 17, 96 * 5)
-  run = viz.load_run(workdir)
+  run = runs.load_run(workdir)
   maps = dict((s.path, m) for s, m in activations.feature_maps(
       run.model, run.variables, run.model_input(run.predictor.load_image(image_path))))
   c = np.maximum(maps["conv1"], 0)  # the model's relu sits between conv1 and pool1
@@ -184,9 +184,9 @@ def test_confusion_counts_every_example_once(trained, tmp_path, capsys):
   rc, text, _ = main(["viz", "confusion", "--workdir", workdir, "--split", "validation",
                       "--out", out], capsys)
   assert rc == 0 and "test, 15 examples" in text and png_size(out) == (1200, 600)
-  run = viz.load_run(workdir)
-  _, source = confusion.split_source(run, "validation")
-  result = confusion.predict_source(run, source, batch_size=4)  # padded last batch
+  run = runs.load_run(workdir)
+  _, source = runs.split_source(run, "validation")
+  result = runs.predict_source(run, source, batch_size=4)  # padded last batch
   assert result["matrix"].shape == (3, 3) and result["matrix"].sum() == len(source) == 15
   images = np.stack([source[i][0] for i in range(15)])
   pred = np.asarray(run.predictor.probs(images)).argmax(-1)
@@ -200,7 +200,7 @@ def test_confusion_counts_every_example_once(trained, tmp_path, capsys):
   for k in ("kernel", "bias"):
     params["head"][k] = np.roll(params["head"][k], 1, axis=-1)
   run.variables = {**run.variables, "params": params}
-  wrong = confusion.predict_source(run, source, max_examples=4)
+  wrong = runs.predict_source(run, source, max_examples=4)
   assert wrong["matrix"].sum() == 15 and len(wrong["errors"]) == 4
   assert all(t != p for _, t, p in wrong["errors"])
   r = confusion.plot_confusion(run, wrong, str(tmp_path / "wrong.png"))
@@ -231,14 +231,14 @@ def test_gradcam_command_and_bad_input(trained, tmp_path, capsys):
   out = str(tmp_path / "cam.png")
   rc, text, _ = main(["viz", "gradcam", "--workdir", workdir, image, "--class", "b",
                       "--out", out], capsys)
-  assert rc == 0 and "Grad-CAM of b" in text and "on conv2" in text
+  assert rc == 0 and "Grad-CAM of b" in text and "on pool2" in text  # relu'd, pooled conv2
   assert png_size(out) == (720, 270)
   rc, _, err = main(["viz", "gradcam", "--workdir", workdir, image, "--class", "zebra",
                      "--out", str(tmp_path / "c2.png")], capsys)
   assert rc == 1 and "unknown class 'zebra'; classes: a, b, c" in err
-  rc, _, err = main(["viz", "gradcam", "--workdir", workdir, image, "--layer", "pool1",
+  rc, _, err = main(["viz", "gradcam", "--workdir", workdir, image, "--layer", "fc1",
                      "--out", str(tmp_path / "c3.png")], capsys)
-  assert rc == 1 and "conv layers: conv1, conv2" in err
+  assert rc == 1 and "layers: conv1, pool1:input, pool1, conv2, pool2:input, pool2" in err
 
 
 # ------------------------------------------------------------------------ augment

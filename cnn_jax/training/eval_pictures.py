@@ -31,7 +31,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cnn_jax.data import input_pipeline
+from cnn_jax.training import steps
 from cnn_jax.training.metric_writers import MetricWriter
+from cnn_jax.training.train_state import variables_of
+from cnn_jax.viz import filters
+from cnn_jax.viz import samples as samples_viz  # matplotlib only when a picture is drawn
 
 log = logging.getLogger("cnn_jax")
 
@@ -51,7 +56,6 @@ def _filters(writer: MetricWriter, s: Any, state: Any, step: int, memo: dict[str
   if path == "":
     return
   try:
-    from cnn_jax.viz import filters  # noqa: PLC0415 - numpy only; matplotlib is not imported
     variables = {"params": state.params, "batch_stats": state.batch_stats}  # only traced:
     image, path = filters.first_conv_image(s.model, variables, s.input_shape, path)  # 1 kernel read
     writer.image("filters/first_conv", image, step)
@@ -73,8 +77,6 @@ class Samples:
 def read_samples(s: Any) -> Optional[Samples]:
   """The first config.tensorboard_samples examples of the validation split (else the
   test split) through the eval host pipeline; None when off or not a classifier."""
-  from cnn_jax.data import input_pipeline  # noqa: PLC0415
-  from cnn_jax.training import steps  # noqa: PLC0415
   n = int(s.config.get("tensorboard_samples", 0) or 0)
   source = s.val_data if s.val_data is not None else s.test_data
   if n <= 0 or source is None or s.config.get("task", "classification") != "classification":
@@ -100,7 +102,6 @@ def local_variables(state: Any) -> dict[str, Any]:
     if not x.is_fully_replicated:
       raise ValueError(f"a state array of shape {x.shape} is not replicated ({x.sharding})")
     return x.addressable_data(0)
-  from cnn_jax.training.train_state import variables_of  # noqa: PLC0415
   return jax.tree_util.tree_map(one, variables_of(state))
 
 
@@ -121,7 +122,6 @@ def _samples(writer: MetricWriter, s: Any, state: Any, step: int, memo: dict[str
       samples = memo["samples"] = read_samples(s) or False
       if samples is False:
         return
-    from cnn_jax.viz import samples as samples_viz  # noqa: PLC0415 - matplotlib, only here
     image = samples_viz.predictions_image(samples.images, samples.labels,
                                           sample_predictions(samples, state), samples.class_names)
     writer.image("samples/predictions", image, step)

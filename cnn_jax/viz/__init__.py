@@ -11,9 +11,14 @@ at import, no global backend is switched (a notebook's stays as it was), and no 
 is left open. matplotlib is imported only by the functions that draw. No file is
 overwritten unless asked (`overwrite=True`, `--overwrite`).
 
-This module holds what they share: loading a run with clear errors, the model's conv /
-pool stages in call order (found by intercepting module calls, no model changes), and
-figure helpers.
+This module holds what they share: the `Run` they draw (a model, its variables and how
+image files become its input), the model's conv / pool stages in call order (found by
+intercepting module calls, no model changes), and figure helpers.
+
+The drawing modules are leaves: they import neither `training`, `inference` nor
+`predict` (training draws TensorBoard pictures with them, `training/eval_pictures.py`).
+Loading a run from a work directory and predicting a split is `viz/runs.py`, used by the
+commands (`viz/commands.py`).
 """
 from __future__ import annotations
 
@@ -21,9 +26,13 @@ import dataclasses
 import os
 from typing import Any, Optional
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from cnn_jax import layers
+from cnn_jax.data import input_pipeline
 
 DPI = 80  # figures are sized in pixels: inches = pixels / DPI
 
@@ -40,7 +49,7 @@ def check_out(path: str, overwrite: bool = False) -> str:
 
 def figure(width_px: int, height_px: int) -> Any:
   """A matplotlib Figure of exactly width_px x height_px pixels when saved by `save`."""
-  from matplotlib.figure import Figure
+  from matplotlib.figure import Figure  # noqa: PLC0415 - matplotlib (~1 s) only when drawing
   return Figure(figsize=(width_px / DPI, height_px / DPI), dpi=DPI)
 
 
@@ -54,7 +63,7 @@ def save(fig: Any, path: str, overwrite: bool = False) -> str:
 def pixels(fig: Any) -> np.ndarray:
   """The figure's uint8 RGB pixels (H, W, 3), drawn on a fresh Agg canvas: for pictures
   that go to TensorBoard rather than to a file."""
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415 - as in figure()
   canvas = FigureCanvasAgg(fig)
   canvas.draw()
   return np.asarray(canvas.buffer_rgba())[..., :3].copy()
@@ -87,7 +96,6 @@ def minmax(a: np.ndarray) -> np.ndarray:
 def denormalize(x: np.ndarray, config: Any) -> np.ndarray:
   """Undo the run's normalization ((x - mean) / std, `augment.preprocess_from_config`):
   [0, 1] images for display."""
-  from cnn_jax.data import input_pipeline
   mean, std = input_pipeline.normalization(config.dataset.name)
   if config.dataset.get("mean") is not None:
     mean, std = tuple(config.dataset.mean), tuple(config.dataset.std)
@@ -103,7 +111,8 @@ class Run:
   variables: Any
   config: Any
   meta: dict
-  predictor: Any  # cnn_jax.predict.Predictor: load_image, preprocess, image_shape, names
+  predictor: Any  # cnn_jax.predict.Predictor: load_image, preprocess, image_shape, names,
+  #                 flip and matmul_precision (the run's eval_flip / matmul_precision)
 
   def class_name(self, i: int) -> str:
     names = self.predictor.class_names
@@ -120,30 +129,6 @@ class Run:
     return self.predictor.preprocess(jnp.asarray(image[None]), jax.random.key(0), False)
 
 
-def load_run(workdir: str, which: str = "best") -> Run:
-  """A run's checkpoint and its predict-style image loading, with clear errors."""
-  from cnn_jax import inference, predict
-  from cnn_jax.data import augment
-  if not os.path.isdir(workdir) and "://" not in workdir:
-    raise FileNotFoundError(f"no work directory {workdir}")
-  model, variables, config, meta = inference.load_run(workdir, which)
-  if config.get("task", "classification") != "classification":
-    raise ValueError(f"the run in {workdir} is a {config.task} run; viz pictures need a "
-                     "classifier")
-  names = meta.get("class_names")
-  if not names and config.dataset.name != "folder":
-    try:
-      from cnn_jax.data import tfds_data
-      names = tfds_data._builder(config.dataset.name, config.dataset.get("data_dir")
-                                 ).info.features["label"].names
-    except Exception:  # noqa: BLE001 - names are a nicety; indices still label
-      names = None
-  predictor = predict.Predictor(model, variables, augment.preprocess_from_config(config),
-                                predict.stored_image_shape(meta, config), names,
-                                host_pp=config.dataset.get("pp_eval") or "")
-  return Run(workdir, model, variables, config, meta, predictor)
-
-
 # -------------------------------------------------------------------------- stages
 @dataclasses.dataclass(frozen=True)
 class Stage:
@@ -153,8 +138,6 @@ class Stage:
 
 
 def _kind(module: Any) -> Optional[str]:
-  import flax.linen as nn
-  from cnn_jax import layers
   if isinstance(module, (layers.Conv2D, nn.Conv)):
     return "conv"
   if isinstance(module, (layers.MaxPool, layers.AvgPool, layers.AdaptiveAvgPool)):
@@ -170,7 +153,6 @@ def stages(model: Any, variables: Any, x: jax.Array) -> list[Stage]:
   their keys). Pooling done by plain functions (`nn.max_pool`) is not a module and is
   not listed; a module called twice is listed once.
   """
-  import flax.linen as nn
   found: dict[str, Stage] = {}
 
   def interceptor(next_fun, args, kwargs, context):

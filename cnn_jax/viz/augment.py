@@ -12,9 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from cnn_jax import config as config_lib
 from cnn_jax import viz
+from cnn_jax.data import augment, input_pipeline, sources
 
 CELL_PX = 120
 
@@ -22,10 +26,6 @@ CELL_PX = 120
 def augmented_batch(config: Any, num: int = 16) -> dict:
   """{"images": (N, H, W, C) in [0, 1], "labels", "weights", "names", "spec"} of the
   first `num` examples of training step 0."""
-  import jax
-  import jax.numpy as jnp
-  from cnn_jax import config as config_lib
-  from cnn_jax.data import augment, input_pipeline, sources
   if num < 1:
     raise ValueError(f"num must be at least 1, got {num}")
   config_lib.validate(config)

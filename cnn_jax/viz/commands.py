@@ -7,8 +7,14 @@ with a message, which the CLI prints without a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable, Sequence
+
+from absl import flags
+from ml_collections import config_flags
+
+from cnn_jax.viz import activations, augment, confusion, curves, filters, gradcam, runs
 
 USAGE = """cnn-jax viz SUBCOMMAND ...
   curves      --workdir W [W2 ...] --out curves.png
@@ -31,7 +37,6 @@ def _parser(name: str, run: bool = True) -> argparse.ArgumentParser:
 
 
 def _curves(argv: Sequence[str]) -> int:
-  from cnn_jax.viz import curves
   p = _parser("curves", run=False)
   p.add_argument("--workdir", required=True, nargs="+", help="one or more runs to overlay")
   a = p.parse_args(argv)
@@ -41,13 +46,11 @@ def _curves(argv: Sequence[str]) -> int:
 
 
 def _filters(argv: Sequence[str]) -> int:
-  from cnn_jax import viz
-  from cnn_jax.viz import filters
   p = _parser("filters")
   p.add_argument("--layer", default=None, help="a conv's param path (default: the first conv)")
   p.add_argument("--max_tiles", type=int, default=64)
   a = p.parse_args(argv)
-  r = filters.plot_filters(viz.load_run(a.workdir, a.which), a.out, a.layer, a.max_tiles,
+  r = filters.plot_filters(runs.load_run(a.workdir, a.which), a.out, a.layer, a.max_tiles,
                            a.overwrite)
   print(f"{r['path']}: {r['layer']} kernel {'x'.join(map(str, r['kernel_shape']))} as "
         f"{r['rows']}x{r['cols']} {r['layout']} tiles, each min-max normalised")
@@ -55,14 +58,11 @@ def _filters(argv: Sequence[str]) -> int:
 
 
 def _activations(argv: Sequence[str]) -> int:
-  import os
-  from cnn_jax import viz
-  from cnn_jax.viz import activations
   p = _parser("activations")
   p.add_argument("image")
   p.add_argument("--max_maps", type=int, default=16)
   a = p.parse_args(argv)
-  run = viz.load_run(a.workdir, a.which)
+  run = runs.load_run(a.workdir, a.which)
   image = run.predictor.load_image(a.image)
   r = activations.plot_activations(run, image, a.out, a.max_maps, a.overwrite,
                                    title=os.path.basename(a.image))
@@ -71,17 +71,15 @@ def _activations(argv: Sequence[str]) -> int:
 
 
 def _confusion(argv: Sequence[str]) -> int:
-  from cnn_jax import viz
-  from cnn_jax.viz import confusion
   p = _parser("confusion")
   p.add_argument("--split", default="test",
                  help="test, validation, or a split such as 'train[:10%%]'")
   p.add_argument("--data_dir", default=None)
   p.add_argument("--max_examples", type=int, default=16, help="misclassified examples shown")
   a = p.parse_args(argv)
-  run = viz.load_run(a.workdir, a.which)
-  spec, source = confusion.split_source(run, a.split, a.data_dir)
-  result = confusion.predict_source(run, source, max_examples=a.max_examples)
+  run = runs.load_run(a.workdir, a.which)
+  spec, source = runs.split_source(run, a.split, a.data_dir)
+  result = runs.predict_source(run, source, max_examples=a.max_examples)
   r = confusion.plot_confusion(run, result, a.out, a.overwrite)
   print(f"{r['path']}: {spec}, {result['num_examples']} examples, accuracy "
         f"{result['accuracy']:.4f}")
@@ -92,15 +90,14 @@ def _confusion(argv: Sequence[str]) -> int:
 
 
 def _gradcam(argv: Sequence[str]) -> int:
-  from cnn_jax import viz
-  from cnn_jax.viz import gradcam
   p = _parser("gradcam")
   p.add_argument("image")
   p.add_argument("--class", dest="cls", default=None,
                  help="class name or index (default: the predicted one)")
-  p.add_argument("--layer", default=None, help="a conv's param path (default: the last conv)")
+  p.add_argument("--layer", default=None, help="a module's path, or PATH:input (default: the last "
+                 "rectified feature map, e.g. a ResNet's last block)")
   a = p.parse_args(argv)
-  run = viz.load_run(a.workdir, a.which)
+  run = runs.load_run(a.workdir, a.which)
   r = gradcam.plot_gradcam(run, run.predictor.load_image(a.image), a.out, a.cls, a.layer,
                            a.overwrite)
   print(f"{r['path']}: Grad-CAM of {r['name']} (p={r['prob']:.3f}) on {r['layer']}")
@@ -108,9 +105,6 @@ def _gradcam(argv: Sequence[str]) -> int:
 
 
 def _augment(argv: Sequence[str]) -> int:
-  from absl import flags
-  from ml_collections import config_flags
-  from cnn_jax.viz import augment
   p = _parser("augment", run=False)
   p.add_argument("--num", type=int, default=16)
   a, rest = p.parse_known_args(argv)

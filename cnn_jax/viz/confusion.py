@@ -1,71 +1,16 @@
 """Confusion matrix of a run over a split, its most confused pairs, and misclassified examples.
 
-The split is read as `cnn-jax eval` reads it (`training.setup.setup(config,
-for_training=False)`, then `input_pipeline.eval_batches` with the run's eval pp), so
-every example counts once; the model sees the same preprocessing as in evaluation.
-Rows are true classes, columns predicted ones: matrix[t, p] counts examples of class t
-predicted as p, and the matrix sums to the number of examples.
+The matrix comes from `viz.runs.predict_source` (the split read as `cnn-jax eval` reads
+it, through evaluation's own forward pass, `eval_flip` included): rows are true classes,
+columns predicted ones, matrix[t, p] counts examples of class t predicted as p, and the
+matrix sums to the number of examples. This module only draws it.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
 
 import numpy as np
 
 from cnn_jax import viz
-
-
-def split_source(run: "viz.Run", split: str, data_dir: Optional[str] = None) -> tuple[str, Any]:
-  """(split spec, source) of "test", "validation" or a split spec such as 'train[:10%]'."""
-  from cnn_jax.training import setup
-  config = run.config.copy_and_resolve_references()
-  ds = config.dataset
-  spec = {"test": ds.get("test_split") or "test", "validation": ds.get("val_split")
-          }.get(split, split)
-  if not spec:
-    raise ValueError(f"the run in {run.workdir} has no validation split; pass --split SPLIT")
-  ds.test_split, ds.val_split = spec, ""
-  ds.max_eval_examples = None
-  if data_dir:
-    ds.data_dir = data_dir
-  return spec, setup.setup(config, for_training=False).test_data
-
-
-def predict_source(run: "viz.Run", source: Any, batch_size: Optional[int] = None,
-                   max_examples: int = 16) -> dict:
-  """{"matrix", "num_examples", "accuracy", "errors": [(image, true, predicted)]}."""
-  import jax
-  import jax.numpy as jnp
-  from cnn_jax.data import input_pipeline
-  ds = run.config.dataset
-  n = int(run.meta.get("num_classes") or 0) or len(run.predictor.class_names or [])
-  batch_size = batch_size or int(run.config.eval_batch_size)
-
-  @jax.jit
-  def predict(variables: Any, images: jax.Array) -> jax.Array:
-    x = run.predictor.preprocess(images, jax.random.key(0), False)
-    return jnp.argmax(run.model.apply(variables, x, train=False), -1)
-
-  matrix = None
-  errors: list[tuple[np.ndarray, int, int]] = []
-  for batch in input_pipeline.eval_batches(source, batch_size, pp=ds.get("pp_eval") or "",
-                                           **input_pipeline.reader_options(ds)):
-    pred = np.asarray(predict(run.variables, jnp.asarray(batch["image"])))
-    real = batch["mask"] > 0
-    true, pred, images = batch["label"][real], pred[real], batch["image"][real]
-    if matrix is None:
-      matrix = np.zeros((max(n, 1),) * 2, np.int64)
-    k = max(matrix.shape[0], int(true.max(initial=0)) + 1, int(pred.max(initial=0)) + 1)
-    if k > matrix.shape[0]:
-      matrix = np.pad(matrix, [(0, k - matrix.shape[0])] * 2)
-    np.add.at(matrix, (true, pred), 1)
-    for i in np.flatnonzero(true != pred)[:max(0, max_examples - len(errors))]:
-      errors.append((images[i], int(true[i]), int(pred[i])))
-  if matrix is None:
-    raise ValueError("the split holds no examples")
-  total = int(matrix.sum())
-  return {"matrix": matrix, "num_examples": total, "accuracy": float(np.trace(matrix)) / total,
-          "errors": errors}
 
 
 def most_confused(matrix: np.ndarray, k: int = 5) -> list[tuple[int, int, int]]:

@@ -16,7 +16,9 @@ from __future__ import annotations
 import math
 from typing import Any, Optional, Sequence
 
+import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
 from cnn_jax import viz
 
@@ -59,7 +61,6 @@ def plot_filters(run: "viz.Run", out: str, layer: Optional[str] = None, max_tile
   Returns {"path", "layer", "layout" ("rgb", "grey" or "pairs"), "rows", "cols",
   "scale", "size"}; tile k starts at pixel (GAP + r * (kh * scale + GAP), likewise x).
   """
-  from PIL import Image
   if max_tiles < 1:
     raise ValueError(f"max_tiles must be at least 1, got {max_tiles}")
   x = run.model_input(np.zeros(run.predictor.image_shape, np.uint8))
@@ -84,7 +85,6 @@ def first_conv_image(model: Any, variables: Any, input_shape: Sequence[int],
   """(uint8 grid of the first convolution's kernels, its param path), without a figure:
   what the training loop sends to TensorBoard at each evaluation. (None, None) for a model
   with no convolution. Pass the returned `path` back in to skip finding it again."""
-  import jax.numpy as jnp
   if path is None:
     convs = viz.conv_paths(model, variables, jnp.zeros((1, *input_shape), jnp.float32))
     if not convs:

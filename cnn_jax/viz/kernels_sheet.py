@@ -12,6 +12,7 @@ import os
 from typing import Sequence
 
 import numpy as np
+from PIL import Image
 
 from cnn_jax import kernels, viz
 from cnn_jax.data import images
@@ -29,7 +30,6 @@ def kernel_sheet(photo: str, names: Sequence[str], out_dir: str, padding: str = 
                  grey: bool = False, overwrite: bool = False) -> dict:
   """Filter `photo` with each kernel in `names`; returns {"images": {name: path},
   "sheet": path, "size": sheet size in pixels}."""
-  from PIL import Image
   if not names:
     raise ValueError(f"give at least one --kernel; kernels: {', '.join(kernels.names())}")
   for name in names:
