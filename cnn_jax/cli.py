@@ -191,7 +191,7 @@ def _predict(argv: Sequence[str]) -> int:
   p.add_argument("--labels", help="text file with one class name per line")
   p.add_argument("--top", type=int, default=5)
   args = p.parse_args(argv)
-  from cnn_jax import predict
+  from cnn_jax import predict  # noqa: PLC0415 - jax, orbax (seconds): only for this command
   if bool(args.workdir) == bool(args.model):
     raise ValueError("give either --workdir W or --model NAME --weights FILE")
   predictor = (predict.from_workdir(args.workdir) if args.workdir
@@ -269,7 +269,7 @@ def _models(argv: Sequence[str]) -> int:
 
 def _viz(argv: Sequence[str]) -> int:
   """Pictures of a run: curves, filters, feature maps, confusion, Grad-CAM, augmentation."""
-  from cnn_jax.viz import commands
+  from cnn_jax.viz import commands  # noqa: PLC0415 - jax, orbax, the training code: only for viz
   return commands.main(argv)
 
 
