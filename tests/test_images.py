@@ -4,6 +4,7 @@ PIL's limit is lowered for the test (a 20x20 image plays a 20000x20000 one), so 
 large is written or decoded.
 """
 import logging
+import types
 
 import numpy as np
 import pytest
@@ -40,7 +41,8 @@ def test_a_bomb_is_refused_in_one_line_by_predict_and_kernels(tmp_path, small_li
   assert rc == 1 and line.startswith(f"cnn-jax kernels: error: cannot read image {path}: 400 "
                                      "pixels, more than the limit of 200")
   assert f"{images.PIXEL_LIMIT_ENV}=400" in line
-  predictor = Predictor(model=None, variables=None, preprocess=None, image_shape=(20, 20, 3))
+  predictor = Predictor(model=types.SimpleNamespace(apply=None), variables=None,
+                        preprocess=None, image_shape=(20, 20, 3))
   with pytest.raises(images.ImageTooLargeError, match=f"{path}: 400 pixels.*"
                      f"{images.PIXEL_LIMIT_ENV}=400"):
     predictor.load_image(path)
