@@ -102,7 +102,7 @@ def folder_source(root: str, split: str, channels: int = 3, skip_corrupt: bool =
   None: this split's own sorted class folders. A class folder not in class_names is a
   ValueError naming it, the split and `train_split` (the split that defines the classes).
   """
-  name, (start, stop), spec = parse_split(split)
+  _, (start, stop), spec = parse_split(split)
   split_dir = _split_dir(root, split)
   classes = folder_classes(root, split)
   class_names = list(classes if class_names is None else class_names)
