@@ -323,7 +323,10 @@ def parse_arg(arg: Any, variants: tuple[str, ...] = ("smoke",)) -> Any:
 
 
 def smoke_variant(c: ConfigDict) -> ConfigDict:
-  """Shrink an experiment to a seconds-long run that exercises every code path."""
+  """Shrink an experiment to a seconds-long run that exercises every code path (a
+  piecewise schedule's decay epochs shrink with it, in proportion)."""
+  if c.optimizer.get("decay_epochs"):
+    c.optimizer.decay_epochs = tuple(e / c.num_epochs for e in c.optimizer.decay_epochs)
   c.num_epochs = 1
   c.dataset.max_train_examples = 512
   c.dataset.max_eval_examples = 300

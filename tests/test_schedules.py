@@ -83,3 +83,20 @@ def test_every_schedule_builds_from_the_base_config():
     assert rates(optimizer(schedule=name), (0,))[0] >= 0
   assert rates(optimizer(schedule="exponential", decay_rate=0.5), (0, 10, 20)) == \
       pytest.approx([0.1, 0.05, 0.025])
+
+
+def test_every_experiment_and_its_smoke_variant_builds_its_schedule():
+  """cifar10_resnet20 decays at epochs (91, 136) of 182: its 1-epoch smoke run must shrink
+  them with the run (before: silently never applied; with the range check: refused)."""
+  import os
+  import runpy
+  root = os.path.join(os.path.dirname(__file__), "..", "experiments")
+  for name in sorted(f for f in os.listdir(root) if f.endswith(".py")):
+    get_config = runpy.run_path(os.path.join(root, name))["get_config"]
+    for arg in (None, "smoke"):
+      c = get_config(arg)
+      optim.make_schedule(c.optimizer, 10, c.num_epochs)
+  smoke = runpy.run_path(os.path.join(root, "cifar10_resnet20.py"))["get_config"]("smoke")
+  assert smoke.optimizer.decay_epochs == pytest.approx((0.5, 136 / 182))
+  assert rates(smoke.optimizer, (4, 5, 6, 7), epochs=1) == pytest.approx(
+      [0.1, 0.01, 0.01, 0.001])
