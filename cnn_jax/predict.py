@@ -3,7 +3,9 @@
 An image is brought to the shape its data set stores (28x28x1 for MNIST, whatever the
 model's input size) and then goes through the same preprocessing as in training
 (`augment.preprocess_from_config`), so that e.g. a LeNet trained on digits zero-padded
-28 -> 32 is shown padded digits, not digits stretched to 32x32.
+28 -> 32 is shown padded digits, not digits stretched to 32x32. The forward pass is
+evaluation's own (`training.steps.eval_logits`, with the run's `eval_flip` and matmul
+precision): a run's predicted probabilities are the ones its evaluation scored.
 """
 from __future__ import annotations
 
