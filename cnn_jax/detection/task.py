@@ -126,7 +126,7 @@ def build_model(config: ConfigDict, num_classes: int, axis_name: Optional[str] =
   `dtype` (the head's outputs, and so the loss, are float32)."""
   return YOLOv2Head(backbone=zoo_backbone(config, axis_name, "detection", dtype),
                     anchors=anchors_of(config), num_classes=num_classes,
-                    hidden=int(config.detection.hidden), dtype=dtype)
+                    hidden=int(config.detection.hidden), axis_name=axis_name, dtype=dtype)
 
 
 def loss_fn(config: ConfigDict):

@@ -13,7 +13,7 @@ corners too. NMS lives elsewhere; `decode_yolo_v2` only flattens and scores.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -62,6 +62,7 @@ class YOLOv2Head(nn.Module):
   hidden: int = 256
   frozen_backbone: bool = False
   obj_prior: float = 0.01
+  axis_name: Optional[str] = None  # pmap axis: the hidden layer's BN moments over the global batch
   dtype: Any = jnp.float32  # its own layers' computation dtype; the outputs are float32
 
   @nn.compact
@@ -73,7 +74,7 @@ class YOLOv2Head(nn.Module):
     if self.hidden:
       f = layers.Conv2D(self.hidden, 3, padding=1, use_bias=False, dtype=self.dtype,
                         name="conv")(f)
-      f = nn.leaky_relu(layers.batch_norm(train, dtype=self.dtype, name="bn")(f), 0.1)
+      f = nn.leaky_relu(layers.batch_norm(train, self.axis_name, dtype=self.dtype, name="bn")(f), 0.1)
     obj_bias = math.log(self.obj_prior / (1.0 - self.obj_prior))
 
     def bias_init(key, shape, dtype=jnp.float32):

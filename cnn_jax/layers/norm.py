@@ -74,14 +74,19 @@ class Dropout(nn.Module):
 
 
 def batch_norm(train: bool, axis_name: Optional[str] = None, epsilon: float = 1e-5,
-               name: Optional[str] = None, **kwargs: Any) -> nn.BatchNorm:
-  """The zoo's batch norm: batch statistics when training, running averages otherwise.
+               name: Optional[str] = None, momentum: float = 0.9, **kwargs: Any) -> nn.BatchNorm:
+  """The zoo's batch norm, the one place a model builds one: batch statistics when
+  training, running averages otherwise.
 
-  Running averages move as torch's (momentum 0.1, i.e. flax's 0.9); under pmap the batch
-  statistics are averaged over `axis_name`, so every device normalizes the same way.
+  Running averages move as torch's (momentum 0.1, i.e. flax's 0.9, unless `momentum`
+  says otherwise); under pmap the batch statistics are averaged over `axis_name`, so every
+  device normalizes by the moments of the global batch, as one device would. A model with
+  batch norm therefore takes an `axis_name` field and passes it here: under
+  parallel="pmap" `training.setup.build_model` refuses one whose batch norm has none.
   """
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=epsilon,
+  return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=epsilon,
                       axis_name=axis_name, name=name, **kwargs)
 
 
-BatchNorm = nn.BatchNorm  # flax's, for models that configure it themselves
+# flax's class, for isinstance checks (training.setup's pmap check); build with batch_norm.
+BatchNorm = nn.BatchNorm

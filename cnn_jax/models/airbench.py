@@ -37,8 +37,8 @@ class ConvGroup(nn.Module):
         x = layers.MaxPool(2, name="pool")(x)
       # airbench's BN momentum 0.6 (torch convention) = flax 0.4: the short runs need
       # running statistics that follow the weights closely.
-      x = nn.BatchNorm(use_running_average=not train, momentum=1 - self.bn_momentum,
-                       epsilon=1e-12, axis_name=self.axis_name, dtype=dt, name=f"bn{i}")(x)
+      x = layers.batch_norm(train, self.axis_name, epsilon=1e-12, momentum=1 - self.bn_momentum,
+                            dtype=dt, name=f"bn{i}")(x)
       x = nn.gelu(x, approximate=False)
     return x
 

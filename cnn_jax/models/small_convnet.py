@@ -1,7 +1,7 @@
 """Small Keras-style convnet: Conv 32/64/128 3x3 relu with two 2x2 max pools."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -19,6 +19,7 @@ class SmallConvNet(nn.Module):
   num_classes: int = 10
   widths: tuple[int, int, int] = (32, 64, 128)
   batch_norm: bool = False
+  axis_name: Optional[str] = None  # pmap axis: batch-norm moments over the global batch
   dtype: Any = jnp.float32  # computation dtype (bfloat16: mixed precision); params stay float32
 
   @nn.compact
@@ -29,8 +30,7 @@ class SmallConvNet(nn.Module):
       x = layers.Conv2D(self.widths[i], 3, use_bias=not self.batch_norm, dtype=dt,
                         name=f"conv{i + 1}")(x)
       if self.batch_norm:
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=dt,
-                         name=f"bn{i + 1}")(x)
+        x = layers.batch_norm(train, self.axis_name, dtype=dt, name=f"bn{i + 1}")(x)
       return nn.relu(x)
 
     x = layers.MaxPool(2, name="pool1")(conv(x, 0))  # 26x26x32 -> 13x13x32

@@ -11,12 +11,13 @@ import functools
 import os
 from typing import Any, Callable, Optional
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from ml_collections import ConfigDict
 
 from cnn_jax import config as config_lib
-from cnn_jax import models, parallel
+from cnn_jax import layers, models, parallel
 from cnn_jax.data import augment, input_pipeline, sources
 from cnn_jax.training import optim, steps
 from cnn_jax.training.train_state import create_train_state
@@ -46,26 +47,69 @@ class Setup:
     return {**input_pipeline.reader_options(self.config.dataset), "max_objects": self.max_objects}
 
 
-def build_model(config: ConfigDict, num_classes: int) -> Any:
+def build_model(config: ConfigDict, num_classes: int,
+                input_shape: Optional[tuple[int, int, int]] = None) -> Any:
   """The registered model with num_classes, config.dtype and, under pmap, cross-device
-  batch norm.
+  batch norm (refused, before anything compiles, where a batch norm would not get it).
 
   task="detection": the registered model is the backbone of a YOLO v2 detector.
   config.dtype="bfloat16" computes in bfloat16 with float32 parameters (mixed precision);
-  runs saved before the key existed are float32.
+  runs saved before the key existed are float32. input_shape (H, W, C), for the pmap
+  check: default config.model_input_shape or the registry's shape.
   """
   task = config.get("task", "classification")
   dtype = models.compute_dtype(config.get("dtype", "float32"))
+  pmap = config.parallel == "pmap"
   if task != "classification":
-    axis = parallel.PMAP_AXIS if config.parallel == "pmap" else None
-    return task_module(config).build_model(config, num_classes, axis, dtype)
-  kwargs = dict(config.model_kwargs.to_dict() if config.model_kwargs else {})
-  kwargs.setdefault("num_classes", num_classes)
-  if dtype != jnp.float32:  # float32 is every model's default
-    kwargs.setdefault("dtype", dtype)
-  if config.parallel == "pmap" and "axis_name" in models.constructor_args(config.model):
-    kwargs.setdefault("axis_name", parallel.PMAP_AXIS)  # cross-device batch norm
-  return models.get_model(config.model, **kwargs)
+    model = task_module(config).build_model(config, num_classes,
+                                            parallel.PMAP_AXIS if pmap else None, dtype)
+  else:
+    kwargs = dict(config.model_kwargs.to_dict() if config.model_kwargs else {})
+    kwargs.setdefault("num_classes", num_classes)
+    if dtype != jnp.float32:  # float32 is every model's default
+      kwargs.setdefault("dtype", dtype)
+    if pmap and "axis_name" in models.constructor_args(config.model):
+      kwargs.setdefault("axis_name", parallel.PMAP_AXIS)  # cross-device batch norm
+    model = models.get_model(config.model, **kwargs)
+  if pmap:
+    check_cross_device_batch_norm(config, model, tuple(
+        input_shape or config.model_input_shape or models.input_shape(config.model)))
+  return model
+
+
+def unsynchronised_batch_norms(model: Any, input_shape: tuple[int, int, int]) -> list[str]:
+  """Paths of the model's batch norms that have no axis_name: under pmap each would
+  normalize a device's slice of the batch by the slice's own moments, silently another
+  function than one device (or "sharded") computes. Traced, never computed."""
+  found: list[str] = []
+
+  def spy(next_fn, args, kwargs, context):
+    m = context.module
+    if isinstance(m, layers.BatchNorm) and context.method_name == "__call__" and not m.axis_name:
+      found.append("/".join(m.path))
+    return next_fn(*args, **kwargs)
+
+  with nn.intercept_methods(spy):
+    models.abstract_variables(model, input_shape)
+  return sorted(set(found))
+
+
+def check_cross_device_batch_norm(config: ConfigDict, model: Any,
+                                  input_shape: tuple[int, int, int]) -> None:
+  """parallel="pmap": refuse a model whose batch norm would be per device (one line)."""
+  unsynced = unsynchronised_batch_norms(model, input_shape)
+  if not unsynced:
+    return
+  where = f"batch norm {', '.join(unsynced[:3])}{' ...' if len(unsynced) > 3 else ''}"
+  if "axis_name" not in models.constructor_args(config.model):
+    raise ValueError(
+        f"model {config.model!r} has batch norm but no axis_name field, so under "
+        "parallel='pmap' each device would normalize by its own slice's moments: give it an "
+        "axis_name field passed to layers.batch_norm, or use --config.parallel=sharded")
+  raise ValueError(
+      f"model {config.model!r}: {where} ignores axis_name, so under parallel='pmap' each "
+      "device would normalize by its own slice's moments: pass the module's axis_name to "
+      "layers.batch_norm, or use --config.parallel=sharded")
 
 
 def max_objects_of(config: ConfigDict) -> Optional[int]:
@@ -220,7 +264,7 @@ def setup(config: ConfigDict, train_data: Optional[Any] = None, val_data: Option
   # number of steps, or a collective would wait forever for the one that stopped.
   spe = (parallel.agree(input_pipeline.steps_per_epoch(len(train_data), per_process_batch), min)
          if train_data is not None else 1)
-  model = build_model(config, num_classes)
+  model = build_model(config, num_classes, input_shape)
   frozen = tuple(config.freeze or ())
   params = models.abstract_variables(model, input_shape)["params"] if frozen else None
   tx, learning_rate = optim.make_optimizer(config.optimizer, spe, config.num_epochs,

@@ -1,0 +1,203 @@
+"""Cross-device batch norm: under parallel="pmap" every batch-norm model trains as under
+"sharded" (jit over a Mesh, where XLA computes the moments over the global batch).
+
+A batch norm without `axis_name` normalizes each device's slice of the batch by that
+slice's own moments under pmap: a different function of the batch, silently (small_convnet
+with batch_norm=True was 1.2e-1 apart after 4 steps, the YOLO v2 head 3.4e-2).
+
+The models are discovered from the registry: every registered name whose variables have
+`batch_stats` (with the constructor switches that add batch-norm layers turned on:
+`batch_norm=True`, `aux_logits=True`), so a new model is covered without editing this file.
+Deeper members of a family share all their code with its shallowest member (the same
+classes, only the depth keys differ), so they are represented by it: resnet34 by resnet18
+(BasicBlock), resnet101 / resnet152 / resnet50_keras (stride and conv bias placement only)
+by resnet50 (Bottleneck), resnet32..110 by resnet20, vgg11..19(_bn) by vgg11_bn; each run
+model is itself shrunk to its fewest blocks and narrowest widths (SHRINK). The first test
+asserts that every other batch-norm name is run.
+"""
+import functools
+import json
+import os
+import subprocess
+import sys
+
+from typing import Optional
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cnn_jax import config as config_lib
+from cnn_jax import layers, models
+from cnn_jax.training import setup as setup_lib
+
+WORKER = os.path.join(os.path.dirname(__file__), "bn_sync_worker.py")
+
+# Constructor fields that add batch-norm layers when on.
+BN_SWITCHES = {"batch_norm": True, "aux_logits": True}
+# Constructor keywords that set only a family member's depth or widths.
+SIZE_KEYS = {"stage_sizes", "depth", "blocks", "stages", "widths", "stem_width", "avgpool_size"}
+# Keywords that change a convolution's stride or bias, or batch norm's epsilon: not how batch
+# norm is built or synchronised (resnet50_keras is resnet50 with these).
+NOT_BN_CODE = {"stride_on_3x3", "conv_bias", "bn_epsilon"}
+REPRESENTED_BY = {
+    "resnet34": "resnet18", "resnet101": "resnet50", "resnet152": "resnet50",
+    "resnet50_keras": "resnet50",
+    **{f"resnet{d}": "resnet20" for d in (32, 44, 56, 110)},
+    **{f"vgg{d}{bn}": "vgg11_bn" for d in (11, 13, 16, 19) for bn in ("", "_bn")
+       if f"vgg{d}{bn}" != "vgg11_bn"},
+}
+# Each run model at its smallest depth and width: the same classes and batch-norm code,
+# compiled in a fraction of the time (compiling dominates: 2 modes x init + step each).
+SHRINK = {
+    "airbench": {"widths": [16, 16, 16], "stem_width": 8},
+    "darknet19": {"stages": [[[16, 3]], [[32, 3], [16, 1], [32, 3]]]},
+    "resnet18": {"stage_sizes": [1, 1, 1, 1]},
+    "resnet50": {"stage_sizes": [1, 1, 1, 1]},
+    "resnet20": {"depth": 8},
+    "vgg11_bn": {"blocks": [[16], [16, 16]], "avgpool_size": 1},
+}
+
+
+def factory_of(name: str) -> tuple[type, dict]:
+  """The class a registered name builds and the keywords its registration binds."""
+  f, kw = models.get_spec(name).factory, {}
+  while isinstance(f, functools.partial):
+    kw = {**f.keywords, **kw}
+    f = f.func
+  return f, kw
+
+
+def variables_and_shape(name: str, **kwargs) -> tuple[dict, tuple[int, int, int]]:
+  """The abstract variables for the smallest input the test feeds: 32x32 (or less) where
+  the network accepts it, else the registered shape (AlexNet's pools need 227 / 224)."""
+  model = models.get_model(name, num_classes=3, **kwargs)
+  h, w, c = models.input_shape(name)
+  small = (min(h, 32), min(w, 32), c)
+  try:
+    return models.abstract_variables(model, small), small
+  except ValueError:
+    return models.abstract_variables(model, (h, w, c)), (h, w, c)
+
+
+def bn_cases() -> dict[str, dict]:
+  """Every registered name with batch norm -> the case that runs it (its own or its
+  representative's): {"name", "kwargs", "shape"}. A represented name is not traced (the
+  deep ResNets take seconds): its family's code is its representative's, checked by
+  test_every_batch_norm_name_is_run_or_represented_by_its_family."""
+  cases, names = {}, models.names()
+  for name in (n for n in names if n not in REPRESENTED_BY):
+    kwargs = {k: v for k, v in BN_SWITCHES.items() if k in models.constructor_args(name)}
+    kwargs.update(SHRINK.get(name, {}))
+    variables, shape = variables_and_shape(name, **kwargs)
+    if "batch_stats" in variables:
+      cases[name] = {"name": name, "kwargs": kwargs, "shape": list(shape)}
+  for name in (n for n in names if n in REPRESENTED_BY):
+    cases[name] = cases[REPRESENTED_BY[name]]  # KeyError: a representative without BN
+  return cases
+
+
+def test_every_batch_norm_name_is_run_or_represented_by_its_family():
+  cases = bn_cases()
+  assert {"small_convnet", "tiny_cnn", "resnet18", "resnet50", "airbench"} <= set(cases)
+  for name, case in cases.items():
+    if case["name"] == name:
+      continue
+    (cls, kw), (rep_cls, rep_kw) = factory_of(name), factory_of(case["name"])
+    assert cls is rep_cls, (name, case["name"])
+    drop = lambda d: {k: v for k, v in d.items() if k not in SIZE_KEYS | NOT_BN_CODE
+                      | set(BN_SWITCHES)}
+    assert drop(kw) == drop(rep_kw), f"{name} differs from {case['name']} in more than size"
+
+
+def test_pmap_equals_sharded_for_every_batch_norm_model(tmp_path):
+  """2 SGD steps of batch 8 on 2 simulated devices, every parameter and batch statistic
+  compared leaf by leaf (tolerance: bn_sync_worker.RTOL / ATOL, float32 summation order)."""
+  runs = {json.dumps(c, sort_keys=True): c for c in bn_cases().values()}
+  out = tmp_path / "bn_sync.json"
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  p = subprocess.run([sys.executable, WORKER, str(out), *runs], capture_output=True, text=True,
+                     env=env, timeout=600)
+  assert p.returncode == 0, p.stderr[-3000:]
+  results = json.loads(out.read_text())
+  for r in results:
+    print(f"{r['name']} {r['kwargs']}: max |pmap - sharded| {r['max_abs_diff']:.2e} "
+          f"({r['worst_leaf']})")
+  assert len(results) == len(runs)
+  failed = [r["error"] for r in results if r["error"]]
+  assert not failed, "\n".join(failed)
+  assert all(np.isfinite(r["max_abs_diff"]) for r in results)
+
+
+class _NoAxisBN(nn.Module):
+  """A batch-norm model without an axis_name field: per-device moments under pmap."""
+  num_classes: int = 3
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = layers.batch_norm(train, name="bn")(layers.Conv2D(4, 3, name="conv")(x))
+    return nn.Dense(self.num_classes, name="head")(jnp.mean(x, axis=(1, 2)))
+
+
+class _IgnoresAxisBN(_NoAxisBN):
+  """Takes axis_name but does not pass it to its batch norm (the YOLO v2 head's defect)."""
+  axis_name: Optional[str] = None
+
+
+class _NoAxisNoBN(nn.Module):
+  """No batch norm: pmap needs no axis_name."""
+  num_classes: int = 3
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    return nn.Dense(self.num_classes, name="head")(x.reshape((x.shape[0], -1)))
+
+
+@pytest.fixture
+def test_models():
+  """Registered for one test only: the zoo-wide tests must not see them."""
+  made = {"test_bn_no_axis": _NoAxisBN, "test_bn_ignores_axis": _IgnoresAxisBN,
+          "test_no_bn_no_axis": _NoAxisNoBN}
+  for name, cls in made.items():
+    models.register(name, (8, 8, 1))(cls)
+  yield
+  for name in made:
+    models._REGISTRY.pop(name)
+
+
+def pmap_config(model: str):
+  c = config_lib.base_config()
+  c.model, c.parallel = model, "pmap"
+  return c
+
+
+def test_pmap_refuses_batch_norm_without_axis_name(test_models):
+  with pytest.raises(ValueError) as e:
+    setup_lib.build_model(pmap_config("test_bn_no_axis"), 3)
+  assert str(e.value) == (
+      "model 'test_bn_no_axis' has batch norm but no axis_name field, so under "
+      "parallel='pmap' each device would normalize by its own slice's moments: give it an "
+      "axis_name field passed to layers.batch_norm, or use --config.parallel=sharded")
+  with pytest.raises(ValueError, match=r"^model 'test_bn_ignores_axis': batch norm bn ignores "
+                     r"axis_name, .*pass the module's axis_name to layers.batch_norm"):
+    setup_lib.build_model(pmap_config("test_bn_ignores_axis"), 3)
+  # Nothing to synchronise, or not pmap: built as before.
+  assert setup_lib.build_model(pmap_config("test_no_bn_no_axis"), 3).num_classes == 3
+  sharded = pmap_config("test_bn_no_axis")
+  sharded.parallel = "sharded"
+  assert setup_lib.build_model(sharded, 3).num_classes == 3
+
+
+def test_pmap_detector_and_localizer_synchronise_every_batch_norm():
+  """The YOLO v2 head's hidden conv + BN (detection.hidden > 0, the default) had no
+  axis_name; its backbone's BN did. Built under pmap, no batch norm is left per device."""
+  c = pmap_config("tiny_cnn")
+  c.model_input_shape = (32, 32, 3)
+  c.task, c.detection.anchors = "detection", ((0.2, 0.3),)
+  assert c.detection.hidden > 0
+  det = setup_lib.build_model(c, 2)
+  assert setup_lib.unsynchronised_batch_norms(det.clone(axis_name=None), (32, 32, 3)) == ["bn"]
+  assert setup_lib.unsynchronised_batch_norms(det, (32, 32, 3)) == []
+  c.task = "localization"
+  assert setup_lib.unsynchronised_batch_norms(setup_lib.build_model(c, 2), (32, 32, 3)) == []
