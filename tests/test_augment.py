@@ -8,7 +8,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-import torch
 from ml_collections import ConfigDict
 
 from cnn_jax import config as config_lib
@@ -17,11 +16,19 @@ from cnn_jax.training import losses, steps
 from cnn_jax.training.train_state import create_train_state
 from helpers import random_split, tiny_config
 
-try:  # torchvision does not load beside the CPU torch the project installs: then a copy
-  import torchvision.transforms.functional as TF
-except Exception:  # noqa: BLE001
-  sys.path.insert(0, os.path.dirname(__file__))
-  import torchvision_color_reference as TF
+
+def torchvision_functional():
+  """torchvision.transforms.functional, or its copy; skips the test without torch.
+
+  Imported here, not at module level, so that without torch only the tests that compare
+  with torchvision skip, not the whole file."""
+  pytest.importorskip("torch")
+  try:  # torchvision does not load beside the CPU torch the project installs: then a copy
+    import torchvision.transforms.functional as TF
+  except Exception:  # noqa: BLE001
+    sys.path.insert(0, os.path.dirname(__file__))
+    import torchvision_color_reference as TF
+  return TF
 
 ALL_IMAGE_OPS = ("pad_crop(3)|flip_lr|flip_ud(0.3)|translate(2, max_dy=1)|rotate(20)|"
                  "scale(0.8, 1.2)|color(0.4, 0.4, 0.4, 0.1)|brightness(0.2)|contrast(0.8, 1.2)|"
@@ -63,6 +70,25 @@ def test_pad_crop_and_flip_lr_draw_what_crop_padding_and_flip_drew():
   np.testing.assert_array_equal(new, x)
   old = ConfigDict({"crop_padding": 2, "flip": True})  # saved configs of older runs
   assert augment.augment_spec(ConfigDict({"augment": old})) == "pad_crop(2)|flip_lr"
+
+
+@pytest.mark.parametrize("padding,h,w", [(1, 4, 5), (2, 5, 3)])
+def test_pad_crop_reaches_exactly_every_shift_of_the_padded_image(padding, h, w):
+  """pad_crop(p) draws each of the (2p+1)^2 windows of the zero-padded image, nothing else.
+
+  The reference windows are cut from a numpy pad, not from `random_crop`: an offset range
+  one short (never the last shift) or one-sided padding fails here."""
+  img = (np.arange(h * w * 2, dtype=np.float32).reshape(h, w, 2) + 1.0) / (h * w * 2)
+  padded = np.pad(img, ((padding, padding), (padding, padding), (0, 0)))
+  want = {padded[dy:dy + h, dx:dx + w].tobytes()
+          for dy in range(2 * padding + 1) for dx in range(2 * padding + 1)}
+  assert len(want) == (2 * padding + 1) ** 2  # distinct pixel values: distinct windows
+  op = jax.jit(augment.parse(f"pad_crop({padding})")[0].fn)
+  x = np.tile(img, (256, 1, 1, 1))  # every image draws its own offset
+  got = set()
+  for seed in range(4):
+    got |= {o.tobytes() for o in np.asarray(op(x, jax.random.key(seed)))}
+  assert got == want
 
 
 def test_flips():
@@ -142,6 +168,8 @@ def test_color_adjustments_match_torchvision(name, factors):
   brightness and saturation are the same float32 arithmetic (measured: identical);
   contrast sums the mean in another order (measured <= 1.2e-7); hue converts to HSV and
   back by other, equivalent formulas (pix's vs PIL's, measured <= 8e-7)."""
+  torch = pytest.importorskip("torch")
+  TF = torchvision_functional()
   atol = 2e-6 if name == "hue" else 1e-6
   for c in ((3, 1) if name in ("brightness", "contrast") else (3,)):
     img = rand_images(1, 11, 13, c, seed=c)[0]
