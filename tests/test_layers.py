@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import lax
 from scipy import signal
 
 from cnn_jax import layers
@@ -76,6 +77,53 @@ def test_avg_pool_padding_excludes_zeros():
   assert float(out_incl[0, 0, 0, 0]) == pytest.approx(4 / 9)
 
 
+def _torch_nchw(x):
+  torch = pytest.importorskip("torch")
+  return torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))
+
+
+@pytest.mark.parametrize("size,k,s,p,drops", [(5, 2, 2, 1, True), (4, 2, 3, 1, True),
+                                              (6, 2, 3, 0, True), (8, 3, 3, 1, True),
+                                              (7, 3, 2, 1, False)])
+def test_ceil_mode_pools_drop_a_last_window_that_starts_in_the_padding(size, k, s, p, drops):
+  """MaxPool / AvgPool over `ceil_mode_padding` equal torch's ceil_mode=True pools. The
+  first four cases are those where rounding up would add a window starting in the right
+  padding, which torch drops (its rule: every window starts inside the input or the left
+  padding); the last one keeps its rounded-up window."""
+  torch = pytest.importorskip("torch")
+  F = torch.nn.functional
+  x = np.random.RandomState(size * 10 + k).randn(2, size, size, 3).astype(np.float32)
+  pads = [layers.ceil_mode_padding(size, k, s, p)] * 2
+  rounded_up = -(-(size + 2 * p - k) // s) + 1
+  last_start = (rounded_up - 1) * s  # in padded coordinates; the input ends at size + p
+  assert (last_start >= size + p) == drops
+  want_out = rounded_up - drops
+  ours = layers.MaxPool(k, s, padding=pads).apply({}, jnp.asarray(x))
+  ref = F.max_pool2d(_torch_nchw(x), k, s, p, ceil_mode=True).permute(0, 2, 3, 1).numpy()
+  assert ours.shape[1:3] == (want_out, want_out)
+  np.testing.assert_array_equal(ours, ref)
+  # Average: torch's count_include_pad=False divides by the pixels inside the input.
+  ours = layers.AvgPool(k, s, padding=pads).apply({}, jnp.asarray(x))
+  ref = F.avg_pool2d(_torch_nchw(x), k, s, p, ceil_mode=True,
+                     count_include_pad=False).permute(0, 2, 3, 1).numpy()
+  np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("count_include_pad", [False, True])
+def test_avg_pool_padding_matches_torch(count_include_pad):
+  """AvgPool(padding=p, count_include_pad) equals torch's avg_pool2d with the same flag:
+  True divides every window by k*k, padded zeros included; False by the input pixels."""
+  torch = pytest.importorskip("torch")
+  x = np.random.RandomState(3).randn(2, 7, 6, 3).astype(np.float32)
+  for k, s, p in [(3, 2, 1), (3, 1, 1), (4, 3, 2)]:
+    ours = layers.AvgPool(k, s, padding=p, count_include_pad=count_include_pad).apply(
+        {}, jnp.asarray(x))
+    ref = torch.nn.functional.avg_pool2d(_torch_nchw(x), k, s, p,
+                                         count_include_pad=count_include_pad)
+    np.testing.assert_allclose(ours, ref.permute(0, 2, 3, 1).numpy(), rtol=1e-6, atol=1e-6,
+                               err_msg=f"k={k} s={s} p={p}")
+
+
 @pytest.mark.parametrize("W,K,P,S,D,expected", [
     (32, 5, 0, 1, 1, 28), (7, 3, 1, 3, 1, 3), (227, 11, 0, 4, 1, 55),
     (28, 3, 0, 1, 2, 24), (5, 3, 1, 2, 1, 3),
@@ -124,6 +172,22 @@ def reference_conv(x, k, stride, pad, dilation, groups):
   return np.stack(outs)
 
 
+def expected_pads(padding, input_hw, kernel, stride, dilation):
+  """(low, high) pads written out here, not taken from `layers.resolve_padding` (the code
+  under test). SAME as TensorFlow: output ceil(W / S), an odd total's extra pixel at the end."""
+  eff = [dilation * (k - 1) + 1 for k in kernel]
+  if padding == "VALID":
+    return [(0, 0), (0, 0)]
+  if padding == "FULL":
+    return [(e - 1, e - 1) for e in eff]
+  if padding == "SAME":
+    totals = [max((-(-w // stride) - 1) * stride + e - w, 0) for w, e in zip(input_hw, eff)]
+    return [(t // 2, t - t // 2) for t in totals]
+  if isinstance(padding, int):
+    return [(padding, padding)] * 2
+  return [tuple(p) for p in padding]
+
+
 @pytest.mark.parametrize("padding,stride,dilation,groups", [
     (p, s, d, g) for p in ["VALID", "SAME", "FULL", 2, ((1, 0), (0, 2))]
     for s in [1, 2] for d in [1, 2] for g in [1, 2]])
@@ -136,10 +200,36 @@ def test_conv_parity_with_scipy(padding, stride, dilation, groups):
   y = np.asarray(m.apply(params, jnp.asarray(x)))
   k = np.asarray(params["params"]["kernel"], np.float64)
   b = np.asarray(params["params"]["bias"])
-  pads = layers.resolve_padding(padding, x.shape[1:3], (3, 2), (stride, stride), (dilation, dilation))
+  pads = expected_pads(padding, x.shape[1:3], (3, 2), stride, dilation)
   ref = reference_conv(x.astype(np.float64), k, stride, pads, dilation, groups) + b
   assert y.shape == ref.shape
   np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_same_padding_matches_lax_same():
+  """Conv2D(padding="SAME") equals XLA's own SAME (`lax.conv_general_dilated(...,
+  "SAME")`), an independent reference, over kernels 2-5, strides 1 and 2, dilations 1 and
+  2, odd and even inputs; many of these have an odd pad total, whose extra pixel goes at
+  the end (bottom / right), as in TensorFlow."""
+  rng = np.random.RandomState(0)
+  x = jnp.asarray(rng.randn(1, 7, 8, 2), jnp.float32)  # odd height, even width
+  odd_totals = 0
+  for k, s, d in itertools.product([2, 3, 4, 5], [1, 2], [1, 2]):
+    kernel = jnp.asarray(rng.randn(k, k, 2, 3), jnp.float32)
+    m = layers.Conv2D(3, k, strides=s, padding="SAME", dilation=d, use_bias=False)
+    got = m.apply({"params": {"kernel": kernel}}, x)
+    want = lax.conv_general_dilated(x, kernel, (s, s), "SAME", rhs_dilation=(d, d),
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                    precision=lax.Precision.HIGHEST)
+    assert got.shape == want.shape, (k, s, d)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=f"k={k} s={s} d={d}")
+    odd_totals += sum(t % 2 for t in (sum(p) for p in layers.resolve_padding(
+        "SAME", (7, 8), (k, k), (s, s), (d, d))))
+  assert odd_totals >= 8  # the cases where a low / high swap shows
+  # Hand-worked: a 2-wide kernel at stride 1 pads one pixel, after the input.
+  assert layers.resolve_padding("SAME", (7, 8), (2, 2), (1, 1), (1, 1)) == [(0, 1), (0, 1)]
+  # 4-wide at stride 2 on 7 pixels: ceil(7/2) = 4 outputs need 3*2 + 4 - 7 = 3 pads: (1, 2).
+  assert layers.resolve_padding("SAME", (7,), (4,), (2,), (1,)) == [(1, 2)]
 
 
 def test_full_and_same_padding_sizes():

@@ -157,7 +157,9 @@ def ceil_mode_padding(size: int, window: int, stride: int, pad: int = 0) -> tupl
   """(low, high) padding that makes a VALID pool behave like torch's ceil_mode=True.
 
   torch drops a last window that would start in the right padding, so the output is
-  ceil((size + 2*pad - window) / stride) + 1, minus one in that case.
+  ceil((size + 2*pad - window) / stride) + 1, minus one in that case. Max pools and
+  AvgPool(count_include_pad=False) then give torch's numbers; AvgPool(count_include_pad=True)
+  does not where the high side pads past `pad` (torch leaves that extra out of the divisor).
   """
   out = math.ceil((size + 2 * pad - window) / stride) + 1
   if (out - 1) * stride >= size + pad:
