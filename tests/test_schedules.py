@@ -100,3 +100,24 @@ def test_every_experiment_and_its_smoke_variant_builds_its_schedule():
   assert smoke.optimizer.decay_epochs == pytest.approx((0.5, 136 / 182))
   assert rates(smoke.optimizer, (4, 5, 6, 7), epochs=1) == pytest.approx(
       [0.1, 0.01, 0.01, 0.001])
+
+
+def test_exponential_and_constant_with_warmup_by_value():
+  """Hand-computed rates (test_training.py::test_schedules_by_value has neither schedule).
+
+  exponential: lr * decay_rate ** (step / steps_per_epoch), smooth, not a staircase;
+  constant with warmup: lr * step / warmup_steps over the warmup, then lr."""
+  cfg = optimizer(schedule="exponential", decay_rate=0.5)
+  assert rates(cfg, (0, 5, 10, 15, 25, 79)) == pytest.approx(
+      [0.1, 0.1 * 0.5 ** 0.5, 0.05, 0.05 * 0.5 ** 0.5, 0.025 * 0.5 ** 0.5,
+       0.1 * 0.5 ** 7.9], rel=1e-6)
+  assert rates(optimizer(schedule="exponential", decay_rate=0.9), (4,), spe=4) == \
+      pytest.approx([0.09], rel=1e-6)
+  # 1 warmup epoch of 10 steps: 0, 0.01, ..., 0.09, then 0.1 to the end.
+  cfg = optimizer(schedule="constant", warmup_epochs=1.0)
+  assert rates(cfg, (0, 1, 5, 9, 10, 11, 79)) == pytest.approx(
+      [0.0, 0.01, 0.05, 0.09, 0.1, 0.1, 0.1], rel=1e-6)
+  # Half an epoch of warmup is 5 steps: 0.02 per step.
+  cfg = optimizer(schedule="constant", warmup_epochs=0.5)
+  assert rates(cfg, (0, 2, 4, 5, 40)) == pytest.approx([0.0, 0.04, 0.08, 0.1, 0.1], rel=1e-6)
+  assert rates(optimizer(schedule="constant"), (0, 40, 79)) == pytest.approx([0.1] * 3)
