@@ -121,3 +121,12 @@ def test_exponential_and_constant_with_warmup_by_value():
   cfg = optimizer(schedule="constant", warmup_epochs=0.5)
   assert rates(cfg, (0, 2, 4, 5, 40)) == pytest.approx([0.0, 0.04, 0.08, 0.1, 0.1], rel=1e-6)
   assert rates(optimizer(schedule="constant"), (0, 40, 79)) == pytest.approx([0.1] * 3)
+
+
+def test_exponential_decays_by_the_rate_per_epoch_with_fractional_epochs():
+  """With gradient accumulation an epoch can be 2.5 updates: decay_rate applies per epoch,
+  not per round(2.5) = 2 updates (before: 25% too fast; with 1.5 updates per epoch, rounded
+  to 2, 25% too slow)."""
+  cfg = optimizer(schedule="exponential", decay_rate=0.5)
+  assert rates(cfg, (0, 5, 10), spe=2.5) == pytest.approx([0.1, 0.025, 0.00625], rel=1e-6)
+  assert rates(cfg, (3, 6), spe=1.5) == pytest.approx([0.025, 0.00625], rel=1e-6)

@@ -97,7 +97,8 @@ def make_schedule(cfg: ConfigDict, steps_per_epoch: float, num_epochs: int) -> o
     return optax.piecewise_constant_schedule(lr, boundaries)
   if name == "onecycle":
     return optax.cosine_onecycle_schedule(total, lr)
-  return optax.exponential_decay(lr, max(1, round(steps_per_epoch)), cfg.get("decay_rate", 0.95))
+  # decay_rate per epoch, even of a fractional number of updates (gradient accumulation)
+  return optax.exponential_decay(lr, steps_per_epoch, cfg.get("decay_rate", 0.95))
 
 
 def _decay_mask(params: Any) -> Any:
