@@ -1,6 +1,7 @@
 """Model selection on validation data, test reported apart; `cnn-jax eval` on a real split."""
 import json
 
+import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -8,7 +9,7 @@ import tensorflow_datasets as tfds
 from cnn_jax import checkpoint as ckpt_lib
 from cnn_jax import cli, config as config_lib
 from cnn_jax.data.split import Split
-from cnn_jax.training import trainer
+from cnn_jax.training import evaluation, setup as setup_lib, trainer
 from cnn_jax.training.metric_writers import read_metrics
 from helpers import random_split, tiny_config
 
@@ -34,6 +35,29 @@ def test_best_is_chosen_on_validation_and_test_reported_apart(tmp_path):
   _, meta, step = ckpt_lib.load_checkpoint(str(tmp_path), "best")
   assert step == best_step and meta["validation"]["accuracy"] == val_acc[best_step]
   assert "test" not in json.dumps(meta.get("validation", {}))
+
+
+def test_test_best_reports_the_best_checkpoints_own_metrics(tmp_path):
+  """test_best is an evaluation of the best-on-validation checkpoint on the test split:
+  here (best_metric="loss") that is epoch 2 of 3, so reporting the final state's metrics
+  under test_best, or another step's, fails."""
+  train, val, test = random_split(256), random_split(60, seed=1), random_split(50, seed=2)
+  noisy = np.random.RandomState(3).randint(0, 10, 30).astype(np.int32)
+  val = Split(val.images, np.concatenate([val.labels[:30], noisy]), 10)
+  cfg = tiny_config("mlp", num_epochs=3, best_metric="loss")
+  r = trainer.train_and_evaluate(cfg, str(tmp_path), train, val, test)
+  val_loss = {l["step"]: l["validation/loss"] for l in read_metrics(str(tmp_path))
+              if "validation/loss" in l}
+  best_step = min(val_loss, key=val_loss.get)
+  assert r["test_best"]["step"] == best_step != r["final_step"]
+  variables, _, step = ckpt_lib.load_checkpoint(str(tmp_path), "best")
+  assert step == best_step
+  s = setup_lib.setup(cfg, train, val, test)
+  state = evaluation.with_variables(s.compiled.init_state(jax.random.key(0)), variables)
+  want = evaluation.evaluate(s, state, test)
+  assert {k: v for k, v in r["test_best"].items() if k != "step"} == pytest.approx(want,
+                                                                                   rel=1e-6)
+  assert r["test_best"]["loss"] != pytest.approx(r["test"]["loss"], rel=1e-3)
 
 
 def test_best_loss_keeps_the_lowest_loss(tmp_path):
