@@ -166,6 +166,55 @@ def test_decode_round_trip():
   assert float(det["boxes"].min()) >= 0 and float(det["boxes"].max()) <= 1
 
 
+TALL_WIDE = ((0.2, 0.6), (0.6, 0.2))  # (w, h): a tall anchor and a wide one
+
+
+def test_non_square_anchors_encode_decode_by_hand():
+  """Anchors are (w, h) pairs: with a tall and a wide anchor, an (h, w) swap anywhere (in
+  encoding, decoding or both) changes a hand-worked number below. The other tests use
+  square anchors, and decode with the anchors they encoded with, so a swap survived them.
+  Grid 3 rows x 4 columns, so that a row / column swap shows too."""
+  # tall: centre (0.3, 0.5), w 0.2, h 0.5; wide: centre (0.7, 0.2), w 0.5, h 0.15
+  boxes = jnp.array([[[0.2, 0.25, 0.4, 0.75], [0.45, 0.125, 0.95, 0.275]]])
+  t = encode(boxes, jnp.array([[1, 2]], jnp.int32), jnp.array([[True, True]]), TALL_WIDE,
+             (3, 4))
+  # Shape IoUs: tall box vs tall anchor 0.1 / 0.12 = 0.83, vs wide 0.04 / 0.18 = 0.22;
+  # wide box vs wide anchor 0.075 / 0.12 = 0.625, vs tall 0.03 / 0.165 = 0.18.
+  want_has = np.zeros((1, 3, 4, 2))
+  want_has[0, 1, 1, 0] = 1   # tall: row floor(0.5 * 3) = 1, col floor(0.3 * 4) = 1, anchor 0
+  want_has[0, 0, 2, 1] = 1   # wide: row floor(0.2 * 3) = 0, col floor(0.7 * 4) = 2, anchor 1
+  np.testing.assert_array_equal(t["has_obj"], want_has)
+  np.testing.assert_allclose(t["xy"][0, 1, 1, 0], [0.2, 0.5], atol=1e-6)
+  np.testing.assert_allclose(t["twh"][0, 1, 1, 0], [np.log(0.2 / 0.2), np.log(0.5 / 0.6)],
+                             atol=1e-6)
+  np.testing.assert_allclose(t["xy"][0, 0, 2, 1], [0.8, 0.6], atol=1e-6)
+  np.testing.assert_allclose(t["twh"][0, 0, 2, 1], [np.log(0.5 / 0.6), np.log(0.15 / 0.2)],
+                             atol=1e-6)
+  # encode -> decode gives the boxes back.
+  pred = _pred_from_targets(t)
+  dec = np.asarray(decode_boxes(pred, TALL_WIDE))
+  np.testing.assert_allclose(dec[0, 1, 1, 0], boxes[0, 0], atol=1e-5)
+  np.testing.assert_allclose(dec[0, 0, 2, 1], boxes[0, 1], atol=1e-5)
+  det = decode(pred, TALL_WIDE)
+  # Flattened (row, col, anchor): tall at 1 * 8 + 1 * 2 + 0 = 10, wide at 0 + 2 * 2 + 1 = 5.
+  assert set(np.argsort(-np.asarray(det["scores"][0]))[:2].tolist()) == {5, 10}
+  np.testing.assert_allclose(np.asarray(det["boxes"][0])[[10, 5]], boxes[0], atol=1e-5)
+  # One cell by hand: row 1, col 2, the tall anchor, x 0.25, y 0.5, tw log 2, th log 0.5:
+  # cx = (2 + 0.25) / 4 = 0.5625, cy = (1 + 0.5) / 3 = 0.5, w = 0.2 * 2 = 0.4,
+  # h = 0.6 * 0.5 = 0.3 -> corners (0.3625, 0.35, 0.7625, 0.65).
+  xy = np.zeros((1, 3, 4, 2, 2), np.float32)
+  twh = np.zeros((1, 3, 4, 2, 2), np.float32)
+  xy[0, 1, 2, 0] = [0.25, 0.5]
+  twh[0, 1, 2, 0] = [np.log(2.0), np.log(0.5)]
+  one = {"xy": jnp.asarray(xy), "twh": jnp.asarray(twh),
+         "objectness": jnp.zeros((1, 3, 4, 2)), "class_logits": jnp.zeros((1, 3, 4, 2, 3))}
+  np.testing.assert_allclose(decode_boxes(one, TALL_WIDE)[0, 1, 2, 0],
+                             [0.3625, 0.35, 0.7625, 0.65], atol=1e-6)
+  # ... and the wide anchor of that cell, all zero: the cell's corner (0.5, 1/3), 0.6 x 0.2.
+  np.testing.assert_allclose(decode_boxes(one, TALL_WIDE)[0, 1, 2, 1],
+                             [0.2, 1 / 3 - 0.1, 0.8, 1 / 3 + 0.1], atol=1e-6)
+
+
 # ----------------------------------------------------------------------------- loss
 def test_loss_zero_coord_when_pred_equals_targets_and_empty_image_finite():
   boxes, _, valid, t = _example()
