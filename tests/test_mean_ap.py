@@ -310,12 +310,50 @@ def devkit_voc_eval(detections, ground_truth, cls, ovthresh=0.5, use_07_metric=F
   fp, tp = np.cumsum(fp), np.cumsum(tp)
   rec = tp / float(npos)
   prec = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
-  return mean_ap.voc_ap(rec, prec, use_07_metric)
+  return devkit_voc_ap(rec, prec, use_07_metric)
 
 
+def devkit_voc_ap(rec, prec, use_07_metric=False):
+  """py-faster-rcnn's voc_ap, verbatim: the port computes AP itself, not with
+  `mean_ap.voc_ap`, the function under test."""
+  if use_07_metric:
+    # 11 point metric
+    ap = 0.
+    for t in np.arange(0., 1.1, 0.1):
+      if np.sum(rec >= t) == 0:
+        p = 0
+      else:
+        p = np.max(prec[rec >= t])
+      ap = ap + p / 11.
+  else:
+    # correct AP calculation
+    # first append sentinel values at the end
+    mrec = np.concatenate(([0.], rec, [1.]))
+    mpre = np.concatenate(([0.], prec, [0.]))
+
+    # compute the precision envelope
+    for i in range(mpre.size - 1, 0, -1):
+      mpre[i - 1] = np.maximum(mpre[i - 1], mpre[i])
+
+    # to calculate area under PR curve, look for points
+    # where X axis (recall) changes value
+    i = np.where(mrec[1:] != mrec[:-1])[0]
+
+    # and sum (\Delta recall) * prec
+    ap = np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1])
+  return ap
+
+
+@pytest.mark.parametrize("full_recall", [False, True])
 @pytest.mark.parametrize("use_07_metric", [False, True])
-def test_voc_evaluate_matches_devkit_port(use_07_metric):
+def test_voc_evaluate_matches_devkit_port(use_07_metric, full_recall):
   detections, ground_truth = random_scene(4, difficult_fraction=0.2)
+  if full_recall:  # every box also detected exactly, at a random score: recall reaches 1
+    rng = np.random.default_rng(5)
+    detections = [det(np.concatenate([d["boxes"], g["boxes"]]),
+                      np.concatenate([d["scores"], rng.random(len(g["classes"]))]),
+                      np.concatenate([d["classes"], g["classes"]]))
+                  for d, g in zip(detections, ground_truth)]
   out = mean_ap.voc_evaluate(detections, ground_truth, 4, use_07_metric=use_07_metric)
   ref = [devkit_voc_eval(detections, ground_truth, c, use_07_metric=use_07_metric)
          for c in range(3)]
