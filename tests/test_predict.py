@@ -169,3 +169,37 @@ def test_a_tampered_or_other_task_run_is_one_line(flip_run, tmp_path, capsys, na
   err = capsys.readouterr().err
   assert message.format(step=step, workdir=workdir) in err
   assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_predict_applies_the_runs_host_eval_pp(tmp_path):
+  """A run with dataset.pp_eval='resize(36)|central_crop(28)' (zoom in by 36/28): predict
+  brings a 50x40 file through the same host ops, so its probabilities are the model's on
+  the image resized to 36x36 and centre-cropped, computed here with PIL and numpy.
+  Ignoring pp_eval (a plain resize to 28x28) gives other probabilities."""
+  cfg = tiny_config("mlp", num_epochs=1, **{"dataset.pp_eval": "resize(36)|central_crop(28)",
+                                            "dataset.mean": (0.2,), "dataset.std": (0.4,)})
+  workdir = str(tmp_path / "w")
+  trainer.train_and_evaluate(cfg, workdir, random_split(64), random_split(48, seed=2))
+  photo = np.random.RandomState(4).randint(0, 256, (40, 50), np.uint8)  # H 40, W 50
+  photo[12:20, 5:45] = 255
+  Image.fromarray(photo).save(tmp_path / "photo.png")
+
+  model, variables, _ = inference.load(workdir)
+
+  def model_probs(image_hw):
+    x = (image_hw[None, :, :, None].astype(np.float32) / 255.0 - 0.2) / 0.4
+    return np.asarray(jax.nn.softmax(model.apply(variables, jnp.asarray(x), train=False)))[0]
+
+  zoomed = np.asarray(Image.fromarray(photo).resize((36, 36), Image.BILINEAR))[4:32, 4:32]
+  want = model_probs(zoomed)
+  p = predict.from_workdir(workdir)
+  notes = []
+  top, _ = p.top_k(str(tmp_path / "photo.png"), k=10, notes=notes)
+  got = np.zeros(10)
+  for cls, prob in top:
+    got[cls] = prob
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+  assert notes == ["50x40 brought to 28x28 (the run's eval pp "
+                   "'resize(36)|central_crop(28)')"]
+  plain = model_probs(np.asarray(Image.fromarray(photo).resize((28, 28), Image.BILINEAR)))
+  assert np.abs(plain - want).max() > 1e-3  # the check can tell the two apart
