@@ -50,11 +50,13 @@ REPRESENTED_BY = {
 }
 # Each run model at its smallest depth and width: the same classes and batch-norm code,
 # compiled in a fraction of the time (compiling dominates: 2 modes x init + step each).
+# Too slow to compile for the default run: the slow test runs them.
+SLOW = {"googlenet"}
 SHRINK = {
     "airbench": {"widths": [16, 16, 16], "stem_width": 8},
     "darknet19": {"stages": [[[16, 3]], [[32, 3], [16, 1], [32, 3]]]},
-    "resnet18": {"stage_sizes": [1, 1, 1, 1]},
-    "resnet50": {"stage_sizes": [1, 1, 1, 1]},
+    "resnet18": {"stage_sizes": [1, 1]},  # layer2_0: the projection shortcut's BN
+    "resnet50": {"stage_sizes": [1]},  # layer1_0 already projects (64 -> 256 channels)
     "resnet20": {"depth": 8},
     "vgg11_bn": {"blocks": [[16], [16, 16]], "avgpool_size": 1},
 }
@@ -70,21 +72,31 @@ def factory_of(name: str) -> tuple[type, dict]:
 
 
 def variables_and_shape(name: str, **kwargs) -> tuple[dict, tuple[int, int, int]]:
-  """The abstract variables for the smallest input the test feeds: 32x32 (or less) where
-  the network accepts it, else the registered shape (AlexNet's pools need 227 / 224)."""
-  model = models.get_model(name, num_classes=3, **kwargs)
+  """The model built by setup.build_model under parallel="pmap" (whose check refuses a
+  batch norm without axis_name) and its abstract variables for the smallest input the
+  test feeds: 32x32 (or less) where the network accepts it, else the registered shape
+  (AlexNet's pools need 227 / 224)."""
   h, w, c = models.input_shape(name)
-  small = (min(h, 32), min(w, 32), c)
-  try:
-    return models.abstract_variables(model, small), small
-  except ValueError:
-    return models.abstract_variables(model, (h, w, c)), (h, w, c)
+  for shape in ((min(h, 32), min(w, 32), c), (h, w, c)):
+    cfg = pmap_config(name)
+    cfg.model_kwargs = kwargs
+    try:
+      model = setup_lib.build_model(cfg, 3, shape)
+    except ValueError as e:
+      if "too small" not in str(e):
+        raise
+      continue
+    return models.abstract_variables(model, shape), shape
+  raise AssertionError(f"{name}: no input shape accepted")
 
 
+@functools.lru_cache(maxsize=None)
 def bn_cases() -> dict[str, dict]:
   """Every registered name with batch norm -> the case that runs it (its own or its
-  representative's): {"name", "kwargs", "shape"}. A represented name is not traced (the
-  deep ResNets take seconds): its family's code is its representative's, checked by
+  representative's): {"name", "kwargs", "shape"}. Each is built under pmap, so the
+  discovery itself fails on a batch norm without axis_name (googlenet, which only the slow
+  test runs, is checked here). A represented name is not traced (the deep ResNets take
+  seconds): its family's code is its representative's, checked by
   test_every_batch_norm_name_is_run_or_represented_by_its_family."""
   cases, names = {}, models.names()
   for name in (n for n in names if n not in REPRESENTED_BY):
@@ -96,6 +108,12 @@ def bn_cases() -> dict[str, dict]:
   for name in (n for n in names if n in REPRESENTED_BY):
     cases[name] = cases[REPRESENTED_BY[name]]  # KeyError: a representative without BN
   return cases
+
+
+def pmap_config(model: str):
+  c = config_lib.base_config()
+  c.model, c.parallel = model, "pmap"
+  return c
 
 
 def test_every_batch_norm_name_is_run_or_represented_by_its_family():
@@ -111,23 +129,40 @@ def test_every_batch_norm_name_is_run_or_represented_by_its_family():
     assert drop(kw) == drop(rep_kw), f"{name} differs from {case['name']} in more than size"
 
 
-def test_pmap_equals_sharded_for_every_batch_norm_model(tmp_path):
-  """2 SGD steps of batch 8 on 2 simulated devices, every parameter and batch statistic
-  compared leaf by leaf (tolerance: bn_sync_worker.RTOL / ATOL, float32 summation order)."""
-  runs = {json.dumps(c, sort_keys=True): c for c in bn_cases().values()}
+def run_worker(cases: list[dict], tmp_path) -> list[dict]:
   out = tmp_path / "bn_sync.json"
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  p = subprocess.run([sys.executable, WORKER, str(out), *runs], capture_output=True, text=True,
-                     env=env, timeout=600)
+  p = subprocess.run([sys.executable, WORKER, str(out), *map(json.dumps, cases)],
+                     capture_output=True, text=True, env=env, timeout=600)
   assert p.returncode == 0, p.stderr[-3000:]
+  print(p.stdout)
   results = json.loads(out.read_text())
-  for r in results:
-    print(f"{r['name']} {r['kwargs']}: max |pmap - sharded| {r['max_abs_diff']:.2e} "
-          f"({r['worst_leaf']})")
-  assert len(results) == len(runs)
+  assert [r["name"] for r in results] == [c["name"] for c in cases]
   failed = [r["error"] for r in results if r["error"]]
   assert not failed, "\n".join(failed)
   assert all(np.isfinite(r["max_abs_diff"]) for r in results)
+  return results
+
+
+def distinct_runs() -> list[dict]:
+  return list({json.dumps(c, sort_keys=True): c for c in bn_cases().values()}.values())
+
+
+def test_pmap_equals_sharded_for_every_batch_norm_model(tmp_path):
+  """One SGD step of batch 8 on 2 simulated devices; every parameter and batch statistic
+  compared leaf by leaf (tolerance: bn_sync_worker.RTOL / ATOL, float32 summation order).
+  Before the fix small_convnet(batch_norm=True) was 9.1e-3 apart (3800 times the
+  tolerance); every model is now within 2.4e-7. ~40 s: googlenet alone would take 60 s
+  more, so it runs in the slow test below; build_model's pmap check (every batch norm
+  has an axis_name, traced without computing) passes for it in bn_cases."""
+  cases = [c for c in distinct_runs() if c["name"] not in SLOW]
+  assert len(cases) >= 8
+  run_worker(cases, tmp_path)
+
+
+@pytest.mark.slow  # ~60 s: GoogLeNet (57 convolutions with aux heads) compiled twice
+def test_pmap_equals_sharded_for_googlenet(tmp_path):
+  run_worker([c for c in distinct_runs() if c["name"] in SLOW], tmp_path)
 
 
 class _NoAxisBN(nn.Module):
@@ -164,12 +199,6 @@ def test_models():
   yield
   for name in made:
     models._REGISTRY.pop(name)
-
-
-def pmap_config(model: str):
-  c = config_lib.base_config()
-  c.model, c.parallel = model, "pmap"
-  return c
 
 
 def test_pmap_refuses_batch_norm_without_axis_name(test_models):
