@@ -3,7 +3,8 @@
   python detection_parallel_worker.py OUT_DIR
 
 Its own process: the simulated device count is fixed when JAX starts. Prints one JSON
-line per mode with the validation metrics and a parameter checksum.
+line per mode with the validation metrics, and saves every parameter and batch statistic
+of the trained state to OUT_DIR/MODE.npz for a leaf-by-leaf comparison.
 """
 import json
 import os
@@ -27,6 +28,8 @@ for mode in ("sharded", "pmap"):
   c = detection_config(out, num_epochs=1, parallel=mode)
   c.eval_batch_size = 10  # 24 = 10 + 10 + 4: the last batch padded and masked
   r = trainer.train_and_evaluate(c, str(out / f"run_{mode}"))
-  params = jax.device_get(r["state"].params)
-  checksum = float(sum(np.abs(x).sum() for x in jax.tree_util.tree_leaves(params)))
-  print(json.dumps({"mode": mode, **r["validation"], "checksum": checksum}), flush=True)
+  state = jax.device_get(r["state"])
+  tree = {"params": state.params, "batch_stats": state.batch_stats}
+  np.savez(out / f"{mode}.npz", **{jax.tree_util.keystr(p, simple=True, separator="/"): np.asarray(v)
+                                   for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]})
+  print(json.dumps({"mode": mode, **r["validation"]}), flush=True)

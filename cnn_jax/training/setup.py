@@ -101,13 +101,16 @@ def check_cross_device_batch_norm(config: ConfigDict, model: Any,
   if not unsynced:
     return
   where = f"batch norm {', '.join(unsynced[:3])}{' ...' if len(unsynced) > 3 else ''}"
+  task = config.get("task", "classification")
   if "axis_name" not in models.constructor_args(config.model):
     raise ValueError(
         f"model {config.model!r} has batch norm but no axis_name field, so under "
         "parallel='pmap' each device would normalize by its own slice's moments: give it an "
         "axis_name field passed to layers.batch_norm, or use --config.parallel=sharded")
+  what = (f"model {config.model!r}" if task == "classification"
+          else f"the {task} model on {config.model!r}")
   raise ValueError(
-      f"model {config.model!r}: {where} ignores axis_name, so under parallel='pmap' each "
+      f"{what}: {where} ignores axis_name, so under parallel='pmap' each "
       "device would normalize by its own slice's moments: pass the module's axis_name to "
       "layers.batch_norm, or use --config.parallel=sharded")
 
