@@ -32,8 +32,7 @@ class ParityNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = layers.Conv2D(8, 3, name="conv")(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, axis_name=self.axis_name,
-                     name="bn")(x)
+    x = layers.batch_norm(train, self.axis_name, name="bn")(x)
     x = layers.MaxPool(2, name="pool")(nn.relu(x))
     x = nn.relu(nn.Dense(32, name="fc1")(layers.Flatten()(x)))
     x = layers.Dropout(0.3, deterministic=not train, axis_name=self.axis_name, name="drop")(x)
