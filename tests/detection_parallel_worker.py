@@ -30,6 +30,7 @@ for mode in ("sharded", "pmap"):
   r = trainer.train_and_evaluate(c, str(out / f"run_{mode}"))
   state = jax.device_get(r["state"])
   tree = {"params": state.params, "batch_stats": state.batch_stats}
-  np.savez(out / f"{mode}.npz", **{jax.tree_util.keystr(p, simple=True, separator="/"): np.asarray(v)
-                                   for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]})
+  flat = {jax.tree_util.keystr(p, simple=True, separator="/"): np.asarray(v)
+          for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  np.savez(out / f"{mode}.npz", **flat)
   print(json.dumps({"mode": mode, **r["validation"]}), flush=True)

@@ -74,7 +74,8 @@ class YOLOv2Head(nn.Module):
     if self.hidden:
       f = layers.Conv2D(self.hidden, 3, padding=1, use_bias=False, dtype=self.dtype,
                         name="conv")(f)
-      f = nn.leaky_relu(layers.batch_norm(train, self.axis_name, dtype=self.dtype, name="bn")(f), 0.1)
+      f = layers.batch_norm(train, self.axis_name, dtype=self.dtype, name="bn")(f)
+      f = nn.leaky_relu(f, 0.1)
     obj_bias = math.log(self.obj_prior / (1.0 - self.obj_prior))
 
     def bias_init(key, shape, dtype=jnp.float32):
