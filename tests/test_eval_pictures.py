@@ -125,7 +125,8 @@ def test_a_failing_sample_forward_does_not_break_the_run(tmp_path, monkeypatch, 
         raise RuntimeError("forward failed")
       return self.inner(x, train=train)
 
-  monkeypatch.setattr(setup_lib, "build_model", lambda c, n: FailsOnSamples(build(c, n)))
+  monkeypatch.setattr(setup_lib, "build_model",
+                      lambda c, n, *shape: FailsOnSamples(build(c, n, *shape)))
   train = random_split(64)
   with caplog.at_level(logging.INFO, logger="cnn_jax"):
     r = trainer.train_and_evaluate(tiny_config("mnist_cnn", num_epochs=2, tensorboard_samples=3),
