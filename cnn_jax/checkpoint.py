@@ -14,6 +14,7 @@ This is the only module that reads checkpoints: training resumes with
 """
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -26,7 +27,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 from ml_collections import ConfigDict
 
-from cnn_jax import parallel
+from cnn_jax import library_noise, parallel
+from cnn_jax.training import resume
 from cnn_jax.training.train_state import TrainState
 
 log = logging.getLogger("cnn_jax")
@@ -70,6 +72,8 @@ class Checkpoints:
     if best_mode not in ("max", "min"):
       raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
     self.workdir = epath.Path(workdir)
+    library_noise.enter()  # orbax's second report of a fault we report (left in close())
+    self._open = True
     item_names = ("state", "meta")
     # Each manager its own barrier names: orbax derives them from the step, and "latest"
     # and "best" save the same step at an epoch end, so two processes would otherwise
@@ -139,14 +143,27 @@ class Checkpoints:
         for path in folder.glob("*.orbax-checkpoint-tmp*"):
           path.rmtree()
           removed.append(str(path))
-    if removed:
-      log.warning("removed %d unfinished save(s): %s", len(removed), ", ".join(removed[:3]))
+    if removed:  # part of the failed save the caller reports: not a second line
+      log.debug("removed %d unfinished save(s): %s", len(removed), ", ".join(removed[:3]))
     return removed
 
   def close(self) -> None:
-    self.latest.close()
-    if self.best is not None:
-      self.best.close()
+    """Close both managers. A failed save they re-raise here was reported by `wait` (the
+    loop waits first): it must not end a run that survived it (it ended a full-disk run).
+    They are dropped before the quiet scope ends, so what they hold is collected in it."""
+    if not self._open:
+      return
+    self._open = False
+    try:
+      for manager in (self.latest, self.best):
+        try:
+          if manager is not None:
+            manager.close()
+        except Exception as e:  # noqa: BLE001 - reported by wait()
+          log.debug("closing %s: %s", manager.directory, e)
+      self.latest = self.best = None  # type: ignore[assignment]
+    finally:
+      library_noise.leave()
 
 
 def restore(manager: ocp.CheckpointManager, template: TrainState, step: Optional[int] = None,
@@ -166,29 +183,37 @@ def read_meta(manager: ocp.CheckpointManager, step: int) -> dict:
   return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
 
-# Config keys that change the shapes or meaning of a saved state: resuming with a different
-# value would silently mix two runs.
-# What a resumed run must keep: the state's shapes, and batch_size (the data position of
-# a step depends on it: a resume with another batch would silently train other steps).
-SHAPE_KEYS = ("model", "model_kwargs", "model_input_shape", "dataset.name", "dataset.image_size",
-              "optimizer.name", "optimizer.accumulate_steps", "optimizer.nesterov", "freeze",
-              "skip_nonfinite_steps", "batch_size", "task", "detection.anchors")
-
-
 def config_conflicts(saved: dict, config: ConfigDict) -> list[str]:
-  """Shape-affecting keys whose values differ between a saved run and `config`."""
-  new = json.loads(config.to_json_best_effort())
-  out = []
-  for key in SHAPE_KEYS:
-    a, b = saved, new
-    for part in key.split("."):
-      a = a.get(part) if isinstance(a, dict) else None
-      b = b.get(part) if isinstance(b, dict) else None
-    if key == "task" and a is None:  # runs saved before tasks existed classify
-      a = "classification"
-    if a != b and not (key in ("freeze", "skip_nonfinite_steps") and not a and not b):
-      out.append(f"{key}: saved {a!r}, now {b!r}")
-  return out
+  """Keys no resume may change (resume.SHAPE_KEYS) that differ between a saved run and `config`."""
+  changes = resume.config_changes(saved, config)
+  return [resume.describe_changes({k: changes[k]}) for k in resume.SHAPE_KEYS if k in changes]
+
+
+def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  """{"opt_state/0/mu/dense/kernel": shape}: one spelling for a saved tree's metadata (dicts
+  and lists) and a live state (namedtuples), so that the two can be compared."""
+  def name(k: Any) -> str:
+    return str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
+  return {"/".join(name(k) for k in path): tuple(getattr(leaf, "shape", ()))
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def saved_structure(ckpts: "Checkpoints", step: int) -> Any:
+  """The array metadata (paths, shapes) of a step's state, read without its arrays. (The
+  training managers' item_metadata gives None for an item not restored yet.)"""
+  tree = ocp.StandardCheckpointHandler().metadata(
+      ckpts.workdir / SUBDIRS["latest"] / str(step) / "state")
+  if not jax.tree_util.tree_leaves(tree):
+    raise ValueError(f"the state metadata of step {step} lists no arrays")
+  return tree
+
+
+def structure_mismatch(saved_tree: Any, template: TrainState) -> list[str]:
+  """The arrays a saved state and `template` do not share (by path and shape), e.g. a
+  changed weight_decay / grad_clip_norm / rmsprop momentum adds a link to the optimizer
+  chain: a different structure, not a damaged checkpoint."""
+  a, b = _leaf_shapes(saved_tree), _leaf_shapes(jax.eval_shape(state_to_tree, template))
+  return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
 
 
 def restore_latest_good(ckpts: Checkpoints, template: TrainState, config: ConfigDict
@@ -214,11 +239,20 @@ def restore_latest_good(ckpts: Checkpoints, template: TrainState, config: Config
             f"{ckpts.workdir} holds a run with a different configuration ({'; '.join(conflicts)}). "
             f"Use a new --workdir, or start a new run from its weights with "
             f"--config.restore_from={ckpts.workdir}")
+      # The saved structure first: a changed optimizer is no corruption (it used to be set
+      # aside as corrupt-*, every step of a healthy run).
+      mismatch: list[str] = []
       try:
-        state = restore(ckpts.latest, template, step)[0]
+        mismatch = structure_mismatch(saved_structure(ckpts, step), template)
+        state = None if mismatch else restore(ckpts.latest, template, step)[0]
       except Exception as e:  # noqa: BLE001 - truncated / missing array files
         error = e
+        gc.collect()  # what the failed read left reports now, inside the quiet scope
       if parallel.agree(error is None, min):
+        if mismatch:
+          ckpts.close()
+          raise resume.structure_error(ckpts.step_path(step), ckpts.workdir, mismatch,
+                                       meta["config"], config)
         return state
     _set_aside(ckpts, step, error)
   return None
@@ -288,6 +322,11 @@ def _read_step(workdir: PathLike, which: str, step: Optional[int]
   return restored["state"], restored["meta"], step
 
 
+def workdir_exists(workdir: PathLike) -> bool:
+  """False for a local folder that is not there (a bucket path is not asked here)."""
+  return "://" in os.fspath(workdir) or os.path.isdir(os.fspath(workdir))
+
+
 def load_checkpoint(workdir: PathLike, which: str = "best", step: Optional[int] = None
                     ) -> tuple[dict[str, Any], dict[str, Any], int]:
   """(state tree, meta, step) of the best (or latest) checkpoint of a run.
@@ -297,6 +336,14 @@ def load_checkpoint(workdir: PathLike, which: str = "best", step: Optional[int] 
   newest readable one is used instead (best/ -> the latest steps, newest first); only a
   run with nothing readable is an error. A `step` asked for explicitly is never replaced.
   """
+  if not workdir_exists(workdir):
+    raise FileNotFoundError(f"{workdir} does not exist: give the --workdir of a trained run")
+  with library_noise.quiet():  # the libraries' tracebacks for an unreadable step: ours is one line
+    return _load_checkpoint(workdir, which, step)
+
+
+def _load_checkpoint(workdir: PathLike, which: str, step: Optional[int]
+                     ) -> tuple[dict[str, Any], dict[str, Any], int]:
   if which == "best" and not (epath.Path(workdir) / SUBDIRS["best"]).is_dir():
     log.info("%s has no best/ checkpoint (no validation split?): using the latest", workdir)
     which = "latest"

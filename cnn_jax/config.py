@@ -170,10 +170,29 @@ def base_config() -> ConfigDict:
   c.best_mode = "auto"                   # max | min | auto (min for names with loss / error)
   c.async_checkpointing = True
   c.restore_from = placeholder(str)                  # start a new run from another run's weights
+  # What a resume (the same --workdir again) may change; cnn_jax/training/resume.py. More
+  # num_epochs: always (the log says how the schedule moves); RESUME_SAFE_KEYS: always;
+  # any other key (optimizer.*, schedule, model, data, seed, ...): refused, listing the keys
+  # with their old -> new values, unless this is "allow" (each resume's config and changed
+  # keys are kept in <workdir>/config_history.jsonl). "refuse" | "allow".
+  c.resume_changes = "refuse"
   c.skip_nonfinite_steps = False         # skip NaN / inf steps instead of stopping
   c.progress_bar = True
   c.tensorboard_samples = 8              # validation images + predictions in TensorBoard (0: off)
   return c
+
+
+# Keys a resume may change without resume_changes="allow": they change how a run is
+# watched, saved or read, never the weights it trains to (batches do not depend on the
+# reader's workers / threads / cache / on_device: data/input_pipeline.py).
+RESUME_SAFE_KEYS = (
+    "log_every_steps", "progress_bar", "tensorboard_samples", "eval_every_epochs",
+    "eval_batch_size", "checkpoint_every_steps", "keep_checkpoints", "async_checkpointing",
+    "compilation_cache_dir", "deterministic", "restore_from", "resume_changes",
+    "dataset.workers", "dataset.threads", "dataset.prefetch", "dataset.cache",
+    "dataset.cache_dir", "dataset.cache_max_mb", "dataset.on_device", "dataset.on_device_max_mb",
+    "dataset.data_dir", "dataset.raw_dir", "dataset.allow_download", "distributed.*")
+RESUME_CHANGES = ("refuse", "allow")
 
 
 # Names other frameworks use for a config key (what a user types first).
@@ -281,6 +300,9 @@ def validate(config: ConfigDict) -> ConfigDict:
   if config.get("dtype", "float32") not in models.DTYPES:  # runs saved before: float32
     raise ValueError(f"dtype must be {' or '.join(map(repr, models.DTYPES))} (mixed precision: "
                      f"bfloat16 compute, float32 parameters), got {config.dtype!r}")
+  if config.get("resume_changes", "refuse") not in RESUME_CHANGES:
+    raise ValueError(f"resume_changes must be 'refuse' or 'allow' (let a resume change the "
+                     f"optimizer, schedule, data, ...), got {config.resume_changes!r}")
   if config.parallel not in ("sharded", "pmap"):
     raise ValueError(f"parallel must be 'sharded' or 'pmap', got {config.parallel!r}")
   from cnn_jax.data import augment  # noqa: PLC0415 - jax only when a run is validated

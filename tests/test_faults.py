@@ -151,6 +151,19 @@ def test_nan_steps_can_be_skipped(tmp_path):
   assert sum(skipped) >= 1
 
 
+def test_a_skipped_step_leaves_the_window_mean_finite(tmp_path):
+  """One skipped (non-finite) step made its logged window's loss and grad_norm NaN: the
+  means now cover the steps taken; `skipped` still says what fraction was dropped."""
+  cfg = nan_config(skip_nonfinite_steps=True)
+  cfg.num_epochs, cfg.log_every_steps = 2, 4  # windows of one epoch; epoch 2 blows up
+  trainer.train_and_evaluate(cfg, str(tmp_path), random_split(128), random_split(64))
+  windows = [l for l in map(json.loads, open(tmp_path / "metrics.jsonl")) if "train/loss" in l]
+  assert [(w["step"], w["train/steps"]) for w in windows] == [(4, 4.0), (8, 4.0)]
+  assert windows[0]["train/skipped"] == 0.0
+  assert 0.0 < windows[1]["train/skipped"] < 1.0, windows[1]  # some steps taken, some not
+  assert np.isfinite(windows[1]["train/loss"]) and np.isfinite(windows[1]["train/grad_norm"])
+
+
 @pytest.mark.parametrize("shape,match", [((32, 32, 1), r"expects 28x28x1 images but mnist/train\[:90%\] gives 32x32x1"),
                                          ((28, 28, 3), "expects 28x28x1 images")])
 def test_wrong_image_shape_is_reported_before_compiling(tmp_path, shape, match):
@@ -229,7 +242,7 @@ def test_failed_save_mid_run_keeps_training(tmp_path, monkeypatch, caplog):
 def test_resume_with_changed_model_is_refused_and_restore_from_works(tmp_path):
   train = random_split(64)
   r = trainer.train_and_evaluate(tiny_config("mlp"), str(tmp_path / "a"), train, train)
-  with pytest.raises(ValueError, match="model: saved 'mlp', now 'mnist_cnn'.*restore_from"):
+  with pytest.raises(ValueError, match="model: 'mlp' -> 'mnist_cnn'.*restore_from"):
     trainer.train_and_evaluate(tiny_config("mnist_cnn"), str(tmp_path / "a"), train, train)
   cfg = tiny_config("mlp", restore_from=str(tmp_path / "a"))
   cfg.optimizer.name, cfg.optimizer.learning_rate = "sgd", 0.0

@@ -43,7 +43,7 @@ def test_resuming_with_another_batch_size_is_refused(tmp_path):
   train = random_split(96)
   trainer.train_and_evaluate(tiny_config("mlp", batch_size=32, num_epochs=1), str(tmp_path),
                              train, train)
-  with pytest.raises(ValueError, match="batch_size: saved 32, now 16.*new --workdir"):
+  with pytest.raises(ValueError, match="batch_size: 32 -> 16.*new --workdir"):
     trainer.train_and_evaluate(tiny_config("mlp", batch_size=16, num_epochs=2), str(tmp_path),
                                train, train)
   r = trainer.train_and_evaluate(tiny_config("mlp", batch_size=32, num_epochs=2), str(tmp_path),
@@ -267,7 +267,12 @@ def small_disk(tmp_path):
 @pytest.mark.parametrize("async_save", [False, True])
 def test_a_full_disk_is_survived(small_disk, caplog, async_save):
   """A full disk used to kill the run (metrics.jsonl raised ENOSPC) and lose its metrics;
-  each failed save left a tmp folder eating what space was left."""
+  each failed save left a tmp folder eating what space was left. Then the run survived in a
+  flood: a line per failed save and per cleanup, orbax's and asyncio's tracebacks, and
+  tensorstore's "Event loop is closed" through sys.unraisablehook (197 tracebacks in 4,117
+  lines for a CLI run); one line per kind of failure now, and no traceback. (tensorstore's
+  "Event loop is closed" arrives from its threads at any later time, in whatever test runs
+  then: counted in test_resume_policy's fresh-process test, not here.)"""
   import glob
   import json
   import logging
@@ -278,15 +283,20 @@ def test_a_full_disk_is_survived(small_disk, caplog, async_save):
   # mlp state: params + 2 Adam moments, about 1.3 MB a checkpoint; 3 MiB hold two.
   cfg = tiny_config("mlp", num_epochs=3, checkpoint_every_steps=1, keep_checkpoints=3,
                     log_every_steps=1, async_checkpointing=async_save)
-  with caplog.at_level(logging.WARNING, logger="cnn_jax"):
+  with caplog.at_level(logging.INFO):
     r = trainer.train_and_evaluate(cfg, str(small_disk / "run"), train, train)
   assert r["final_step"] == 9  # the run went on to its end
-  assert "checkpoint at step" in caplog.text and "failed" in caplog.text
+  problems = [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.WARNING]
+  failed_saves = [m for m in problems if "checkpoint at step" in m and "failed" in m]
+  assert len(failed_saves) == 1 and "more failures of this kind are counted" in failed_saves[0]
+  assert len(problems) <= 5, problems  # saves, their summary, TensorBoard, metrics.jsonl twice
+  assert [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()] == []
   assert not glob.glob(f"{small_disk}/run/*/*.orbax-checkpoint-tmp*")  # no half-written saves
   tree, meta, step = ckpt_lib.load_checkpoint(str(small_disk / "run"), "latest")
   assert step >= 1 and meta["step"] == step  # the last good checkpoint is whole
-  lines = (small_disk / "run" / "metrics.jsonl").read_text().splitlines()
-  steps = [json.loads(l)["step"] for l in lines]  # every line whole
+  text = (small_disk / "run" / "metrics.jsonl").read_text()
+  assert text == "" or text.endswith("\n")  # no torn last line
+  steps = [json.loads(l)["step"] for l in text.splitlines()]  # every line whole
   assert steps == sorted(steps)
 
 
@@ -346,6 +356,15 @@ def test_metric_lines_wait_for_room_and_none_is_torn(tmp_path, monkeypatch, capl
   steps = [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert steps == [1, 2, 3]
   assert caplog.text.count("cannot write") == 1 and "is written again" in caplog.text
+  # A run that ends while the disk is still full: the part of a line the disk took is taken
+  # back (it stayed, torn, at the end of the file), the line waits, then is printed.
+  w = MetricWriter(tmp_path, enabled=True, tensorboard=False)
+  state["room"] = 10
+  w.write(4, {"loss": 4.0}, "train")
+  state["room"] = 0
+  w.close()
+  text = (tmp_path / "metrics.jsonl").read_text()
+  assert text.endswith("\n") and [json.loads(l)["step"] for l in text.splitlines()] == [1, 2, 3]
 
 
 def test_redoing_a_step_whose_best_save_exists_is_no_error(tmp_path, caplog):

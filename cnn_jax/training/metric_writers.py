@@ -6,6 +6,7 @@ rewritten on each flush; a local file is appended to and flushed line by line.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -167,10 +168,20 @@ class MetricWriter:
     self._tb = None
 
   def _drain(self) -> None:
-    """Write what waits; on a full disk keep it for the next call (one log line each way)."""
+    """Write what waits; on a full disk keep it for the next call (one log line each way).
+
+    Only whole lines stay in the file: a write the disk cut short mid-line is truncated
+    back to its last complete line (the rest waits), so that a run that ends while the disk
+    is still full leaves no torn line (it left a 78-byte one)."""
     while self._pending:
+      size = os.fstat(self._fd).st_size  # where this write starts (O_APPEND, one writer)
       try:
         n = os.write(self._fd, self._pending)
+        if n < len(self._pending) and self._pending[n - 1:n] != b"\n":
+          whole = self._pending.rfind(b"\n", 0, n) + 1
+          os.ftruncate(self._fd, size + whole)
+          self._pending = self._pending[whole:]
+          raise OSError(errno.ENOSPC, "No space left on device (a write was cut short)")
       except OSError as e:
         if not self._failing:
           log.error("cannot write %s (%s): metric lines are kept in memory and written when "
@@ -223,3 +234,29 @@ def read_metrics(workdir: workdir_lib.PathLike) -> list[dict[str, Any]]:
   """All lines of a run's metrics.jsonl."""
   text = (epath.Path(workdir) / "metrics.jsonl").read_text()
   return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def window_mean(buffer: list[dict]) -> dict[str, float]:
+  """Means over the steps of a logged window. A step skip_nonfinite_steps dropped
+  (metrics["skipped"] 1) counts in `skipped` (the fraction) and `steps`, not in the other
+  means: its NaN loss made the whole window's loss NaN."""
+  fetched = jax.device_get(buffer)
+  taken = [m for m in fetched if not m.get("skipped", 0.0)]
+  out = {k: float(np.mean([m[k] for m in taken])) if taken else float("nan") for k in fetched[0]}
+  if "skipped" in fetched[0]:
+    out["skipped"] = float(np.mean([m["skipped"] for m in fetched]))
+  out["steps"] = float(len(fetched))  # how many train steps this window covers
+  return out
+
+
+def since_process_start() -> Optional[float]:
+  """Seconds since this process started (Linux /proc; None elsewhere): what a user waits
+  from the command to the first step, imports and data loading included."""
+  try:
+    with open("/proc/self/stat") as f:
+      start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+    with open("/proc/uptime") as f:
+      uptime = float(f.read().split()[0])
+    return round(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 2)
+  except (OSError, ValueError, IndexError):
+    return None

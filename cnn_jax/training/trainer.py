@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
 import sys
 import time
 from typing import Any, Optional
@@ -23,19 +22,12 @@ from cnn_jax import checkpoint as ckpt_lib
 from cnn_jax import config as config_lib
 from cnn_jax import parallel
 from cnn_jax.data import input_pipeline, on_device
-from cnn_jax.training import eval_pictures, evaluation, guards
+from cnn_jax.training import eval_pictures, evaluation, guards, metric_writers, optim, resume
 from cnn_jax.training import workdir as workdir_lib
 from cnn_jax.training.metric_writers import MetricWriter
 from cnn_jax.training.setup import Setup, setup
 
 log = logging.getLogger("cnn_jax")
-
-
-def _mean_metrics(buffer: list[dict]) -> dict[str, float]:
-  fetched = jax.device_get(buffer)
-  out = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-  out["steps"] = float(len(fetched))  # how many train steps this mean covers
-  return out
 
 
 def _meta(s: Setup, epoch: int, step: int) -> dict[str, Any]:
@@ -44,19 +36,6 @@ def _meta(s: Setup, epoch: int, step: int) -> dict[str, Any]:
           "class_names": getattr(data, "class_names", None),
           "input_shape": list(s.input_shape), "data_shape": list(s.data_shape),
           "config": json.loads(s.config.to_json_best_effort())}
-
-
-def _since_process_start() -> Optional[float]:
-  """Seconds since this process started (Linux /proc; None elsewhere): what a user waits
-  from the command to the first step, imports and data loading included."""
-  try:
-    with open("/proc/self/stat") as f:
-      start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
-    with open("/proc/uptime") as f:
-      uptime = float(f.read().split()[0])
-    return round(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 2)
-  except (OSError, ValueError, IndexError):
-    return None
 
 
 def _train_reader(s: Setup, per_process: int, start_step: int) -> tuple[Any, Any]:
@@ -88,11 +67,12 @@ def train_and_evaluate(config: ConfigDict, workdir: str, train_data: Optional[An
   workdir = workdir_lib.resolve(workdir)
   workdir_lib.probe(workdir)  # before loading data: a bad --workdir fails in a second
   with workdir_lib.lock(workdir, jax.process_index() == 0):  # one run per work directory
-    return _run(config, workdir, train_data, val_data, test_data)
+    res = resume.check(config, workdir)  # what a resume may change: before anything compiles
+    return _run(config, workdir, res, train_data, val_data, test_data)
 
 
-def _run(config: ConfigDict, workdir: Any, train_data: Optional[Any], val_data: Optional[Any],
-         test_data: Optional[Any]) -> dict[str, Any]:
+def _run(config: ConfigDict, workdir: Any, res: resume.Resume, train_data: Optional[Any],
+         val_data: Optional[Any], test_data: Optional[Any]) -> dict[str, Any]:
   """The loop itself; train_and_evaluate holds the work directory's lock around it."""
   s = setup(config, train_data, val_data, test_data)
   is_main = jax.process_index() == 0
@@ -121,9 +101,19 @@ def _run(config: ConfigDict, workdir: Any, train_data: Optional[Any], val_data: 
                                        f"{config.restore_from} (model "
                                        f"{source_meta.get('config', {}).get('model')!r})")
     log.info("started from the weights of %s", config.restore_from)
-  writer = MetricWriter(workdir, resume_step=int(jax.device_get(state.step)))
+  start_step, spe = int(jax.device_get(state.step)), s.steps_per_epoch
+  stored = resume.finished(workdir, start_step, spe * config.num_epochs)
+  if stored is not None:  # the same command again: its results, nothing written twice
+    ckpts.close()
+    return {**stored, "state": state}
+  note = resume.schedule_note(res, config, s.learning_rate, lambda c, n: optim.make_optimizer(
+      c, spe, n)[1], start_step, spe)
+  if note and is_main:
+    log.info(note)
+  writer = MetricWriter(workdir, resume_step=start_step)
   if is_main:
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    resume.record(workdir, config, res, start_step)
+  faults = guards.FaultLog()
 
   def save(kind: str, meta: dict, metrics: Optional[dict] = None) -> None:
     """Save, but never let a failed save (disk full, ...) lose the state in memory."""
@@ -137,18 +127,16 @@ def _run(config: ConfigDict, workdir: Any, train_data: Optional[Any], val_data: 
       wait_for_saves()  # nothing in flight, then the half-written folder goes
 
   def report_failed_save(kind: str, step: int, e: Exception) -> None:
-    log.error("saving the %s checkpoint at step %d failed (%s: %s); training continues with the "
-              "state intact in memory; the last good checkpoint is step %s", kind, step,
-              type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "",
-              ckpts.latest_step())
+    faults.report(e, "saving the %s checkpoint at step %d failed (%s: %s); training continues "
+                  "with the state intact in memory; the last good checkpoint is step %s", kind,
+                  step, type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "",
+                  ckpts.latest_step())
 
   def wait_for_saves() -> None:
     error = ckpts.wait()
     if error is not None:
       report_failed_save("pending", int(jax.device_get(state.step)), error)
 
-  start_step = int(jax.device_get(state.step))
-  spe = s.steps_per_epoch
   summary: dict[str, Any] = {"steps": spe * config.num_epochs}
   per_process = config.batch_size // jax.process_count()
   last_finite: tuple[int, Optional[float]] = (start_step, None)
@@ -179,7 +167,7 @@ def _run(config: ConfigDict, workdir: Any, train_data: Optional[Any], val_data: 
             jax.block_until_ready(metrics)
             t0, n0 = time.time(), 0
             if "startup_seconds" not in summary:
-              summary["startup_seconds"] = _since_process_start()
+              summary["startup_seconds"] = metric_writers.since_process_start()
               if summary["startup_seconds"] is not None:  # None off Linux
                 log.info("first step done %.1fs after the process started",
                          summary["startup_seconds"])
@@ -193,7 +181,7 @@ def _run(config: ConfigDict, workdir: Any, train_data: Optional[Any], val_data: 
             continue
           # The buffer is emptied only when written: a checkpoint or a signal between two
           # log steps must not drop the steps it has seen from the next logged mean.
-          m = _mean_metrics(buffer)
+          m = metric_writers.window_mean(buffer)
           # A gradient norm that overflows (Adam at lr 1e6: loss 5e30, finite) is no step either.
           if not config.skip_nonfinite_steps and not (
               np.isfinite(m["loss"]) and np.isfinite(m.get("grad_norm", 0.0))
@@ -252,9 +240,12 @@ def _run(config: ConfigDict, workdir: Any, train_data: Optional[Any], val_data: 
         tqdm.write(f"test ({which}): {evaluation.describe(metrics)}", file=sys.stderr)
   finally:  # whatever ended the run, pending async saves commit and the logs are flushed
     wait_for_saves()
+    faults.summary("checkpoint saves", ckpts.latest_step())
     ckpts.close()
     writer.close()
   summary["train_images_per_sec"] = train_images / train_time if train_time else None
   summary["final_step"] = final_step
+  if is_main:
+    resume.save_results(workdir, summary)
   summary["state"] = state
   return summary
