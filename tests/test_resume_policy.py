@@ -189,3 +189,19 @@ def test_a_missing_restore_from_says_it_does_not_exist(tmp_path, caplog):
   assert "best/" not in caplog.text
   with pytest.raises(FileNotFoundError, match="nope does not exist"):
     ckpt_lib.load_checkpoint(str(tmp_path / "nope"))
+
+
+def test_a_setting_the_runs_optimizer_never_reads_is_no_change():
+  """A run saved with the old piecewise default decay_epochs=(5, 8) and a cosine schedule
+  resumes under the new default (None): the cosine run never read it. A piecewise run,
+  which did, is still refused; so is momentum for an optimizer that uses it."""
+  saved = json.loads(base(**{"optimizer.schedule": "cosine"}).to_json_best_effort())
+  saved["optimizer"]["decay_epochs"], saved["optimizer"]["b1"] = [5, 8], 0.5
+  now = base(**{"optimizer.schedule": "cosine", "optimizer.name": "momentum"})
+  saved["optimizer"]["name"] = "momentum"
+  assert resume.config_changes(saved, now) == {}
+  saved["optimizer"]["momentum"] = 0.5
+  assert resume.config_changes(saved, now) == {"optimizer.momentum": (0.5, 0.9)}
+  saved["optimizer"]["schedule"] = "piecewise"
+  assert set(resume.config_changes(saved, now)) == {
+      "optimizer.momentum", "optimizer.schedule", "optimizer.decay_epochs"}

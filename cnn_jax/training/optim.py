@@ -101,6 +101,23 @@ def make_schedule(cfg: ConfigDict, steps_per_epoch: float, num_epochs: int) -> o
   return optax.exponential_decay(lr, steps_per_epoch, cfg.get("decay_rate", 0.95))
 
 
+# The optimizer keys only some optimizers / schedules read. A resume compares only the keys
+# the run's optimizer and schedule use (training/resume.py): a changed default of a key
+# the run never read is no change to it.
+_OPTIMIZER_ONLY = {"momentum": ("momentum", "nesterov", "rmsprop"), "b1": ("adam", "adamw"),
+                   "b2": ("adam", "adamw"), "decay": ("rmsprop",)}
+_SCHEDULE_ONLY = {"warmup_epochs": WARMUP_SCHEDULES, "end_learning_rate": ("cosine", "warmup_cosine"),
+                  "decay_epochs": ("piecewise",), "decay_factors": ("piecewise",),
+                  "decay_rate": ("exponential",)}
+
+
+def unused_keys(cfg: Any) -> set[str]:
+  """The config.optimizer keys that `cfg` (a ConfigDict or its JSON dict) never reads."""
+  name, schedule = cfg.get("name"), cfg.get("schedule", "constant")
+  return ({k for k, users in _OPTIMIZER_ONLY.items() if name not in users}
+          | {k for k, users in _SCHEDULE_ONLY.items() if schedule not in users})
+
+
 def _decay_mask(params: Any) -> Any:
   """Weight decay on kernels only, not on biases or batch-norm scales (ndim > 1)."""
   return jax.tree_util.tree_map(lambda p: p.ndim > 1, params)

@@ -27,6 +27,7 @@ from etils import epath
 from ml_collections import ConfigDict
 
 from cnn_jax import config as config_lib
+from cnn_jax.training import optim
 from cnn_jax.training import workdir as workdir_lib
 
 log = logging.getLogger("cnn_jax")
@@ -57,9 +58,15 @@ def _as_json(config: Union[ConfigDict, dict]) -> dict:
 def config_changes(saved: dict, config: Union[ConfigDict, dict]) -> dict[str, tuple[Any, Any]]:
   """{dotted key: (saved value, new value)} for every key both configs have and that differs
   (a key one of them lacks, from an older or newer cnn_jax, is no change)."""
-  a, b = flat_config(saved), flat_config(_as_json(config))
+  new = _as_json(config)
+  a, b = flat_config(saved), flat_config(new)
   a.setdefault("task", "classification")  # runs saved before tasks existed classify
+  # A key neither the saved nor the new optimizer / schedule reads (e.g. a piecewise
+  # default changed while the run is cosine) changes nothing.
+  unused = {f"optimizer.{k}" for k in (optim.unused_keys(saved.get("optimizer", {}))
+                                       & optim.unused_keys(new.get("optimizer", {})))}
   return {k: (a[k], b[k]) for k in sorted(a.keys() & b.keys()) if a[k] != b[k]
+          and k not in unused
           and not (k in ("freeze", "skip_nonfinite_steps") and not a[k] and not b[k])}
 
 
