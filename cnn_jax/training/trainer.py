@@ -60,7 +60,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str, train_data: Optional[An
                        ) -> dict[str, Any]:
   """Train `config` in `workdir`, resuming from its latest checkpoint; return final metrics.
 
-  Sources (e.g. in-memory `data.sources.Split`s), when given, replace the config's splits.
+  Sources (whole `data.split.Split`s, of which each process takes its share), when given,
+  replace the config's splits.
   Raises guards.Preempted (after checkpointing) on SIGTERM / SIGINT / SIGUSR1 and
   guards.NonFiniteLossError when the loss stops being finite (unless skip_nonfinite_steps).
   """
