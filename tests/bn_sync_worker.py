@@ -13,9 +13,11 @@ import sys
 import time
 from typing import Any
 
-# Cheaper LLVM compilation, same code (xla_backend_optimization_level=0, which
-# jax_disable_most_optimizations sets, miscompiles the gradient of conv-BN-relu-max-pool).
+# Cheaper compilation, exact code: backend level 1 and cheap LLVM passes, as
+# tests/conftest.py (level 0, which jax_disable_most_optimizations sets, miscompiles the
+# gradient of conv-BN-relu-max-pool: tests/test_xla_flags.py).
 os.environ["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=2 "
+                           "--xla_backend_optimization_level=1 "
                            "--xla_llvm_disable_expensive_passes=true")
 os.environ["JAX_PLATFORMS"] = "cpu"
 sys.path.insert(0, os.path.dirname(__file__))
