@@ -1,10 +1,21 @@
 """Data parallel training on 8 simulated CPU devices equals training on 1 device.
 
-Tolerance: the 8-device runs reduce gradients and batch-norm moments in a different
-order (per-device partial sums, then an all-reduce) than one device does, so float32
-results differ by rounding only: a few ulps per step, here below 1e-5 after 8 steps of
-SGD with momentum. A real bug (unsynchronised batch norm, gradients not averaged, a
-wrong dropout mask) moves parameters by 1e-3 or more.
+Two nets through the real loop (8 steps of SGD with momentum): the test's ParityNet (batch
+norm, dropout) and the zoo's tiny_cnn (three conv-BN-relu-pool blocks).
+
+Tolerance: the 8-device runs reduce gradients and batch-norm moments in a different order
+(per-device partial sums, then an all-reduce) than one device does, so float32 results
+differ by rounding: ParityNet at most 6.6e-7 apart after 8 steps. tiny_cnn's bound is
+larger because XLA:CPU (jax 0.10.2) compiles each device count's program to slightly
+different gradients, not data parallelism: against a float64 eager reference after one
+step the 1-device, 1-pmap and 8-pmap programs are within 6e-8, but with XLA's YNNPACK
+fusions on, the 8-device sharded program's conv3 kernel gradient is 3e-4 off (1.6e-5 in
+the parameters after one step, 1.1e-2 in running variance after 8); the worker turns them
+off, and then the 1-device program drifts most: 1.8e-5 after 8 steps (the others 2e-7 from
+the reference). Before layers.MaxPool's fix (tests/test_max_pool_gradient.py) its tiled
+path's crop of 7x7 was miscompiled too (pmap on 8 devices 1.5e-3 off after 8 steps). A real
+bug (unsynchronised batch norm, gradients not averaged, a wrong dropout mask) moves
+parameters by 1e-3 or more.
 """
 import os
 import subprocess
@@ -33,19 +44,29 @@ def single(tmp_path_factory):
   return run("sharded", 1, tmp_path_factory.mktemp("one"))
 
 
-def assert_close(a, b):
-  assert a.keys() == b.keys()
-  worst = max(float(np.max(np.abs(a[k] - b[k]))) for k in a if not k.startswith("eval"))
-  assert worst < 1e-5, worst
+# Largest |8 devices - 1 device| over every parameter and batch statistic after 8 steps.
+# Measured: parity_net 6.6e-7, tiny_cnn 1.8e-5 (module docstring).
+BOUND = {"parity_net": 1e-5, "tiny_cnn": 5e-5}
+
+
+def assert_close(a, b, model):
+  a = {k.split("/", 1)[1]: v for k, v in a.items() if k.startswith(model + "/")}
+  b = {k.split("/", 1)[1]: v for k, v in b.items() if k.startswith(model + "/")}
+  assert a.keys() == b.keys() and any(k.startswith("batch_stats/") for k in a)
+  diffs = {k: float(np.max(np.abs(a[k] - b[k]))) for k in a if not k.startswith("eval")}
+  worst = max(diffs, key=diffs.get)
+  assert diffs[worst] < BOUND[model], (model, worst, diffs[worst])
   assert abs(float(a["eval_accuracy"]) - float(b["eval_accuracy"])) <= 1 / 64
 
 
 @pytest.mark.parametrize("mode", parallel.MODES)
 def test_eight_devices_match_one(mode, single, tmp_path):
   eight = run(mode, 8, tmp_path)
-  assert_close(eight, single)
+  for model in BOUND:
+    assert_close(eight, single, model)
   # The check has teeth: the moving statistics changed, and differ from a reseeded run.
-  assert np.abs(single["batch_stats/bn/mean"]).max() > 1e-3
+  assert np.abs(single["parity_net/batch_stats/bn/mean"]).max() > 1e-3
+  assert np.abs(single["tiny_cnn/batch_stats/bn3/mean"]).max() > 1e-3
 
 
 def test_prefetch_keeps_order_and_runs_ahead():
