@@ -28,8 +28,9 @@ def free_port():
 def test_two_processes_train_together(tmp_path):
   data_dir = str(tmp_path / "data")
   tfds.testing.DummyMnist(data_dir=data_dir, file_format="array_record").download_and_prepare()
+  # conftest's compile settings (cheap, exact) plus two host devices per process.
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.getcwd(),
-             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+             XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2")
   outs = run_two_processes(tmp_path, data_dir, env, num_epochs=2)
   # train[:90%] = 18 examples, 9 per process, 2 per process per step: 4 steps an epoch.
   assert [o["final_step"] for o in outs] == [8, 8]
