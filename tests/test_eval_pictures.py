@@ -140,7 +140,7 @@ def test_a_failing_sample_forward_does_not_break_the_run(tmp_path, monkeypatch, 
 
 SAMPLES_ON_TWO_DEVICES = """
 import os, sys
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
 os.environ["JAX_PLATFORMS"] = "cpu"
 sys.path.insert(0, sys.argv[1])
 import jax, numpy as np
