@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from cnn_jax import layers
+from cnn_jax.layers import pooling
 from cnn_jax.models.tiny_cnn import TinyCNN
 
 
@@ -29,7 +30,7 @@ def _grads(model, variables, x, y):
 
 # 28: 7x7 -> 3x3 crops (the miscompiled case); 32: 4x4 -> 2x2 does not (a control, slow).
 @pytest.mark.parametrize("size", [28, pytest.param(32, marks=pytest.mark.slow)])
-def test_tiny_cnn_gradient_under_jit_equals_eager(size):
+def test_tiny_cnn_gradient_under_jit_equals_eager(size, monkeypatch):
   rng = np.random.RandomState(0)
   x = jnp.asarray(rng.randn(2, size, size, 1), jnp.float32)
   y = jnp.asarray([3, 7])
@@ -37,8 +38,10 @@ def test_tiny_cnn_gradient_under_jit_equals_eager(size):
   variables = model.init(jax.random.key(0), x, train=False)
   grad = _grads(model, variables, x, y)
   jitted = jax.device_get(jax.jit(grad)(variables["params"]))
-  with jax.disable_jit():
-    eager = jax.device_get(grad(variables["params"]))
+  # The reference: the same gradient with every max pool on reduce_window (exact at every
+  # level), compiled too: op by op (jax.disable_jit) it costs 10 s more, and agrees.
+  monkeypatch.setattr(pooling, "_use_tiled_max_pool", lambda: False)
+  eager = jax.device_get(jax.jit(_grads(model, variables, x, y))(variables["params"]))
   for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(eager)[0],
                           jax.tree_util.tree_leaves(jitted)):
     np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * float(np.max(np.abs(a))),
