@@ -1,6 +1,7 @@
 """`cnn-jax` command line: a thin layer over the trainer and the library.
 
   cnn-jax train   --config experiments/mnist_lenet.py[:smoke] --workdir W [--config.KEY=VALUE ...]
+  cnn-jax config  experiments/mnist_lenet.py[:smoke] [--config.KEY=VALUE ...]   (every key, its value, its meaning)
   cnn-jax eval    --workdir W [--which best|latest] [--split test|validation|SPLIT]
   cnn-jax predict --workdir W IMAGE [IMAGE ...]   (or --model resnet50 --weights resnet50.pth)
   cnn-jax detect  --workdir W IMAGE|DIR [...] --out OUTDIR [--score_threshold 0.3]
@@ -10,6 +11,8 @@
   cnn-jax viz     curves|filters|activations|confusion|gradcam|augment ... --out FILE.png
                   (cnn-jax viz help: each subcommand's arguments)
   cnn-jax kernels PHOTO --kernel sharpen [--kernel edge ...] --out OUTDIR   (--list: names)
+  cnn-jax --version
+every command: --help
 """
 from __future__ import annotations
 
@@ -111,7 +114,24 @@ def _flag_problem(argv: Sequence[str]) -> Optional[str]:
   return None
 
 
-def _train(argv: Sequence[str]) -> int:
+TRAIN_USAGE = """cnn-jax train --config EXPERIMENT.py[:VARIANT] --workdir W [--config.KEY=VALUE ...]
+
+Trains the experiment's model and writes checkpoints, metrics.jsonl, TensorBoard logs and
+results.json to W. The same command again resumes W from its last checkpoint.
+  --config    an experiment file in experiments/ (":smoke" for its seconds-long variant)
+  --workdir   where the run lives
+  --config.KEY=VALUE   override any key, e.g. --config.optimizer.learning_rate=0.01
+
+`cnn-jax config EXPERIMENT.py[:VARIANT] [--config.KEY=VALUE ...]` prints every key of that
+experiment with its value and meaning. The keys and their defaults:
+"""
+
+
+def _parse_config_flags(argv: Sequence[str], prog: str, workdir: bool) -> tuple[object, object]:
+  """(config, workdir) from train-style flags, or raises ValueError with the one-line reason.
+
+  The one parser of --config / --config.KEY flags: train and config read them the same way.
+  """
   from absl import flags
   from ml_collections import config_flags
 
@@ -121,33 +141,66 @@ def _train(argv: Sequence[str]) -> int:
   flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and logs", flag_values=fv)
   problem = _flag_problem(argv)
   if problem:
-    print(f"cnn-jax train: invalid flags: {problem}", file=sys.stderr)
-    return 2
-  saved_argv, sys.argv = sys.argv, ["cnn-jax train", *argv]  # config_flags reads sys.argv too
+    raise ValueError(f"invalid flags: {problem}")
+  saved_argv, sys.argv = sys.argv, [prog, *argv]  # config_flags reads sys.argv too
   try:
     fv(sys.argv)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
     # ml_collections reports an unknown --config.KEY with a "Did you mean" hint.
     msg = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'")
-    print(f"cnn-jax train: invalid flags: {msg}", file=sys.stderr)
-    return 2
+    raise ValueError(f"invalid flags: {msg}") from None
   finally:
     sys.argv = saved_argv
-  if fv.config is None or fv.workdir is None:
-    print("cnn-jax train: --config and --workdir are required", file=sys.stderr)
+  if fv.config is None or (workdir and fv.workdir is None):
+    raise ValueError("--config and --workdir are required" if workdir else "--config is required")
+  return fv.config, fv.workdir
+
+
+def _wants_help(argv: Sequence[str]) -> bool:
+  return any(a in ("-h", "--help", "-help", "--helpfull") for a in argv)
+
+
+def _train(argv: Sequence[str]) -> int:
+  if _wants_help(argv):
+    from cnn_jax import config_doc
+    print(TRAIN_USAGE + config_doc.describe())
+    return 0
+  try:
+    config, workdir = _parse_config_flags(argv, "cnn-jax train", workdir=True)
+  except ValueError as e:
+    print(f"cnn-jax train: {e}", file=sys.stderr)
     return 2
   from cnn_jax import distributed
   from cnn_jax.training import guards, setup, trainer
-  _persistent_compilation_cache(fv.config.get("compilation_cache_dir"))
-  setup.request_determinism(fv.config)  # XLA reads its flags when the backend starts
-  distributed.initialize(fv.config.get("distributed"))  # before anything touches the devices
+  _persistent_compilation_cache(config.get("compilation_cache_dir"))
+  setup.request_determinism(config)  # XLA reads its flags when the backend starts
+  distributed.initialize(config.get("distributed"))  # before anything touches the devices
   try:
-    result = trainer.train_and_evaluate(fv.config, fv.workdir)
+    result = trainer.train_and_evaluate(config, workdir)
   except guards.Preempted as e:
     print(f"cnn-jax train: {e}", file=sys.stderr)
     return e.exit_code
   result.pop("state", None)
   print(json.dumps(result, indent=2))
+  return 0
+
+
+def _config(argv: Sequence[str]) -> int:
+  """Every key of an experiment, overrides applied: what `train` would run with."""
+  if _wants_help(argv) or not argv:
+    print("cnn-jax config EXPERIMENT.py[:VARIANT] [--config.KEY=VALUE ...]\n"
+          "Prints every config key with its value and meaning; * marks the keys the "
+          "experiment (or an override) sets away from the default.")
+    return 0
+  if not argv[0].startswith("-"):
+    argv = [f"--config={argv[0]}", *argv[1:]]
+  try:
+    config, _ = _parse_config_flags(argv, "cnn-jax config", workdir=False)
+  except ValueError as e:
+    print(f"cnn-jax config: {e}", file=sys.stderr)
+    return 2
+  from cnn_jax import config_doc
+  print(config_doc.describe(config))
   return 0
 
 
@@ -260,6 +313,8 @@ def _prepare(argv: Sequence[str]) -> int:
 
 
 def _models(argv: Sequence[str]) -> int:
+  argparse.ArgumentParser("cnn-jax models", description="The zoo: each registered model, its "
+                          "input shape and what it is.").parse_args(argv)
   from cnn_jax import models
   for name in models.names():
     spec = models.get_spec(name)
@@ -300,7 +355,7 @@ def _kernels(argv: Sequence[str]) -> int:
   return 0
 
 
-COMMANDS = {"train": _train, "eval": _eval, "predict": _predict, "detect": _detect,
+COMMANDS = {"train": _train, "config": _config, "eval": _eval, "predict": _predict, "detect": _detect,
             "summary": _summary, "prepare": _prepare, "models": _models, "viz": _viz,
             "kernels": _kernels}
 
@@ -319,6 +374,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   logging.getLogger("absl").addFilter(lambda r: not any(q in r.getMessage() for q in quiet))
   if not argv or argv[0] in ("-h", "--help", "help"):
     print(USAGE)
+    return 0
+  if argv[0] in ("--version", "-V", "version"):
+    from importlib import metadata
+    print(f"cnn_jax {metadata.version('cnn_jax')} (jax {metadata.version('jax')}, "
+          f"flax {metadata.version('flax')}, optax {metadata.version('optax')})")
     return 0
   cmd = COMMANDS.get(argv[0])
   if cmd is None:
