@@ -10,6 +10,8 @@
   cnn-jax models
   cnn-jax viz     curves|filters|activations|confusion|gradcam|augment ... --out FILE.png
                   (cnn-jax viz help: each subcommand's arguments)
+  cnn-jax sweep   --config EXP[:variant] --workdir W [--space KEY=loguniform(A,B) ...] [--trials N]
+                  [--workers K] [--storage URL] (docs/sweeps.md)
   cnn-jax kernels PHOTO --kernel sharpen [--kernel edge ...] --out OUTDIR   (--list: names)
   cnn-jax --version
 every command: --help
@@ -236,6 +238,12 @@ def _viz(argv: Sequence[str]) -> int:
   return commands.main(argv)
 
 
+def _sweep(argv: Sequence[str]) -> int:
+  """Hyper-parameter sweep: an Optuna study whose trials are ordinary runs (docs/sweeps.md)."""
+  from cnn_jax.sweep import command  # noqa: PLC0415 - optuna, jax: only for this command
+  return command.main(argv)
+
+
 def _kernels(argv: Sequence[str]) -> int:
   p = argparse.ArgumentParser("cnn-jax kernels", description="Classic image kernels applied "
                               "to a photo: one PNG per kernel and a side-by-side sheet.")
@@ -265,7 +273,7 @@ def _kernels(argv: Sequence[str]) -> int:
 
 COMMANDS = {"train": _train, "config": _config, "eval": _eval, "predict": _predict, "detect": _detect,
             "summary": _summary, "prepare": _prepare, "models": _models, "viz": _viz,
-            "kernels": _kernels}
+            "kernels": _kernels, "sweep": _sweep}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
