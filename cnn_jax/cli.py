@@ -286,7 +286,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   # and that the directory is read only: what a read is, not news.
   # A failed save is reported once by the trainer; orbax's worker threads log the same
   # error again, twice, with the whole tensorstore spec.
-  quiet = ("read_only=True", "is read only", "_SignalingThread.run() raised an exception")
+  # tfds says, once per run, that it decodes with PIL because OpenCV is absent: PIL is
+  # what this project decodes with on purpose (data/images.py).
+  quiet = ("read_only=True", "is read only", "_SignalingThread.run() raised an exception",
+           "OpenCV is not installed")
   logging.getLogger("absl").addFilter(lambda r: not any(q in r.getMessage() for q in quiet))
   if not argv or argv[0] in ("-h", "--help", "help"):
     print(USAGE)

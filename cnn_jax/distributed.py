@@ -272,7 +272,7 @@ def initialize(config_dist: Any = None,
   environ = os.environ if environ is None else environ
   p = plan(config_dist, environ, tpu_present=_tpu_chips_present())
   if p is None:
-    logger.info("single-process run: jax.distributed.initialize not called")
+    logger.debug("single-process run: jax.distributed.initialize not called")
     return None
   os.environ.update(p.env)
   logger.info("jax.distributed.initialize(%s) [%s]", p.kwargs, p.source)

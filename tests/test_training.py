@@ -1,7 +1,9 @@
 """The training loop: determinism, overfitting, eval masking, optimizers, metrics files."""
 import functools
 import json
+import logging
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -64,10 +66,21 @@ def test_overfits_a_small_batch(tmp_path):
   assert r["validation"]["accuracy"] == 1.0  # random labels memorised
 
 
-def test_learns_a_learnable_task(tmp_path):
+def test_learns_a_learnable_task(tmp_path, capsys, caplog):
   train, test = random_split(512), random_split(200, seed=9)
-  r = trainer.train_and_evaluate(tiny_config("mlp", num_epochs=3), str(tmp_path), train, test)
+  config = tiny_config("mlp", num_epochs=3, progress_bar=True)
+  with caplog.at_level(logging.INFO, logger="cnn_jax"):
+    r = trainer.train_and_evaluate(config, str(tmp_path), train, test)
   assert r["validation"]["accuracy"] > 0.9
+  # One line says what the run runs on; off a terminal, plain progress lines, no tqdm bar.
+  start = [r.getMessage() for r in caplog.records if r.getMessage().startswith("training ")]
+  assert start == [f"training mlp on {jax.device_count()} cpu device in 1 process, "
+                   "parallel=sharded, float32, batch 32 (32 per device), 48 steps (3 epochs of 16)"]
+  err = capsys.readouterr().err
+  assert "\r" not in err, "no tqdm bar redraws in a file"
+  for epoch, step in ((1, 16), (2, 32), (3, 48)):  # each epoch's end is written
+    assert re.search(rf"^step {step}/48 \| epoch {epoch}/3 \| loss \d+\.\d{{4}} \| "
+                     rf"acc \d\.\d{{4}} \| \d+ img/s \| ETA \d+s$", err, re.M), err
 
 
 def test_batches_fixed_shape_and_seeded():

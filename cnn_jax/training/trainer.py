@@ -22,7 +22,7 @@ from cnn_jax import checkpoint as ckpt_lib
 from cnn_jax import config as config_lib
 from cnn_jax import parallel
 from cnn_jax.data import input_pipeline, on_device
-from cnn_jax.training import eval_pictures, evaluation, guards, metric_writers, optim, resume
+from cnn_jax.training import eval_pictures, evaluation, guards, metric_writers, optim, progress, resume
 from cnn_jax.training import workdir as workdir_lib
 from cnn_jax.training.metric_writers import MetricWriter
 from cnn_jax.training.setup import Setup, setup
@@ -111,6 +111,8 @@ def _run(config: ConfigDict, workdir: Any, res: resume.Resume, train_data: Optio
       c, spe, n)[1], start_step, spe)
   if note and is_main:
     log.info(note)
+  if is_main:
+    log.info(progress.start_line(config, spe, start_step))
   writer = MetricWriter(workdir, resume_step=start_step)
   if is_main:
     resume.record(workdir, config, res, start_step)
@@ -144,6 +146,10 @@ def _run(config: ConfigDict, workdir: Any, res: resume.Resume, train_data: Optio
   skipped_run = 0  # consecutive steps skip_nonfinite_steps dropped
   pictures: dict[str, Any] = {}  # what eval_pictures found once (e.g. the first conv)
   train_time, train_images = 0.0, 0
+  # A bar on a terminal; plain lines (step, epoch, images/s, ETA) in a log file.
+  show = is_main and bool(config.progress_bar)
+  lines = progress.ProgressLines(spe * config.num_epochs, config.num_epochs, config.batch_size,
+                                 enabled=show and not sys.stderr.isatty())
   try:
     # One reader for the whole run (grain workers start once), from the resumed step on;
     # inside `try`, so that a reader that cannot start still closes the checkpointers.
@@ -153,8 +159,8 @@ def _run(config: ConfigDict, workdir: Any, res: resume.Resume, train_data: Optio
         first = max(0, start_step - epoch * spe)
         batches = itertools.islice(loader, spe - first)
         bar = tqdm(batches, total=spe, initial=first, desc=f"epoch {epoch + 1}/{config.num_epochs}",
-                   disable=not (is_main and config.progress_bar), file=sys.stderr,
-                   mininterval=0.5 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
+                   disable=not (show and sys.stderr.isatty()), file=sys.stderr,
+                   mininterval=0.5, dynamic_ncols=True)
         buffer, t0, n0 = [], None, 0
         epoch_start = time.time()
         for i, batch in enumerate(parallel.prefetch(bar, s.compiled.put_batch), start=first):
@@ -199,8 +205,12 @@ def _run(config: ConfigDict, workdir: Any, res: resume.Resume, train_data: Optio
             m["learning_rate"] = s.learning_rate(step - 1)
             writer.write(step, m, "train")
             buffer = []
+            eta = progress.eta_seconds(step, spe * config.num_epochs, m["images_per_sec"],
+                                       config.batch_size)
             bar.set_postfix(loss=f"{m['loss']:.4f}", acc=f"{m.get('accuracy', 0.0):.4f}",
-                            img_s=f"{m['images_per_sec']:.0f}")
+                            img_s=f"{m['images_per_sec']:.0f}",
+                            eta=progress.format_duration(eta) if eta is not None else "-")
+            lines.update(step, epoch, m, force=end_of_epoch)
           if (due_ckpt or signum) and not end_of_epoch:
             save("latest", _meta(s, epoch, step))
           if signum and not end_of_epoch:
