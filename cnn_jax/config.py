@@ -179,6 +179,11 @@ def base_config() -> ConfigDict:
   c.skip_nonfinite_steps = False         # skip NaN / inf steps instead of stopping
   c.progress_bar = True
   c.tensorboard_samples = 8              # validation images + predictions in TensorBoard (0: off)
+  # Metrics copied to a tracking service too (training/mlflow_writer.py): "mlflow:URI", e.g.
+  # "mlflow:sqlite:///runs/mlflow.db" (a local database file, no server) or
+  # "mlflow:http://host:5000"; needs `pip install 'cnn_jax[tracking]'`. "": metrics.jsonl
+  # and TensorBoard only.
+  c.tracking = ""
   return c
 
 
@@ -186,7 +191,7 @@ def base_config() -> ConfigDict:
 # watched, saved or read, never the weights it trains to (batches do not depend on the
 # reader's workers / threads / cache / on_device: data/input_pipeline.py).
 RESUME_SAFE_KEYS = (
-    "log_every_steps", "progress_bar", "tensorboard_samples", "eval_every_epochs",
+    "log_every_steps", "progress_bar", "tensorboard_samples", "tracking", "eval_every_epochs",
     "eval_batch_size", "checkpoint_every_steps", "keep_checkpoints", "async_checkpointing",
     "compilation_cache_dir", "deterministic", "restore_from", "resume_changes",
     "dataset.workers", "dataset.threads", "dataset.prefetch", "dataset.cache",

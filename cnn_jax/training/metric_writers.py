@@ -1,5 +1,9 @@
 """Metrics to JSON lines and TensorBoard (tensorboardX), from process 0 only.
 
+For a training run (the trainer passes its config) the writer also records the run's start
+and end in status.json (`run_status`: finished / preempted / failed, what `cnn-jax runs`
+shows) and copies every line to MLflow when config.tracking asks (`mlflow_writer`).
+
 The work directory is an `etils.epath` path. Object stores (gs://) cannot append to a
 file, so for a remote work directory the lines are kept and the whole file is
 rewritten on each flush; a local file is appended to and flushed line by line.
@@ -10,6 +14,7 @@ import errno
 import json
 import logging
 import os
+import sys
 import time
 from typing import Any, Mapping, Optional
 
@@ -17,6 +22,7 @@ import jax
 import numpy as np
 from etils import epath
 
+from cnn_jax.training import guards, mlflow_writer, run_status
 from cnn_jax.training import workdir as workdir_lib
 
 log = logging.getLogger("cnn_jax")
@@ -83,11 +89,15 @@ class MetricWriter:
   """Writes `{"step", "time", <prefix>/<name>: value}` lines to metrics.jsonl and TB events."""
 
   def __init__(self, workdir: workdir_lib.PathLike, enabled: Optional[bool] = None,
-               tensorboard: bool = True, resume_step: Optional[int] = None):
+               tensorboard: bool = True, resume_step: Optional[int] = None,
+               config: Optional[Any] = None):
     """resume_step: the step the run (re)starts from. Lines past it were written by an
     interrupted run after its last checkpoint and are about to be written again: they
     move to metrics.superseded.jsonl (kept, not lost), so that metrics.jsonl reads as
-    one run, with no step twice."""
+    one run, with no step twice.
+    config: the run's, when this writer is a training run's (the trainer's): its start and
+    end go to status.json, and config.tracking adds the MLflow writer. `close` must then
+    be called from the run's `finally`: how the run ends is the exception passing there."""
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self.path = epath.Path(workdir) / "metrics.jsonl"
     self._remote = workdir_lib.is_remote(workdir)
@@ -96,6 +106,13 @@ class MetricWriter:
     self._fd: Optional[int] = None
     self._pending = b""
     self._failing = False
+    self._tracking: Optional[mlflow_writer.MLflowWriter] = None
+    self._status: Optional[dict] = None
+    self._last_step: Optional[int] = None
+    if self.enabled and config is not None:  # first: a bad tracking URI fails before any file
+      self._tracking = mlflow_writer.from_config(config, os.fspath(workdir))
+      if not self._remote:
+        self._status = run_status.started(os.fspath(workdir))
     if self.enabled:
       self.path.parent.mkdir(parents=True, exist_ok=True)
       if resume_step is not None and self.path.exists():
@@ -132,7 +149,11 @@ class MetricWriter:
     if not self.enabled:
       return
     values = {f"{prefix}/{k}": float(np.asarray(v)) for k, v in metrics.items()}
-    line = json.dumps({"step": int(step), "time": time.time(), **values}) + "\n"
+    now = time.time()
+    line = json.dumps({"step": int(step), "time": now, **values}) + "\n"
+    self._last_step = int(step)
+    if self._tracking is not None:
+      self._tracking.write(step, values, now)
     if self._remote:
       self._lines.append(line)
     else:
@@ -207,6 +228,8 @@ class MetricWriter:
       self.path.write_text("".join(self._lines))
     if self._fd is not None:
       self._drain()
+    if self._tracking is not None:
+      self._tracking.flush()
     if self._tensorboard() is not None:
       try:
         self._tb.flush()
@@ -214,7 +237,15 @@ class MetricWriter:
         pass
 
   def close(self) -> None:
+    ending = _ending(sys._getframe(1))  # before anything here can raise or catch
     self.flush()
+    if self._tracking is not None:
+      self._tracking.close(ending[0])
+      self._tracking = None
+    if self._status is not None:
+      run_status.ended(os.fspath(self.path.parent), self._status, ending[0], self._last_step,
+                       ending[1])
+      self._status = None
     if self._fd is not None:
       if self._pending:  # still no room: print them rather than lose them
         log.error("%d metric lines could not be written to %s (disk full?); here they are:\n%s",
@@ -228,6 +259,22 @@ class MetricWriter:
       except OSError:
         pass
       self._tb = None
+
+
+def _ending(caller: Any) -> tuple[str, Optional[str]]:
+  """(status, error) of the run whose `finally` (in frame `caller`) calls close(): the
+  exception propagating through that frame, if any. One handled by an outer `except`
+  (a sweep that retries a trial) is not this run's, hence the frame check."""
+  exc = sys.exc_info()[1]
+  tb = exc.__traceback__ if exc is not None else None
+  while tb is not None and tb.tb_frame is not caller:
+    tb = tb.tb_next
+  if tb is None:
+    return "finished", None
+  first = (str(exc).splitlines() or [""])[0][:500]
+  if isinstance(exc, guards.Preempted):
+    return "preempted", first
+  return "failed", f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def read_metrics(workdir: workdir_lib.PathLike) -> list[dict[str, Any]]:

@@ -113,7 +113,7 @@ def _run(config: ConfigDict, workdir: Any, res: resume.Resume, train_data: Optio
     log.info(note)
   if is_main:
     log.info(progress.start_line(config, spe, start_step))
-  writer = MetricWriter(workdir, resume_step=start_step)
+  writer = MetricWriter(workdir, resume_step=start_step, config=config)  # status, tracking
   if is_main:
     resume.record(workdir, config, res, start_step)
   faults = guards.FaultLog()
