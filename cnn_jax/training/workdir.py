@@ -52,6 +52,25 @@ def probe(workdir: epath.Path) -> None:
                        "another --workdir or free space / fix permissions") from e
 
 
+def remove_if_nothing_saved(workdir: epath.Path) -> bool:
+  """Remove a work directory this run created, when the run left nothing in it worth keeping.
+
+  A run refused at start (bad settings, data not prepared, wrong image shape) must not
+  leave an empty directory behind, which the next `ls` shows as a run. Kept whenever any
+  file holds data: a checkpoint, a logged metric, a picture — nothing saved is removed.
+  The config history and empty files are start-up bookkeeping, not results.
+  """
+  if is_remote(workdir) or not workdir.is_dir():
+    return False
+  for root, _, files in os.walk(os.fspath(workdir)):
+    for name in files:
+      path = os.path.join(root, name)
+      if name not in ("config_history.jsonl", LOCK_FILE) and os.path.getsize(path) > 0:
+        return False
+  shutil.rmtree(os.fspath(workdir), ignore_errors=True)
+  return True
+
+
 def check_free_space(workdir: epath.Path, needed_bytes: int) -> None:
   """A checkpoint needs room for a new step while the previous one still exists."""
   if is_remote(workdir):
