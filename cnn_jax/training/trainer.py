@@ -66,10 +66,16 @@ def train_and_evaluate(config: ConfigDict, workdir: str, train_data: Optional[An
   guards.NonFiniteLossError when the loss stops being finite (unless skip_nonfinite_steps).
   """
   workdir = workdir_lib.resolve(workdir)
+  created = not workdir.exists()
   workdir_lib.probe(workdir)  # before loading data: a bad --workdir fails in a second
-  with workdir_lib.lock(workdir, jax.process_index() == 0):  # one run per work directory
-    res = resume.check(config, workdir)  # what a resume may change: before anything compiles
-    return _run(config, workdir, res, train_data, val_data, test_data)
+  try:
+    with workdir_lib.lock(workdir, jax.process_index() == 0):  # one run per work directory
+      res = resume.check(config, workdir)  # what a resume may change: before anything compiles
+      return _run(config, workdir, res, train_data, val_data, test_data)
+  except BaseException:
+    if created and jax.process_index() == 0:  # a run refused at start leaves no directory
+      workdir_lib.remove_if_nothing_saved(workdir)
+    raise
 
 
 def _run(config: ConfigDict, workdir: Any, res: resume.Resume, train_data: Optional[Any],
