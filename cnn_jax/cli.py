@@ -13,6 +13,7 @@
   cnn-jax sweep   --config EXP[:variant] --workdir W [--space KEY=loguniform(A,B) ...] [--trials N]
                   [--workers K] [--storage URL] (docs/sweeps.md)
   cnn-jax kernels PHOTO --kernel sharpen [--kernel edge ...] --out OUTDIR   (--list: names)
+  cnn-jax cache   list | clear (--all | KEY ...)   (the decoded-data cache)
   cnn-jax --version
 every command: --help
 """
@@ -23,6 +24,7 @@ import json
 import logging
 import os
 import sys
+import time
 from typing import Optional, Sequence
 
 from cnn_jax import config_args
@@ -271,9 +273,40 @@ def _kernels(argv: Sequence[str]) -> int:
   return 0
 
 
+def _cache(argv: Sequence[str]) -> int:
+  p = argparse.ArgumentParser("cnn-jax cache", description="The decoded-data cache: list its "
+                              "entries, or clear them (they are decoded again when needed).")
+  p.add_argument("action", choices=["list", "clear"])
+  p.add_argument("keys", nargs="*", help="clear: the entries to remove (see list)")
+  p.add_argument("--all", action="store_true", help="clear: every entry")
+  p.add_argument("--cache_dir", default=None, help="default $CNN_JAX_CACHE_DIR or ~/.cache/cnn_jax")
+  args = p.parse_intermixed_args(argv)
+  from cnn_jax.data import cache
+  directory = cache.cache_dir({"cache_dir": args.cache_dir})
+  listed = cache.entries(directory)
+  if args.action == "list":
+    for e in listed:
+      d = e["description"]
+      what = " ".join(str(d[k]) for k in ("name", "root", "split", "share") if d.get(k) not in (None, ""))
+      used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e["last_used"]))
+      print(f"{e['key']}  {e['mb']:8.1f} MB  {e['examples']:7d} examples  used {used}  {what}")
+    print(f"{len(listed)} entries, {sum(e['mb'] for e in listed):.1f} MB in {directory}")
+    return 0
+  known = {e["key"] for e in listed}
+  if bool(args.all) == bool(args.keys):
+    raise ValueError("cache clear: give --all or the keys to remove (cnn-jax cache list shows them)")
+  unknown = [k for k in args.keys if k not in known]
+  if unknown:
+    raise ValueError(f"no cache entry {', '.join(unknown)} in {directory} (cnn-jax cache list)")
+  for key in (known if args.all else args.keys):
+    cache.remove(directory, key)
+  print(f"removed {len(known) if args.all else len(args.keys)} entries from {directory}")
+  return 0
+
+
 COMMANDS = {"train": _train, "config": _config, "eval": _eval, "predict": _predict, "detect": _detect,
             "summary": _summary, "prepare": _prepare, "models": _models, "viz": _viz,
-            "kernels": _kernels, "sweep": _sweep}
+            "kernels": _kernels, "cache": _cache, "sweep": _sweep}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -67,7 +67,8 @@ def base_config() -> ConfigDict:
   c.dataset.prefetch = 4                   # batches read ahead
   c.dataset.cache = True                   # decode small fixed-shape splits once (data/cache.py)
   c.dataset.cache_dir = placeholder(str)   # default $CNN_JAX_CACHE_DIR or ~/.cache/cnn_jax
-  c.dataset.cache_max_mb = 4096
+  c.dataset.cache_max_mb = 4096           # a split decoding to more than this is not cached
+  c.dataset.cache_total_mb = 8192         # the whole cache folder; least recently used entries go first
   # Keep the whole train split on the device and gather each batch there (no host reader,
   # no per-step copy): "auto" does it for an in-memory split with no host-side pp_train
   # on a single process under parallel="sharded" when it fits on_device_max_mb; the
@@ -195,7 +196,7 @@ RESUME_SAFE_KEYS = (
     "eval_batch_size", "checkpoint_every_steps", "keep_checkpoints", "async_checkpointing",
     "compilation_cache_dir", "deterministic", "restore_from", "resume_changes",
     "dataset.workers", "dataset.threads", "dataset.prefetch", "dataset.cache",
-    "dataset.cache_dir", "dataset.cache_max_mb", "dataset.on_device", "dataset.on_device_max_mb",
+    "dataset.cache_dir", "dataset.cache_max_mb", "dataset.cache_total_mb", "dataset.on_device", "dataset.on_device_max_mb",
     "dataset.data_dir", "dataset.raw_dir", "dataset.allow_download", "distributed.*")
 RESUME_CHANGES = ("refuse", "allow")
 

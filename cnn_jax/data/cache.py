@@ -9,7 +9,9 @@ share, channels). Later runs memory-map the arrays: the first step comes in seco
 grain workers share the pages instead of copying them.
 
 A cache entry is written to a temporary folder and renamed into place, so a killed run
-never leaves a half-written entry that a later run would trust.
+never leaves a half-written entry that a later run would trust. The folder is capped at
+`dataset.cache_total_mb`: after a new entry is written, the least recently used entries go
+(each read marks its entry used). `cnn-jax cache list|clear` shows and empties it.
 """
 from __future__ import annotations
 
@@ -40,7 +42,12 @@ def key_of(description: dict[str, Any]) -> str:
 
 
 def _load(path: str) -> Any:
-  meta = json.loads(open(os.path.join(path, "meta.json")).read())
+  meta_path = os.path.join(path, "meta.json")
+  meta = json.loads(open(meta_path).read())
+  try:
+    os.utime(meta_path)  # "last used", for least-recently-used eviction (atime is unreliable)
+  except OSError:  # a read-only cache still reads
+    pass
   images = np.load(os.path.join(path, "images.npy"), mmap_mode="r")
   labels = np.load(os.path.join(path, "labels.npy"))
   return Split(images, labels, meta["num_classes"], meta.get("class_names"),
@@ -109,4 +116,61 @@ def maybe_cached(source: Any, description: dict[str, Any], ds: Any,
       return Split(images, labels, source.num_classes, source.class_names)
   log.info("decoded %d examples (%.0f MB) in %.1fs, cached in %s", len(source), size_mb,
            time.time() - t0, root)
-  return _load(root)
+  split = _load(root)
+  evict(os.path.dirname(root), ds.get("cache_total_mb", 8192), keep=(os.path.basename(root),))
+  return split
+
+
+def entries(directory: str) -> list[dict[str, Any]]:
+  """The cache's entries, most recently used first: key, MB on disk, last use, what it holds."""
+  out = []
+  if not os.path.isdir(directory):
+    return out
+  for key in os.listdir(directory):
+    path = os.path.join(directory, key)
+    meta_path = os.path.join(path, "meta.json")
+    if key.startswith(".") or not os.path.isfile(meta_path):
+      continue
+    try:
+      meta = json.loads(open(meta_path).read())
+      size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
+      used = os.path.getmtime(meta_path)
+    except (OSError, ValueError):  # removed or being written meanwhile
+      continue
+    labels = os.path.join(path, "labels.npy")
+    examples = int(np.load(labels, mmap_mode="r").shape[0]) if os.path.exists(labels) else 0
+    out.append({"key": key, "mb": size / 2**20, "last_used": used, "examples": examples,
+                "description": meta.get("description", {})})
+  return sorted(out, key=lambda e: -e["last_used"])
+
+
+def remove(directory: str, key: str) -> None:
+  """Delete one entry: renamed away first, so a reader never sees a half-deleted entry."""
+  path = os.path.join(directory, key)
+  gone = tempfile.mkdtemp(prefix=".del-", dir=directory)
+  os.rename(path, os.path.join(gone, key))
+  shutil.rmtree(gone, ignore_errors=True)
+
+
+def evict(directory: str, max_mb: float, keep: tuple[str, ...] = ()) -> list[str]:
+  """Remove least recently used entries until the cache holds at most `max_mb` (never those
+  in `keep`); returns the removed keys. A run that has an entry memory-mapped keeps reading
+  it: a removed file lives on until its last reader closes it."""
+  listed = entries(directory)
+  total = sum(e["mb"] for e in listed)
+  removed = []
+  for e in reversed(listed):  # least recently used first
+    if total <= max_mb:
+      break
+    if e["key"] in keep:
+      continue
+    try:
+      remove(directory, e["key"])
+    except OSError:  # another process removed it first
+      continue
+    total -= e["mb"]
+    removed.append(e["key"])
+  if removed:
+    log.info("decoded cache over dataset.cache_total_mb=%d: removed %d least recently used "
+             "entr%s", max_mb, len(removed), "y" if len(removed) == 1 else "ies")
+  return removed
