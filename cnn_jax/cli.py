@@ -12,6 +12,7 @@
                   (cnn-jax viz help: each subcommand's arguments)
   cnn-jax sweep   --config EXP[:variant] --workdir W [--space KEY=loguniform(A,B) ...] [--trials N]
                   [--workers K] [--storage URL] (docs/sweeps.md)
+  cnn-jax runs    W|DIR [...] [--csv] [--sort COLUMN] [--filter 'test_accuracy>0.9']   (docs/runs.md)
   cnn-jax kernels PHOTO --kernel sharpen [--kernel edge ...] --out OUTDIR   (--list: names)
   cnn-jax cache   list | clear (--all | KEY ...)   (the decoded-data cache)
   cnn-jax --version
@@ -246,6 +247,12 @@ def _sweep(argv: Sequence[str]) -> int:
   return command.main(argv)
 
 
+def _runs(argv: Sequence[str]) -> int:
+  """Runs side by side (cnn_jax/runs.py: reads the work directories, imports no JAX)."""
+  from cnn_jax import runs
+  return runs.main(argv)
+
+
 def _kernels(argv: Sequence[str]) -> int:
   p = argparse.ArgumentParser("cnn-jax kernels", description="Classic image kernels applied "
                               "to a photo: one PNG per kernel and a side-by-side sheet.")
@@ -306,7 +313,7 @@ def _cache(argv: Sequence[str]) -> int:
 
 COMMANDS = {"train": _train, "config": _config, "eval": _eval, "predict": _predict, "detect": _detect,
             "summary": _summary, "prepare": _prepare, "models": _models, "viz": _viz,
-            "kernels": _kernels, "cache": _cache, "sweep": _sweep}
+            "kernels": _kernels, "cache": _cache, "sweep": _sweep, "runs": _runs}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
