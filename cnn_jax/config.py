@@ -8,6 +8,7 @@ instead of being silently ignored.
 from __future__ import annotations
 
 import difflib
+import os
 from typing import Any
 
 from ml_collections import ConfigDict
@@ -37,6 +38,7 @@ def base_config() -> ConfigDict:
   c.dataset = ConfigDict()
   c.dataset.name = "mnist"                # a tfds name (e.g. "imagenette/160px-v2"), "folder", "voc", "shapes"
   c.dataset.path = placeholder(str)        # name="folder": DIR holding DIR/<split>/<class>/*.jpg
+  c.dataset.path_env = ""                 # the variable the experiment reads path from (named in errors)
   c.dataset.channels = 3                   # folder images are converted to 1 (grey) or 3 (RGB)
   c.dataset.skip_corrupt = False           # folder: skip (and count) unreadable files instead of failing
   # name="voc": DIR/<image_dir>/*.jpg + Pascal VOC XML (DIR/annotations, Annotations or
@@ -197,13 +199,22 @@ RESUME_SAFE_KEYS = (
     "compilation_cache_dir", "deterministic", "restore_from", "resume_changes",
     "dataset.workers", "dataset.threads", "dataset.prefetch", "dataset.cache",
     "dataset.cache_dir", "dataset.cache_max_mb", "dataset.cache_total_mb", "dataset.on_device", "dataset.on_device_max_mb",
-    "dataset.data_dir", "dataset.raw_dir", "dataset.allow_download", "distributed.*")
+    "dataset.data_dir", "dataset.raw_dir", "dataset.path_env", "dataset.allow_download", "distributed.*")
 RESUME_CHANGES = ("refuse", "allow")
 
 
 # Names other frameworks use for a config key (what a user types first).
 KEY_ALIASES = {"lr": "learning_rate", "wd": "weight_decay", "epochs": "num_epochs",
                "bs": "batch_size", "optimizer": "name", "opt": "name", "schedule_name": "schedule"}
+
+
+def dataset_dir(env_var: str, name: str) -> str:
+  """Where a shipped experiment finds its image folder: $env_var if set, else
+  `<repository>/../shared/datasets/<name>` as an absolute path, so that an experiment runs
+  from any working directory, not only from the repository root."""
+  repository = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return os.environ.get(env_var) or os.path.normpath(
+      os.path.join(repository, "..", "shared", "datasets", name))
 
 
 def known_keys(c: Any = None, prefix: str = "") -> list[str]:
@@ -278,7 +289,6 @@ def _check_run_settings(config: ConfigDict) -> None:
   metric = config.get("best_metric")
   if metric and names and metric not in names and not (
       task == "detection" and str(metric).startswith("AP50/")):
-    import difflib
     close = ([n for n in names if n.startswith(str(metric))]
              or difflib.get_close_matches(str(metric), names, n=1))
     hint = f" Did you mean {close[0]!r}?" if close else ""

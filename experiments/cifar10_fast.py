@@ -13,17 +13,15 @@ with tensorflow-datasets: --config.dataset.name=cifar10.
 
   cnn-jax train --config experiments/cifar10_fast.py --workdir workdirs/cifar10_fast
 """
-import os
+from cnn_jax.config import base_config, dataset_dir, parse_arg, smoke_variant
 
-from cnn_jax.config import base_config, parse_arg, smoke_variant
-
-CIFAR10_DIR = os.environ.get("CNN_JAX_CIFAR10_DIR", "../shared/datasets/cifar10_jpeg")
 
 
 def cifar10_data(c):
   """The CIFAR-10 image folder (train / test) with the original's normalization."""
   c.dataset.name = "folder"
-  c.dataset.path = CIFAR10_DIR
+  c.dataset.path = dataset_dir("CNN_JAX_CIFAR10_DIR", "cifar10_jpeg")
+  c.dataset.path_env = "CNN_JAX_CIFAR10_DIR"
   c.dataset.mean = (0.4914, 0.4822, 0.4465)
   c.dataset.std = (0.2470, 0.2435, 0.2616)
   return c

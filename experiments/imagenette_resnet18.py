@@ -13,9 +13,8 @@ tensorflow-datasets: --config.dataset.name=imagenette/320px-v2 --config.dataset.
 
   cnn-jax train --config experiments/imagenette_resnet18.py --workdir workdirs/imagenette_resnet18
 """
-import os
 
-from cnn_jax.config import base_config, parse_arg, smoke_variant
+from cnn_jax.config import base_config, dataset_dir, parse_arg, smoke_variant
 from cnn_jax.data.input_pipeline import IMAGENET_MEAN_STD
 
 
@@ -26,7 +25,8 @@ def get_config(arg=None):
   c.model_input_shape = (128, 128, 3)
   c.model_kwargs.num_classes = 10
   c.dataset.name = "folder"
-  c.dataset.path = os.environ.get("CNN_JAX_IMAGENETTE_DIR", "../shared/datasets/imagenette_224")
+  c.dataset.path = dataset_dir("CNN_JAX_IMAGENETTE_DIR", "imagenette_224")
+  c.dataset.path_env = "CNN_JAX_IMAGENETTE_DIR"
   c.dataset.test_split = "val"
   c.dataset.pp_train = "random_resized_crop(128, scale=(0.35, 1))|flip_lr"
   c.dataset.pp_eval = "resize_small(146)|central_crop(128)"

@@ -11,14 +11,14 @@ augmentation, transfer from the Imagenette classifier); 164 photos, train[:80%] 
 import os
 import runpy
 
-from cnn_jax.config import parse_arg
+from cnn_jax.config import dataset_dir, parse_arg
 
 _raccoon = runpy.run_path(os.path.join(os.path.dirname(__file__), "raccoon_yolo.py"))
 
 
 def get_config(arg=None):
   args = parse_arg(arg)
-  c = _raccoon["detection_config"](
-      os.environ.get("CNN_JAX_KANGAROO_DIR", "../shared/datasets/kangaroo"), args.smoke)
+  c = _raccoon["detection_config"](dataset_dir("CNN_JAX_KANGAROO_DIR", "kangaroo"), args.smoke)
+  c.dataset.path_env = "CNN_JAX_KANGAROO_DIR"
   c.dataset.skip_corrupt = True  # images/00090.jpg of the published set is truncated
   return c

@@ -17,9 +17,8 @@ trained here on the Imagenette copy,
       --config.restore_from=workdirs/imagenette_resnet18
   cnn-jax detect --workdir workdirs/raccoon_yolo photo.jpg --out detections/
 """
-import os
 
-from cnn_jax.config import base_config, parse_arg, smoke_variant
+from cnn_jax.config import base_config, dataset_dir, parse_arg, smoke_variant
 from cnn_jax.data.input_pipeline import IMAGENET_MEAN_STD
 
 SIZE = 224
@@ -69,5 +68,6 @@ def detection_config(path: str, smoke: bool, size: int = SIZE):
 
 def get_config(arg=None):
   args = parse_arg(arg)
-  return detection_config(os.environ.get("CNN_JAX_RACCOON_DIR", "../shared/datasets/raccoon"),
-                          args.smoke)
+  c = detection_config(dataset_dir("CNN_JAX_RACCOON_DIR", "raccoon"), args.smoke)
+  c.dataset.path_env = "CNN_JAX_RACCOON_DIR"
+  return c

@@ -68,6 +68,13 @@ def load_source(ds: Any, split: str, *, max_examples: Optional[int] = None,
     return tfds_detection.tfds_detection_source(ds, split, max_examples=max_examples,
                                                 process_index=process_index,
                                                 process_count=process_count)
+  if ds.name in ("voc", "folder") and ds.get("path") and not os.path.isdir(ds.path):
+    env = ds.get("path_env")
+    how = f"set ${env}=DIR or pass --config.dataset.path=DIR" if env else "pass --config.dataset.path=DIR"
+    layout = ("DIR/<split>/<class>/*.jpg" if ds.name == "folder"
+              else "DIR/images/*.jpg and Pascal VOC XML in DIR/annotations")
+    raise FileNotFoundError(f"dataset.path={ds.path!r} does not exist: {how}, holding {layout} "
+                            "(docs/data.md)")
   if ds.name == "voc":
     if not ds.get("path"):
       raise ValueError("dataset.name='voc' needs --config.dataset.path=DIR holding DIR/images/*.jpg "
