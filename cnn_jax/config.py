@@ -45,7 +45,11 @@ def base_config() -> ConfigDict:
   # annots); splits slice one listing shuffled with split_seed, e.g. "train[:80%]".
   c.dataset.image_dir = "images"
   c.dataset.annotation_dir = placeholder(str)  # None: the first of annotations/Annotations/annots/xml
-  c.dataset.class_names = placeholder(tuple)   # None: the sorted object names of all the XML files
+  # Class names in label order. voc: the classes (None: the sorted object names of all the
+  # XML files). folder: what predictions and pictures call each class folder, in sorted
+  # folder order (None: DIR/classes.txt or DIR/labels.txt, `folder name` lines, if present;
+  # else the folder names).
+  c.dataset.class_names = placeholder(tuple)
   c.dataset.split_seed = 0
   c.dataset.data_dir = placeholder(str)              # tfds data_dir (env CNN_JAX_DATA_DIR / TFDS_DATA_DIR)
   c.dataset.raw_dir = placeholder(str)               # original files for tfds manual_dir (env CNN_JAX_RAW_DIR)

@@ -17,6 +17,10 @@ tensorflow-datasets: --config.dataset.name=imagenette/320px-v2 --config.dataset.
 from cnn_jax.config import base_config, dataset_dir, parse_arg, smoke_variant
 from cnn_jax.data.input_pipeline import IMAGENET_MEAN_STD
 
+# The ten WordNet ids' names, in the sorted folder order (n01440764 ... n03888257).
+IMAGENETTE_NAMES = ("tench", "English springer", "cassette player", "chain saw", "church",
+                    "French horn", "garbage truck", "gas pump", "golf ball", "parachute")
+
 
 def get_config(arg=None):
   args = parse_arg(arg, variants=("smoke", "resnet50"))
@@ -27,6 +31,7 @@ def get_config(arg=None):
   c.dataset.name = "folder"
   c.dataset.path = dataset_dir("CNN_JAX_IMAGENETTE_DIR", "imagenette_224")
   c.dataset.path_env = "CNN_JAX_IMAGENETTE_DIR"
+  c.dataset.class_names = IMAGENETTE_NAMES
   c.dataset.test_split = "val"
   c.dataset.pp_train = "random_resized_crop(128, scale=(0.35, 1))|flip_lr"
   c.dataset.pp_eval = "resize_small(146)|central_crop(128)"

@@ -131,6 +131,37 @@ def folder_source(root: str, split: str, channels: int = 3, skip_corrupt: bool =
   return source
 
 
+NAMES_FILES = ("classes.txt", "labels.txt")
+
+
+def display_names(root: str, folder_names: Sequence[str],
+                  configured: Optional[Sequence[str]] = None) -> list[str]:
+  """What to call each class (label i is folder_names[i]) in predictions and pictures.
+
+  Folders are often named by id (ImageNet's `n03000684`); a person wants "chain saw".
+  In order: `configured` (dataset.class_names, one name per class in label order); else a
+  names file in `root` (classes.txt or labels.txt, one `folder_name display name` per
+  line, as ImageNet's LOC_synset_mapping.txt); else the folder names themselves.
+  """
+  folder_names = list(folder_names)
+  if configured:
+    if len(configured) != len(folder_names):
+      raise ValueError(f"dataset.class_names has {len(configured)} names but {root} has "
+                       f"{len(folder_names)} classes ({', '.join(folder_names)}); give one "
+                       "name per class folder, in sorted folder order")
+    return [str(n) for n in configured]
+  for name in NAMES_FILES:
+    path = os.path.join(root, name)
+    if os.path.isfile(path):
+      mapping = {}
+      for line in open(path, encoding="utf-8"):
+        key, _, shown = line.strip().partition(" ")
+        if key:
+          mapping[key] = shown.strip() or key
+      return [mapping.get(f, f) for f in folder_names]
+  return folder_names
+
+
 def without_corrupt(source: FolderSource) -> FolderSource:
   """`source` less its unreadable files (skipped, counted in one warning)."""
   return images.without_unreadable(source, source.files)

@@ -100,9 +100,12 @@ def load_source(ds: Any, split: str, *, max_examples: Optional[int] = None,
     if max_examples is not None:
       source = source.subset(np.arange(min(max_examples, len(source))))
     source = shard(source, process_index, process_count)
-    return cache_lib.maybe_cached(source, {"kind": "folder", "root": os.path.abspath(ds.path),
-                                           "split": split, "fingerprint": source.fingerprint(),
-                                           **({"skip_corrupt": True} if skip else {})},
-                                  ds, prepare=folders.without_corrupt if skip else None)
+    shown = folders.display_names(ds.path, source.class_names, ds.get("class_names"))
+    source = cache_lib.maybe_cached(source, {"kind": "folder", "root": os.path.abspath(ds.path),
+                                             "split": split, "fingerprint": source.fingerprint(),
+                                             **({"skip_corrupt": True} if skip else {})},
+                                    ds, prepare=folders.without_corrupt if skip else None)
+    source.class_names = shown  # labels follow the folders; names are what people read
+    return source
   return tfds_data.tfds_source(ds, split, max_examples=max_examples,
                                process_index=process_index, process_count=process_count)
