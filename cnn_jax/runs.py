@@ -172,7 +172,8 @@ class Run:
       out = [self.lines[0]["time"]]
     return sorted(out)
 
-  def wall_seconds(self, now: Optional[float] = None) -> Optional[float]:
+  def sessions(self, now: Optional[float] = None) -> list[tuple[float, float]]:
+    """(start, last line) of each start of the run; `now` ends a running one."""
     starts = self.starts()
     times = sorted(r["time"] for r in self.lines + self.superseded
                    if isinstance(r.get("time"), (int, float)))
@@ -180,14 +181,27 @@ class Run:
       times.append(self.record["ended"])
     if now is not None:
       times.append(now)
-    if not starts or not times:
-      return None
-    total = 0.0
+    out = []
     for i, start in enumerate(starts):
       until = starts[i + 1] if i + 1 < len(starts) else math.inf
       inside = [t for t in times if start <= t < until]
-      total += max(inside) - start if inside else 0.0
-    return total
+      out.append((start, max(inside) if inside else start))
+    return out
+
+  def wall_seconds(self, now: Optional[float] = None) -> Optional[float]:
+    sessions = self.sessions(now)
+    return sum(end - start for start, end in sessions) if sessions else None
+
+  def elapsed(self, t: float) -> float:
+    """The run's wall time at time t: earlier starts whole, plus t - this start."""
+    done = 0.0
+    for start, end in self.sessions():
+      if t < start:
+        break
+      done += min(t, end) - start
+      if t < end:
+        break
+    return done
 
 
 def _alive(pid: int) -> bool:

@@ -63,6 +63,15 @@ def _param_value(v: Any) -> str:
   return text[:_MAX_VALUE]
 
 
+def _artifacts(uri: str) -> Optional[str]:
+  """Where a new experiment's artifacts go: beside a sqlite database (MLflow's default is
+  ./mlruns under whatever folder the command ran in); a server's own default otherwise."""
+  if not uri.startswith("sqlite:///"):
+    return None
+  db = os.path.abspath(uri[len("sqlite:///"):])
+  return "file://" + os.path.join(os.path.dirname(db), "mlartifacts")
+
+
 class MLflowWriter:
   """One MLflow run per work directory, fed by the metric writer (process 0)."""
 
@@ -78,7 +87,7 @@ class MLflowWriter:
     found = self._client.get_experiment_by_name(name)
     if found is None:
       try:
-        self.experiment_id = self._client.create_experiment(name)
+        self.experiment_id = self._client.create_experiment(name, _artifacts(self.uri))
       except Exception:  # noqa: BLE001 - another worker of a sweep created it meanwhile
         found = self._client.get_experiment_by_name(name)
         if found is None:

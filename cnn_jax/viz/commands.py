@@ -17,7 +17,8 @@ from ml_collections import config_flags
 from cnn_jax.viz import activations, augment, confusion, curves, filters, gradcam, runs
 
 USAGE = """cnn-jax viz SUBCOMMAND ...
-  curves      --workdir W [W2 ...] --out curves.png
+  curves      --workdir W [W2 ...] [--x step|epoch|time] --out curves.png
+              (a sweep's runs: --workdir W/trials/*; the legend names the differing keys)
   filters     --workdir W [--layer conv2] [--max_tiles 64] --out filters.png
   activations --workdir W IMAGE [--max_maps 16] --out maps.png
   confusion   --workdir W [--split test|validation|SPLIT] --out confusion.png
@@ -39,9 +40,11 @@ def _parser(name: str, run: bool = True) -> argparse.ArgumentParser:
 def _curves(argv: Sequence[str]) -> int:
   p = _parser("curves", run=False)
   p.add_argument("--workdir", required=True, nargs="+", help="one or more runs to overlay")
+  p.add_argument("--x", default="step", choices=curves.X_AXES,
+                 help="step, epoch, or the run's wall time")
   a = p.parse_args(argv)
-  r = curves.plot_curves(a.workdir, a.out, a.overwrite)
-  print(f"{r['path']}: {', '.join(r['panels'])} of {len(a.workdir)} run(s)")
+  r = curves.plot_curves(a.workdir, a.out, a.overwrite, a.x)
+  print(f"{r['path']}: {', '.join(r['panels'])} of {len(a.workdir)} run(s) by {a.x}")
   return 0
 
 
