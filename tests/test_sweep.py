@@ -1,0 +1,216 @@
+"""cnn-jax sweep: the search-space grammar, trials as ordinary runs, pruning, and no trial
+lost or counted twice when a worker dies (simulated in-process by default; a real SIGKILL
+of a `cnn-jax sweep` process, and K local workers, in the slow tests)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from cnn_jax.sweep import command, space, study as study_lib, summary, trial as trial_lib
+from cnn_jax.training import trainer
+
+from helpers import random_split
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+EXPERIMENT = textwrap.dedent('''
+    from cnn_jax.config import base_config, smoke_variant
+
+    def get_config(arg=None):
+      c = smoke_variant(base_config())
+      c.model = "mlp"
+      c.progress_bar = False
+      c.num_epochs = EPOCHS
+      c.batch_size = 16
+      c.eval_batch_size = 32
+      c.log_every_steps = 2
+      c.dataset.on_device = "never"
+      c.tensorboard_samples = 0  # one compilation less per trial
+      c.dataset.test_split = ""
+      return c
+
+    def get_sweep(arg=None):
+      return {"space": {"optimizer.learning_rate": "loguniform(1e-3, 1e-1)"}, "trials": 2}
+    ''')
+
+
+def _experiment(tmp_path, epochs=1, extra=""):
+  path = tmp_path / "exp.py"
+  path.write_text(EXPERIMENT.replace("EPOCHS", str(epochs)) + extra)
+  return str(path)
+
+
+@pytest.fixture(scope="module")
+def data():
+  """(train, validation): 48 / 32 synthetic 28x28 images, 3 steps an epoch."""
+  return random_split(48), random_split(32, seed=1)
+
+
+def _open(workdir, config, *flags):
+  args, rest = command._parser().parse_known_args(
+      ["--config", config, "--workdir", str(workdir), "--seed", "0", "--heartbeat", "1", *flags])
+  spec, declared = command.build_spec(args, rest)
+  return (spec, *command.open_study(args, spec, declared))
+
+
+def _work(spec, study, storage, n, workdir, data):
+  return study_lib.work(study, storage, n, lambda t, f: trial_lib.run(
+      t, f, spec, storage, str(workdir), data, poll_s=0.05), poll_s=0.2)
+
+
+# --- the grammar ------------------------------------------------------------------------
+
+def test_space_forms_and_their_optuna_distributions():
+  got = space.parse_space(["optimizer.learning_rate=loguniform(1e-4, 1e-1)",
+                           "label_smoothing=uniform(0, 0.2)", "batch_size=int(16, 64, 16)",
+                           "augment=choice('pad_crop(2)', '')", "optimizer.name=choice(adam, sgd)"])
+  assert got["optimizer.learning_rate"].args == (1e-4, 1e-1)
+  assert got["label_smoothing"].args == (0.0, 0.2)  # floats, though written as 0
+  assert got["batch_size"].grid() == [16, 32, 48, 64]
+  assert got["augment"].args == ("pad_crop(2)", "")
+  assert got["optimizer.name"].args == ("adam", "sgd")  # bare words are strings
+  trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3)).ask()
+  values = {k: p.suggest(trial) for k, p in got.items()}
+  assert 1e-4 <= values["optimizer.learning_rate"] <= 1e-1
+  assert values["batch_size"] in (16, 32, 48, 64)
+  d = trial.distributions
+  assert d["optimizer.learning_rate"].log and not d["label_smoothing"].log
+  assert d["batch_size"].step == 16
+
+
+@pytest.mark.parametrize("text,message", [
+    ("optimizer.learning_rate", "expected KEY=KIND"),
+    ("optimizer.learning_rate=gauss(0, 1)", "unknown kind 'gauss'"),
+    ("optimizer.learning_rate=loguniform(0, 1)", "A > 0"),
+    ("optimizer.learning_rate=uniform(1, 0.5)", "need A < B"),
+    ("batch_size=int(16, 64.5)", "integers"),
+    ("optimizer.learnig_rate=uniform(0, 1)", "did you mean optimizer.learning_rate"),
+])
+def test_space_errors_say_what_is_wrong(text, message):
+  with pytest.raises(ValueError, match=message):
+    space.parse_space([text])
+
+
+def test_grid_needs_finite_values():
+  with pytest.raises(ValueError, match="continuous: write"):
+    space.parse("optimizer.learning_rate=uniform(0.1, 0.2)").grid()
+
+
+def test_sweep_without_validation_split_is_refused(tmp_path):
+  config = _experiment(tmp_path)
+  with pytest.raises(ValueError, match="no validation split"):
+    _open(tmp_path / "W", config, "--config.dataset.val_split=")
+
+
+def test_a_study_of_another_sweep_is_refused(tmp_path):
+  config = _experiment(tmp_path)
+  _open(tmp_path / "W", config)
+  with pytest.raises(ValueError, match="sweeps something else: space"):
+    _open(tmp_path / "W", config, "--space", "label_smoothing=uniform(0, 0.2)")
+
+
+# --- sweeps -----------------------------------------------------------------------------
+
+def test_two_trial_sweep_trials_are_runs_and_summarized(tmp_path, data):
+  spec, study, storage, n = _open(tmp_path / "W", _experiment(tmp_path))
+  assert n == 2 and storage.url == f"sqlite:///{tmp_path}/W/study.db"
+  did = _work(spec, study, storage, n, tmp_path / "W", data)
+  assert did == {"complete": 2, "pruned": 0, "failed": 0, "resumed": 0}
+  # The database on disk (a fresh connection) holds both, each value its run's validation.
+  again = optuna.load_study(study_name="sweep", storage=f"sqlite:///{tmp_path}/W/study.db")
+  trials = again.get_trials()
+  assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+  lrs = [t.params["optimizer.learning_rate"] for t in trials]
+  assert lrs[0] != lrs[1] and all(1e-3 <= lr <= 1e-1 for lr in lrs)
+  for t in trials:
+    run = tmp_path / "W" / "trials" / f"{t.number:04d}"
+    results = json.loads((run / "results.json").read_text())
+    assert t.value == results["validation"]["accuracy"]
+    config = json.loads((run / "config.json").read_text())
+    assert config["optimizer"]["learning_rate"] == t.params["optimizer.learning_rate"]
+    assert t.intermediate_values == {1: t.value}  # the per-epoch report
+  text = summary.write(again, str(tmp_path / "W"), spec.metric, {"optimizer.learning_rate"})
+  best = max(trials, key=lambda t: t.value)
+  assert f"best: trial {best.number}" in text
+  rows = (tmp_path / "W" / "summary.csv").read_text().splitlines()
+  assert len(rows) == 3 and rows[0].startswith("trial,resumed_from,state,value")
+  assert (tmp_path / "W" / "sweep.png").stat().st_size > 5000
+
+
+@pytest.mark.parametrize("trained", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_dead_worker_trial_is_requeued_and_completes_once(tmp_path, data, trained):
+  """What SIGKILL leaves: a RUNNING trial whose worker process is gone, and its run
+  directory with a lock naming the dead process (and, `trained`, a checkpoint at step 2 or
+  more). The next worker fails it and runs its parameters again in the same directory
+  (resuming from the checkpoint), then the rest of the sweep."""
+  n = 2 if trained else 1
+  spec, study, storage, _ = _open(tmp_path / "W", _experiment(tmp_path, epochs=2))
+  trial = study.ask()
+  lr = spec.space["optimizer.learning_rate"].suggest(trial)
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()
+  trial.set_user_attr("worker", {"host": os.uname().nodename, "pid": dead.pid})
+  storage.record_heartbeat(trial._trial_id)
+  run = tmp_path / "W" / "trials" / "0000"
+  run.mkdir(parents=True)
+  if trained:
+    c = spec.config_for({"optimizer.learning_rate": lr})
+    c.checkpoint_every_steps = 2
+    with pytest.raises(trainer.guards.Preempted):  # stops after its step-2 checkpoint
+      _preempt_after_first_checkpoint(c, run, data)
+  (run / "run.lock").write_text(json.dumps({"host": os.uname().nodename, "pid": dead.pid}))
+
+  did = _work(spec, study, storage, n, tmp_path / "W", data)
+  assert did == {"complete": n, "pruned": 0, "failed": 0, "resumed": 1}
+  trials = study.get_trials()
+  assert [t.state for t in trials] == [TrialState.FAIL] + [TrialState.COMPLETE] * n
+  assert trials[1].params == trials[0].params  # the same parameter set, completed once
+  assert trials[1].system_attrs["failed_trial"] == 0
+  assert trials[1].user_attrs["workdir"] == str(run)
+  assert [r["trial"] for r in summary.rows(study)] == list(range(1, n + 1))
+  history = [json.loads(l) for l in (run / "config_history.jsonl").read_text().splitlines()]
+  if trained:
+    assert trials[2].user_attrs["workdir"].endswith("trials/0002")
+    assert [h["resumed"] for h in history] == [False, True]  # from the killed run's checkpoint
+    assert history[0]["step"] == 0 and 2 <= history[1]["step"] < 6
+  else:
+    assert [h["resumed"] for h in history] == [False]
+
+
+def _preempt_after_first_checkpoint(config, run, data):
+  """Train until the first checkpoint, then SIGUSR1 (the trainer saves and stops)."""
+  import threading
+
+  def signal_when_saved():
+    while not (run / "checkpoints").exists() or not any((run / "checkpoints").iterdir()):
+      time.sleep(0.01)
+    os.kill(os.getpid(), signal.SIGUSR1)
+  threading.Thread(target=signal_when_saved, daemon=True).start()
+  trainer.train_and_evaluate(config, str(run), *data)
+
+
+class _PruneAfterFirstReport(optuna.pruners.BasePruner):
+  def prune(self, study, trial):
+    return bool(trial.intermediate_values)
+
+
+def test_pruned_trial_stops_at_the_pruners_word(tmp_path, data):
+  spec, study, storage, _ = _open(tmp_path / "W", _experiment(tmp_path, epochs=4))
+  study.pruner = _PruneAfterFirstReport()
+  did = _work(spec, study, storage, 1, tmp_path / "W", data)
+  assert did["pruned"] == 1
+  t = study.get_trials()[0]
+  assert t.state == TrialState.PRUNED
+  run = tmp_path / "W" / "trials" / "0000"
+  steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()]
+  assert max(steps) < 4 * 3  # stopped before its 4 epochs of 3 steps
+  assert set(t.intermediate_values) <= {1, 2, 3} and 1 in t.intermediate_values
+  assert not (run / "results.json").exists()
