@@ -122,8 +122,9 @@ def _eval(argv: Sequence[str]) -> int:
   p.add_argument("--workdir", required=True)
   p.add_argument("--which", default="best", choices=["best", "latest"],
                  help="best: the best-on-validation checkpoint; latest: the final one")
-  p.add_argument("--split", default="test",
-                 help="test (default), validation, or a tfds split such as 'train[:10%%]'")
+  p.add_argument("--split", default=None,
+                 help="test, validation, or a split such as 'train[:10%%]' (default: the "
+                      "run's test split, else its validation split)")
   p.add_argument("--data_dir", default=None)
   args = p.parse_args(argv)
   from cnn_jax import inference
@@ -131,8 +132,10 @@ def _eval(argv: Sequence[str]) -> int:
   import jax
   model, variables, config = inference.load(args.workdir, args.which)
   ds = config.dataset
+  # A detection run often has no test split (raccoon: train[:80%] / train[80%:]).
+  named = args.split or ("test" if ds.get("test_split") or not ds.get("val_split") else "validation")
   split = {"test": ds.get("test_split") or "test",
-           "validation": ds.get("val_split")}.get(args.split, args.split)
+           "validation": ds.get("val_split")}.get(named, named)
   if not split:
     raise ValueError(f"the run in {args.workdir} has no validation split; pass --split SPLIT")
   ds.test_split, ds.val_split = split, ""
@@ -189,12 +192,20 @@ def _detect(argv: Sequence[str]) -> int:
     raise ValueError(f"--score_threshold must be in [0, 1], got {args.score_threshold}")
   from cnn_jax.detection import detect
   detector = detect.from_workdir(args.workdir, args.which)
+  empty = []  # best score of each image with no box above the threshold
   for r in detect.run(detector, args.images, args.out, args.score_threshold, args.overwrite):
     where = f" -> {r['out']}" if r["out"] else ""
     print(f"{r['path']}: {len(r['detections'])} boxes in {1000 * r['seconds']:.1f} ms{where}")
     for d in r["detections"]:
       x0, y0, x1, y1 = d["box"]
       print(f"  {d['name']:12s} {d['score']:.3f}  [{x0:.0f}, {y0:.0f}, {x1:.0f}, {y1:.0f}]")
+    if not r["detections"]:
+      empty.append(r["best_score"])
+  if empty:  # said once, after the list: a weak model is not a broken command
+    best = max((b for b in empty if b is not None), default=None)
+    print(f"{len(empty)} image(s) had no box scoring {args.score_threshold} or more"
+          + (f" (the best scored {best:.3f}); lower --score_threshold to see weaker boxes"
+             if best is not None else "; the model found nothing at all there"), file=sys.stderr)
   return 0
 
 

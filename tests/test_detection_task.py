@@ -14,6 +14,7 @@ from cnn_jax import config as config_lib
 from cnn_jax.detection import task as detection_task
 from cnn_jax.training import setup as setup_lib
 from cnn_jax.training import trainer
+from cnn_jax.viz import augment as viz_augment
 
 CLASSES = ("blue", "red")
 COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220)}
@@ -101,6 +102,11 @@ def test_eval_cli_reports_map(trained, capsys):
                    "validation"]) == 0
   out = json.loads(capsys.readouterr().out)
   assert out["mAP50"] == pytest.approx(result["validation"]["mAP50"], abs=1e-6)
+  # No --split: a run without a test split is evaluated on its validation split.
+  assert cli.main(["eval", "--workdir", str(workdir), "--which", "latest"]) == 0
+  out = json.loads(capsys.readouterr().out)
+  assert out["split"] == "train" and out["mAP50"] == pytest.approx(result["validation"]["mAP50"],
+                                                                   abs=1e-6)
 
 
 def test_detect_cli_draws_boxes_in_original_pixels(trained, tmp_path, capsys):
@@ -123,6 +129,16 @@ def test_detect_cli_draws_boxes_in_original_pixels(trained, tmp_path, capsys):
   x0, y0, x1, y1, cls = truth["img000"][0]
   best = max(found, key=lambda d: _iou(d.box, (x0, y0, x1, y1)))
   assert best.name == cls and _iou(best.box, (x0, y0, x1, y1)) > 0.5
+  # No box above the threshold: said once, with the best score and what to change.
+  assert cli.main(["detect", "--workdir", str(workdir), "--score_threshold", "1.0"]
+                  + [str(root / "images" / f"{n}.png") for n in names]) == 0
+  captured = capsys.readouterr()
+  assert "img000.png: 0 boxes" in captured.out
+  best = max(detector.detect(np.asarray(Image.open(root / "images" / f"{n}.png").convert("RGB")),
+                             0.0)[0].score for n in names)
+  assert captured.err.strip().splitlines() == [
+      f"2 image(s) had no box scoring 1.0 or more (the best scored {best:.3f}); lower "
+      "--score_threshold to see weaker boxes"]
   # Nothing saved is overwritten: a second run into the same folder is refused.
   assert cli.main(["detect", "--workdir", str(workdir), "--out", str(out_dir),
                    str(root / "images" / "img000.png")]) == 1
@@ -265,3 +281,30 @@ def test_a_run_saved_before_tasks_existed_still_evaluates():
     del old["dataset"][key]
   s = setup_lib.setup(ConfigDict(old), val_data=random_split(48), for_training=False)
   assert s.max_objects is None and s.num_classes == 10
+
+
+def test_viz_augment_draws_a_detectors_boxes_where_the_host_ops_moved_them(tmp_path):
+  """Every drawn box, after a certain mirror and a resize, still frames its colour."""
+  voc_folder(tmp_path / "voc", n=8)
+  c = detection_config(tmp_path / "voc")
+  c.dataset.pp_train = "flip_lr(1.0)|resize(64)"
+  b = viz_augment.augmented_batch(c, num=6)
+  assert b["images"].shape == (6, 64, 64, 3) and b["names"] == list(CLASSES)
+  assert int(b["valid"].sum()) == 9  # images alternate one and two objects
+  for image, boxes, labels, valid in zip(b["images"], b["boxes"], b["box_labels"], b["valid"]):
+    for (x0, y0, x1, y1), label, v in zip(boxes, labels, valid):
+      if v:  # the box's inside (2 px in from resampled edges) is the class colour
+        inside = image[int(y0 * 64) + 2:int(y1 * 64) - 2, int(x0 * 64) + 2:int(x1 * 64) - 2]
+        np.testing.assert_allclose(inside.reshape(-1, 3).mean(0),
+                                   np.array(COLOURS[CLASSES[label]]) / 255, atol=0.02)
+  out = tmp_path / "augment.png"
+  assert cli.main(["viz", "augment", "--config", _write_config(tmp_path, c), "--num", "4",
+                   "--out", str(out)]) == 0
+  assert out.stat().st_size > 0
+
+
+def _write_config(tmp_path, c) -> str:
+  path = tmp_path / "exp.py"
+  path.write_text("import ml_collections\n\ndef get_config():\n  return "
+                  f"ml_collections.ConfigDict({c.to_dict()!r})\n")
+  return str(path)
