@@ -119,41 +119,13 @@ def test_a_study_of_another_sweep_is_refused(tmp_path):
 
 # --- sweeps -----------------------------------------------------------------------------
 
-def test_two_trial_sweep_trials_are_runs_and_summarized(tmp_path, data):
-  spec, study, storage, n = _open(tmp_path / "W", _experiment(tmp_path))
-  assert n == 2 and storage.url == f"sqlite:///{tmp_path}/W/study.db"
-  did = _work(spec, study, storage, n, tmp_path / "W", data)
-  assert did == {"complete": 2, "pruned": 0, "failed": 0, "resumed": 0}
-  # The database on disk (a fresh connection) holds both, each value its run's validation.
-  again = optuna.load_study(study_name="sweep", storage=f"sqlite:///{tmp_path}/W/study.db")
-  trials = again.get_trials()
-  assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
-  lrs = [t.params["optimizer.learning_rate"] for t in trials]
-  assert lrs[0] != lrs[1] and all(1e-3 <= lr <= 1e-1 for lr in lrs)
-  for t in trials:
-    run = tmp_path / "W" / "trials" / f"{t.number:04d}"
-    results = json.loads((run / "results.json").read_text())
-    assert t.value == results["validation"]["accuracy"]
-    config = json.loads((run / "config.json").read_text())
-    assert config["optimizer"]["learning_rate"] == t.params["optimizer.learning_rate"]
-    assert t.intermediate_values == {1: t.value}  # the per-epoch report
-  text = summary.write(again, str(tmp_path / "W"), spec.metric, {"optimizer.learning_rate"})
-  best = max(trials, key=lambda t: t.value)
-  assert f"best: trial {best.number}" in text
-  rows = (tmp_path / "W" / "summary.csv").read_text().splitlines()
-  assert len(rows) == 3 and rows[0].startswith("trial,resumed_from,state,value")
-  assert (tmp_path / "W" / "sweep.png").stat().st_size > 5000
-
-
-@pytest.mark.parametrize("trained", [False, pytest.param(True, marks=pytest.mark.slow)])
-def test_dead_worker_trial_is_requeued_and_completes_once(tmp_path, data, trained):
-  """What SIGKILL leaves: a RUNNING trial whose worker process is gone, and its run
-  directory with a lock naming the dead process (and, `trained`, a checkpoint at step 2 or
-  more). The next worker fails it and runs its parameters again in the same directory
-  (resuming from the checkpoint), then the rest of the sweep."""
-  n = 2 if trained else 1
-  spec, study, storage, _ = _open(tmp_path / "W", _experiment(tmp_path, epochs=2))
-  trial = study.ask()
+def _dead_trial(spec, study, storage, tmp_path):
+  """What SIGKILL leaves: trial 0 RUNNING, its worker process gone, its run directory with
+  a lock naming the dead process. Returns (the trial's learning rate, its directory)."""
+  import warnings
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)  # heartbeats outside Study.optimize
+    trial = study.ask()
   lr = spec.space["optimizer.learning_rate"].suggest(trial)
   dead = subprocess.Popen([sys.executable, "-c", "pass"])
   dead.wait()
@@ -161,28 +133,64 @@ def test_dead_worker_trial_is_requeued_and_completes_once(tmp_path, data, traine
   storage.record_heartbeat(trial._trial_id)
   run = tmp_path / "W" / "trials" / "0000"
   run.mkdir(parents=True)
-  if trained:
-    c = spec.config_for({"optimizer.learning_rate": lr})
-    c.checkpoint_every_steps = 2
-    with pytest.raises(trainer.guards.Preempted):  # stops after its step-2 checkpoint
-      _preempt_after_first_checkpoint(c, run, data)
   (run / "run.lock").write_text(json.dumps({"host": os.uname().nodename, "pid": dead.pid}))
+  return lr, run
 
+
+def test_two_trial_sweep_after_a_dead_worker(tmp_path, data):
+  """A 2-trial sweep whose first trial's worker died: the next worker fails that trial,
+  runs its parameters again in its directory, then the second; each parameter set ends
+  COMPLETE once, the database says so, each trial is a run and the summary lists both."""
+  spec, study, storage, n = _open(tmp_path / "W", _experiment(tmp_path))
+  assert n == 2 and storage.url == f"sqlite:///{tmp_path}/W/study.db"
+  lr0, run0 = _dead_trial(spec, study, storage, tmp_path)
   did = _work(spec, study, storage, n, tmp_path / "W", data)
-  assert did == {"complete": n, "pruned": 0, "failed": 0, "resumed": 1}
-  trials = study.get_trials()
-  assert [t.state for t in trials] == [TrialState.FAIL] + [TrialState.COMPLETE] * n
-  assert trials[1].params == trials[0].params  # the same parameter set, completed once
+  assert did == {"complete": 2, "pruned": 0, "failed": 0, "resumed": 1}
+  # The database on disk (a fresh connection): trial 0 failed, its copy (1) and 2 complete.
+  again = optuna.load_study(study_name="sweep", storage=f"sqlite:///{tmp_path}/W/study.db")
+  trials = again.get_trials()
+  assert [t.state for t in trials] == [TrialState.FAIL] + [TrialState.COMPLETE] * 2
+  assert trials[1].params == trials[0].params == {"optimizer.learning_rate": lr0}
   assert trials[1].system_attrs["failed_trial"] == 0
-  assert trials[1].user_attrs["workdir"] == str(run)
-  assert [r["trial"] for r in summary.rows(study)] == list(range(1, n + 1))
+  assert trials[1].user_attrs["workdir"] == str(run0)
+  assert trials[2].user_attrs["workdir"] == str(tmp_path / "W" / "trials" / "0002")
+  lr2 = trials[2].params["optimizer.learning_rate"]
+  assert lr2 != lr0 and 1e-3 <= lr2 <= 1e-1
+  for t in trials[1:]:
+    run = t.user_attrs["workdir"]
+    results = json.loads(open(os.path.join(run, "results.json")).read())
+    assert t.value == results["validation"]["accuracy"]
+    config = json.loads(open(os.path.join(run, "config.json")).read())
+    assert config["optimizer"]["learning_rate"] == t.params["optimizer.learning_rate"]
+    assert t.intermediate_values == {1: t.value}  # the per-epoch report
+  text = summary.write(again, str(tmp_path / "W"), spec.metric, {"optimizer.learning_rate"})
+  best = max(trials[1:], key=lambda t: t.value)
+  assert f"best: trial {best.number}" in text
+  rows = (tmp_path / "W" / "summary.csv").read_text().splitlines()
+  assert len(rows) == 3 and rows[0].startswith("trial,resumed_from,state,value")
+  assert rows[1].startswith("1,0,COMPLETE,") and rows[2].startswith("2,,COMPLETE,")
+  assert (tmp_path / "W" / "sweep.png").stat().st_size > 5000
+
+
+@pytest.mark.slow
+def test_dead_worker_trial_resumes_from_its_checkpoint(tmp_path, data):
+  """As above, the killed run having saved a checkpoint (step 2 or later of 6): its copy
+  resumes from it."""
+  spec, study, storage, _ = _open(tmp_path / "W", _experiment(tmp_path, epochs=2))
+  lr, run = _dead_trial(spec, study, storage, tmp_path)
+  (run / "run.lock").unlink()
+  c = spec.config_for({"optimizer.learning_rate": lr})
+  c.checkpoint_every_steps = 2
+  with pytest.raises(trainer.guards.Preempted):  # stops after its step-2 checkpoint
+    _preempt_after_first_checkpoint(c, run, data)
+  did = _work(spec, study, storage, 1, tmp_path / "W", data)
+  assert did == {"complete": 1, "pruned": 0, "failed": 0, "resumed": 1}
+  trials = study.get_trials()
+  assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+  assert trials[1].params == trials[0].params
   history = [json.loads(l) for l in (run / "config_history.jsonl").read_text().splitlines()]
-  if trained:
-    assert trials[2].user_attrs["workdir"].endswith("trials/0002")
-    assert [h["resumed"] for h in history] == [False, True]  # from the killed run's checkpoint
-    assert history[0]["step"] == 0 and 2 <= history[1]["step"] < 6
-  else:
-    assert [h["resumed"] for h in history] == [False]
+  assert [h["resumed"] for h in history] == [False, True]  # from the killed run's checkpoint
+  assert history[0]["step"] == 0 and 2 <= history[1]["step"] < 6
 
 
 def _preempt_after_first_checkpoint(config, run, data):
