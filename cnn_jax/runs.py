@@ -17,8 +17,8 @@ second):
   val_M, best_val_M   the validation metric M (config.best_metric) last and at its best;
   test_M, test_best_M the test split with the final weights and with best/ (picked on
                validation);
-  wall_s       from each start (config_history.jsonl) to its last logged line, summed over
-               the run's starts (start-up before the work directory opens not counted);
+  wall_s       from each start (the work directory locked) to its last logged line, summed
+               over the run's starts (Python's and JAX's start-up before it not counted);
   images_per_sec      results.json's training throughput, else the median logged one;
   started      the first start.
 """
@@ -164,10 +164,11 @@ class Run:
     return None
 
   def starts(self) -> list[float]:
-    """When each start of the run began (config_history.jsonl)."""
-    out = [t for t in (_timestamp(h.get("time")) for h in self.history) if t is not None]
-    if not out and self.record:
-      out = [self.record["started"]]
+    """When each start of the run began: status.json's, else config_history.jsonl's (a run
+    from before status.json: after its data loaded, in whole seconds)."""
+    out = [t for t in (self.record or {}).get("starts", []) if isinstance(t, (int, float))]
+    if not out:
+      out = [t for t in (_timestamp(h.get("time")) for h in self.history) if t is not None]
     if not out and self.lines:
       out = [self.lines[0]["time"]]
     return sorted(out)

@@ -4,7 +4,8 @@ Nothing else a run writes tells a run stopped by a signal (checkpointed, resumab
 one that failed: both leave checkpoints and no results.json, and both remove their
 run.lock. So the trainer's metric writer (process 0) records each start and each end:
 
-  {"status": "running", "started": 1765000000.0, "host": "h", "pid": 1, "argv": [...]}
+  {"status": "running", "started": 1765000000.0, "starts": [...], "host": "h", "pid": 1,
+   "argv": [...]}
   {... "status": "finished" | "preempted" | "failed", "ended": ..., "step": 800,
        "error": "NonFiniteLossError: loss is nan at step 5 ..."}
 
@@ -22,6 +23,8 @@ import socket
 import sys
 import time
 from typing import Any, Optional, Sequence
+
+from cnn_jax.training import workdir as workdir_lib
 
 log = logging.getLogger("cnn_jax")
 STATUS_FILE = "status.json"
@@ -55,8 +58,20 @@ def _write(workdir: str, record: dict[str, Any]) -> None:
 
 
 def started(workdir: str) -> dict[str, Any]:
-  """Record that a run (re)starts in `workdir` now; returns the record."""
-  record = {"status": "running", "started": time.time(), "host": socket.gethostname(),
+  """Record that a run (re)starts in `workdir`; returns the record. The start is when this
+  process took the work directory's lock (before the data loaded and the steps compiled);
+  "starts" keeps every start of the run, for its wall time."""
+  start = time.time()
+  try:
+    with open(os.path.join(os.fspath(workdir), workdir_lib.LOCK_FILE)) as f:
+      lock = json.load(f)
+    if lock.get("pid") == os.getpid() and isinstance(lock.get("started"), (int, float)):
+      start = min(start, lock["started"])
+  except (OSError, ValueError, AttributeError):
+    pass
+  previous = read(workdir) or {}
+  record = {"status": "running", "started": start,
+            "starts": [*previous.get("starts", []), start], "host": socket.gethostname(),
             "pid": os.getpid(), "argv": list(sys.argv)}
   _write(workdir, record)
   return record
