@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from cnn_jax import cli, runs
+from cnn_jax import cli, run_dir, runs
 from cnn_jax.training import guards, resume, run_status, trainer
 from cnn_jax.training import workdir as workdir_lib
 from cnn_jax.training.metric_writers import MetricWriter
@@ -122,11 +122,11 @@ def test_a_dead_lock_holder_is_a_killed_run(mixed, tmp_path):
   os.makedirs(dead)
   (dead / "status.json").write_text((root / "running" / "status.json").read_text())
   (dead / "run.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": child.pid}))
-  assert runs.Run(str(dead)).status() == "killed"
+  assert run_dir.Run(str(dead)).status() == "killed"
   os.remove(dead / "run.lock")  # gone, but the record still says running: killed too
-  assert runs.Run(str(dead)).status() == "killed"
+  assert run_dir.Run(str(dead)).status() == "killed"
   (dead / "run.lock").write_text(json.dumps({"host": "another-host", "pid": 1}))
-  assert runs.Run(str(dead)).status() == "running"  # another host's lock is believed
+  assert run_dir.Run(str(dead)).status() == "running"  # another host's lock is believed
 
 
 def test_csv_filters_and_sorting_through_the_cli(mixed, capsys):
@@ -162,11 +162,11 @@ def test_differing_keys_by_hand():
   b = {"seed": 0, "optimizer.learning_rate": 0.2, "model_kwargs": {"width": 2}, "freeze": []}
   c = {"seed": 0, "optimizer.learning_rate": 0.1, "model_kwargs": {"width": 4}, "freeze": [],
        "new_key": 1}
-  assert runs.differing_keys([a, b]) == ["optimizer.learning_rate"]
-  assert runs.differing_keys([a, b, c]) == ["optimizer.learning_rate", "model_kwargs"]
-  assert runs.differing_keys([a]) == []
+  assert run_dir.differing_keys([a, b]) == ["optimizer.learning_rate"]
+  assert run_dir.differing_keys([a, b, c]) == ["optimizer.learning_rate", "model_kwargs"]
+  assert run_dir.differing_keys([a]) == []
   nested = {"seed": 0, "optimizer": {"learning_rate": 0.1}, "model_kwargs": {"width": 2}}
-  assert runs.flat(nested) == resume.flat_config(nested) == {
+  assert run_dir.flat(nested) == resume.flat_config(nested) == {
       "seed": 0, "optimizer.learning_rate": 0.1, "model_kwargs": {"width": 2}}
 
 
@@ -182,7 +182,7 @@ def test_wall_time_sums_the_starts(tmp_path):
       for s, t in ((1, start + 5), (2, start + 10), (3, start + 3603))))
   (tmp_path / "metrics.superseded.jsonl").write_text(
       json.dumps({"step": 3, "time": start + 12, "train/loss": 1.0}) + "\n")
-  run = runs.Run(str(tmp_path))
+  run = run_dir.Run(str(tmp_path))
   assert run.wall_seconds() == 15.0
   assert [run.elapsed(t) for t in (start + 5, start + 1000, start + 3601)] == [5.0, 12.0, 13.0]
 
@@ -223,7 +223,7 @@ def test_curves_of_two_runs_name_the_differing_key(mixed, x):
     np.testing.assert_array_equal(val_failed.get_xdata(), [1.0])
     assert loss_ax.get_xlabel() == "epoch"
   else:
-    run = runs.Run(dirs[0])
+    run = run_dir.Run(dirs[0])
     start = run.starts()[0]
     times = [l["time"] for l in run.lines if "validation/accuracy" in l]
     np.testing.assert_allclose(val_finished.get_xdata(), [t - start for t in times])

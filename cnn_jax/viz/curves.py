@@ -4,11 +4,11 @@ epoch or wall time.
 Each line of a run's metrics.jsonl is one JSON object with a "step", a "time" and metrics
 named "<split>/<metric>" ("train/loss", "validation/accuracy", a detector's
 "validation/mAP50", ...). Several runs are overlaid to compare experiments, each named in
-the legend by the config keys whose values differ between them (`cnn_jax.runs`, as
+the legend by the config keys whose values differ between them (`run_dir`, as
 `cnn-jax runs` shows them), or by its folder when none differ; train is drawn solid,
 validation dashed with markers (one point per epoch). A metric a run lacks is skipped for
 that run; a panel no run has is left out. x = "epoch" is step / steps per epoch (from
-what the run wrote: `runs.Run.steps_per_epoch`); x = "time" is the run's wall time at each
+what the run wrote: `run_dir.Run.steps_per_epoch`); x = "time" is the run's wall time at each
 line, its starts summed as `cnn-jax runs` sums them (a resumed run's pause is not drawn).
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cnn_jax import runs as runs_lib
+from cnn_jax import run_dir
 from cnn_jax import viz
 
 # Panels, in order: (title, metric) — each shows train/<metric> and validation/<metric>.
@@ -65,7 +65,7 @@ def run_names(workdirs: Sequence[str]) -> list[str]:
   return [w if base.count(b) > 1 else b for w, b in zip(workdirs, base)]
 
 
-def _x_values(run: runs_lib.Run, x: str, steps: np.ndarray, times: np.ndarray) -> np.ndarray:
+def _x_values(run: run_dir.Run, x: str, steps: np.ndarray, times: np.ndarray) -> np.ndarray:
   """The x of each line (its step and time) of one run."""
   if x == "step":
     return steps
@@ -78,10 +78,10 @@ def _x_values(run: runs_lib.Run, x: str, steps: np.ndarray, times: np.ndarray) -
   return np.array([run.elapsed(t) for t in times])
 
 
-def _labels(workdirs: Sequence[str], loaded: list[runs_lib.Run]) -> list[str]:
+def _labels(workdirs: Sequence[str], loaded: list[run_dir.Run]) -> list[str]:
   """Each run's differing config keys ("optimizer.learning_rate=0.01, seed=1"), else its
   folder name (no config differs, or a run has none)."""
-  keys = runs_lib.differing_keys([r.config for r in loaded])
+  keys = run_dir.differing_keys([r.config for r in loaded])
   if not keys or not all(r.config for r in loaded):
     return run_names(workdirs)
   fmt = lambda v: f"{v:g}" if isinstance(v, float) else json.dumps(v) if not isinstance(  # noqa: E731
@@ -97,7 +97,7 @@ def draw_curves(workdirs: Sequence[str], x: str = "step") -> tuple[Any, list[str
   if x not in X_AXES:
     raise ValueError(f"--x {x!r}: expected one of {', '.join(X_AXES)}")
   metrics = [_read(w) for w in workdirs]
-  loaded = [runs_lib.Run(w) for w in workdirs]
+  loaded = [run_dir.Run(w) for w in workdirs]
   runs = [(name, {k: (_x_values(run, x, steps, times), values)
                   for k, (steps, times, values) in m.items()})
           for name, run, m in zip(_labels(workdirs, loaded), loaded, metrics)]
