@@ -14,6 +14,8 @@
                   [--workers K] [--storage URL] (docs/sweeps.md)
   cnn-jax runs    W|DIR [...] [--csv] [--sort COLUMN] [--filter 'test_accuracy>0.9']   (docs/runs.md)
   cnn-jax kernels PHOTO --kernel sharpen [--kernel edge ...] --out OUTDIR   (--list: names)
+  cnn-jax export  --workdir W --format onnx|stablehlo --out FILE [--batch N|dynamic] [--raw]
+                  (docs/export.md)
   cnn-jax cache   list | clear (--all | KEY ...)   (the decoded-data cache)
   cnn-jax --version
 every command: --help
@@ -264,6 +266,12 @@ def _runs(argv: Sequence[str]) -> int:
   return runs.main(argv)
 
 
+def _export(argv: Sequence[str]) -> int:
+  """A trained classifier as an ONNX or StableHLO file, checked against cnn_jax."""
+  from cnn_jax import export  # noqa: PLC0415 - jax, onnx: only for this command
+  return export.main(list(argv))
+
+
 def _kernels(argv: Sequence[str]) -> int:
   p = argparse.ArgumentParser("cnn-jax kernels", description="Classic image kernels applied "
                               "to a photo: one PNG per kernel and a side-by-side sheet.")
@@ -324,7 +332,8 @@ def _cache(argv: Sequence[str]) -> int:
 
 COMMANDS = {"train": _train, "config": _config, "eval": _eval, "predict": _predict, "detect": _detect,
             "summary": _summary, "prepare": _prepare, "models": _models, "viz": _viz,
-            "kernels": _kernels, "cache": _cache, "sweep": _sweep, "runs": _runs}
+            "kernels": _kernels, "cache": _cache, "sweep": _sweep, "runs": _runs,
+            "export": _export}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
