@@ -77,9 +77,9 @@ class MLflowWriter:
 
   def __init__(self, tracking: str, workdir: str, config: ConfigDict,
                experiment: Optional[str] = None):
-    from mlflow.entities import Param, RunTag  # noqa: PLC0415 - see _client
     self.uri = parse(tracking)
     self._client = _client(self.uri)
+    from mlflow.entities import Param, RunTag  # noqa: PLC0415 - see _client
     self._pending: list[Any] = []
     self._failing = False
     workdir = os.path.abspath(os.fspath(workdir))
@@ -120,7 +120,7 @@ class MLflowWriter:
   def write(self, step: int, values: dict[str, float], when: float) -> None:
     """Queue one metrics.jsonl line (sent by `flush`)."""
     from mlflow.entities import Metric  # noqa: PLC0415 - see _client
-    ms = int(when * 1000)
+    ms = round(when * 1000)
     self._pending += [Metric(k, v, ms, int(step)) for k, v in values.items()]
     if len(self._pending) >= _BATCH:
       self.flush()
