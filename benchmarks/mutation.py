@@ -58,12 +58,13 @@ DEFAULT_TESTS: dict[str, list[str]] = {
     "cnn_jax/layers/norm.py": [
         "tests/test_layers_mutants.py", "tests/test_layers.py", "-k",
         "local_response or lrn or dropout or batch_norm"],
+    # test_augment.py without the tests of training and of every op at once (compiles).
     "cnn_jax/data/image_ops.py": [
-        "tests/test_augment.py", "-k",
-        "not training_with_the_augment_string"],
+        "tests/test_augment_mutants.py", "tests/test_augment.py", "-k",
+        "not every_op and not soft_cross and not train_step and not training_with"],
     "cnn_jax/data/augment.py": [
-        "tests/test_augment.py", "-k",
-        "not training_with_the_augment_string"],
+        "tests/test_augment_mutants.py", "tests/test_augment.py", "-k",
+        "not every_op and not soft_cross and not train_step and not training_with"],
 }
 
 # One replacement per operator, as mutmut: a + b -> a - b, a < b -> a <= b, n -> n +/- 1,

@@ -117,3 +117,173 @@ def test_conv_errors_name_the_layer_and_the_spatial_size():
     layers.Conv2D(4, 5).init(jax.random.key(0), jnp.zeros((1, 3, 4, 1)))
   with pytest.raises(ValueError, match=r"expected an int or a pair, got \(1, 2, 3\)"):
     layers.Conv2D(4, (1, 2, 3)).init(jax.random.key(0), jnp.zeros((1, 3, 4, 1)))
+
+
+# ---------------------------------------------------------------------------- pooling
+def _np_pool(x, window, stride, pads=((0, 0), (0, 0)), op=np.max, include_pad=False):
+  """NHWC pooling as a numpy loop; padded cells are NaN and left out (or counted as 0)."""
+  xp = np.pad(x.astype(np.float64), ((0, 0), *pads, (0, 0)), constant_values=np.nan)
+  oh = (xp.shape[1] - window[0]) // stride[0] + 1
+  ow = (xp.shape[2] - window[1]) // stride[1] + 1
+  out = np.zeros((x.shape[0], oh, ow, x.shape[3]))
+  for i in range(oh):
+    for j in range(ow):
+      win = xp[:, i * stride[0]:i * stride[0] + window[0], j * stride[1]:j * stride[1] + window[1]]
+      if include_pad:
+        out[:, i, j] = np.nansum(win, axis=(1, 2)) / (window[0] * window[1])
+      else:
+        out[:, i, j] = {np.max: np.nanmax, np.mean: np.nanmean}[op](win, axis=(1, 2))
+  return out
+
+
+def _prims(fn, x):
+  return {e.primitive.name for e in jax.make_jaxpr(fn)(x).jaxpr.eqns}
+
+
+def test_pool_defaults_are_2x2_stride_window_valid():
+  x = np.random.RandomState(6).randn(2, 5, 7, 3).astype(np.float32)
+  np.testing.assert_array_equal(layers.MaxPool().apply({}, jnp.asarray(x)),
+                                _np_pool(x, (2, 2), (2, 2)))
+  np.testing.assert_allclose(layers.AvgPool().apply({}, jnp.asarray(x)),
+                             _np_pool(x, (2, 2), (2, 2), op=np.mean), rtol=1e-6, atol=1e-6)
+  # Non-square window, strides None -> the window; a 1-row remainder dropped.
+  np.testing.assert_array_equal(layers.MaxPool((2, 3)).apply({}, jnp.asarray(x)),
+                                _np_pool(x, (2, 3), (2, 3)))
+  np.testing.assert_allclose(layers.AvgPool((3, 2)).apply({}, jnp.asarray(x)),
+                             _np_pool(x, (3, 2), (3, 2), op=np.mean), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("k,s,p", [(3, 2, 1), (2, 1, (0, 1)), (3, 3, ((1, 0), (2, 1)))])
+def test_pools_with_padding_or_overlap_against_a_loop(k, s, p):
+  x = np.random.RandomState(7).randn(1, 7, 6, 2).astype(np.float32)
+  pads = layers.resolve_padding(p, (7, 6), (k, k), (s, s), (1, 1))
+  assert pads == {1: [(1, 1)] * 2, (0, 1): [(0, 0), (1, 1)]}.get(p, [(1, 0), (2, 1)])
+  xj = jnp.asarray(x)
+  np.testing.assert_array_equal(layers.MaxPool(k, s, padding=p).apply({}, xj),
+                                _np_pool(x, (k, k), (s, s), pads))
+  np.testing.assert_allclose(layers.AvgPool(k, s, padding=p).apply({}, xj),
+                             _np_pool(x, (k, k), (s, s), pads, op=np.mean), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(
+      layers.AvgPool(k, s, padding=p, count_include_pad=True).apply({}, xj),
+      _np_pool(x, (k, k), (s, s), pads, include_pad=True), rtol=1e-6, atol=1e-7)
+
+
+def test_max_pool_tiles_only_where_the_tiles_cover_the_input():
+  """The tiled CPU path (reduce_max) only for unpadded non-overlapping windows that cover
+  the input exactly (tests/test_max_pool_gradient.py: the crop's gradient is miscompiled);
+  AvgPool's tile view (reduce_sum) for any unpadded non-overlapping windows."""
+  def prims(module, shape):
+    return _prims(lambda x: module.apply({}, x), jnp.zeros(shape))
+  assert "reduce_max" in prims(layers.MaxPool((2, 3)), (1, 4, 6, 1))
+  for shape in [(1, 5, 6, 1), (1, 4, 7, 1)]:
+    assert "reduce_window_max" in prims(layers.MaxPool((2, 3)), shape), shape
+  assert "reduce_window_max" in prims(layers.MaxPool(2, padding=1), (1, 4, 4, 1))
+  assert "reduce_window_max" in prims(layers.MaxPool(2, 1), (1, 4, 4, 1))
+  assert "reduce_window_sum" not in prims(layers.AvgPool((2, 3)), (1, 5, 7, 1))
+  assert "reduce_window_sum" in prims(layers.AvgPool(2, padding=1), (1, 4, 4, 1))
+  assert "reduce_window_sum" in prims(layers.AvgPool(2, 1), (1, 4, 4, 1))
+
+
+def test_flatten_keeps_the_batch_axis():
+  x = jnp.arange(2 * 3 * 4 * 5, dtype=jnp.float32).reshape(2, 3, 4, 5)
+  y = layers.Flatten().apply({}, x)
+  assert y.shape == (2, 60)
+  np.testing.assert_array_equal(y, np.arange(120).reshape(2, 60))
+
+
+def test_adaptive_avg_pool_windows_by_hand():
+  # Rows 0..4 -> 3 outputs: torch's windows [0, 2), [1, 4), [3, 5) -> means 0.5, 2, 3.5.
+  # Columns 0..5 -> 3 outputs (divisible): [0, 2), [2, 4), [4, 6) -> 0.5, 2.5, 4.5.
+  # Columns 0..5 -> 4 outputs: [0, 2), [1, 3), [3, 5), [4, 6) -> 0.5, 1.5, 3.5, 4.5.
+  rows = np.arange(5, dtype=np.float32)[:, None] * np.ones((1, 6), np.float32)
+  cols = np.ones((5, 1), np.float32) * np.arange(6, dtype=np.float32)[None, :]
+  x = jnp.asarray(np.stack([rows, cols], -1)[None])  # (1, 5, 6, 2)
+  y = layers.adaptive_avg_pool(x, (3, 3))
+  np.testing.assert_allclose(y[0, :, 0, 0], [0.5, 2.0, 3.5])
+  np.testing.assert_allclose(y[0, 0, :, 1], [0.5, 2.5, 4.5])
+  y = layers.adaptive_avg_pool(x, (3, 4))
+  np.testing.assert_allclose(y[0, 0, :, 1], [0.5, 1.5, 3.5, 4.5])
+  np.testing.assert_allclose(y[0, :, 0, 0], [0.5, 2.0, 3.5])
+  y = layers.adaptive_avg_pool(x, 5)  # an int: both sides; rows unchanged
+  np.testing.assert_allclose(y[0, 0, :, 1], [0.5, 1.5, 2.5, 3.5, 4.5])
+  np.testing.assert_allclose(y[0, :, 0, 0], [0, 1, 2, 3, 4])
+  # Default output size 1: the global mean of each channel.
+  np.testing.assert_allclose(layers.AdaptiveAvgPool().apply({}, x)[0, 0, 0], [2.0, 2.5])
+  np.testing.assert_allclose(layers.AdaptiveAvgPool((2, 1)).apply({}, x)[0, :, 0, 0],
+                             [1.0, 3.0])  # rows [0, 3), [2, 5)
+
+
+@pytest.mark.parametrize("size,window,stride,pad,want", [
+    (5, 2, 2, 1, (1, 1)),   # 4 windows would start at 6 = 5 + 1 (in the padding): 3 kept
+    (6, 3, 2, 0, (0, 1)),   # ceil(3/2) + 1 = 3 windows, the last reads 1 padded pixel
+    (7, 3, 2, 1, (1, 1)),   # 4 windows, the last starts at 6 < 8: kept
+    (6, 2, 2, 0, (0, 0)),   # exact fit: nothing added
+    (8, 3, 3, 1, (1, 1)),   # ceil(7/3) + 1 = 4, the 4th would start at 9 = 8 + 1: 3 kept
+    (7, 2, 3, 0, (0, 1)),   # ceil(5/3) + 1 = 3, the 3rd starts at 6 < 7: kept, 1 pad
+])
+def test_ceil_mode_padding_by_hand(size, window, stride, pad, want):
+  assert layers.ceil_mode_padding(size, window, stride, pad) == want
+
+
+# ------------------------------------------------------------------------------- norm
+def _np_lrn(x, size, alpha, beta, k):
+  """Across-channel LRN as a loop: window [c - size//2, c + (size-1)//2], torch's padding."""
+  c_all = x.shape[-1]
+  out = np.empty(x.shape, np.float64)
+  for c in range(c_all):
+    lo, hi = max(0, c - size // 2), min(c_all, c + (size - 1) // 2 + 1)
+    out[..., c] = x[..., c] / (k + alpha * np.sum(x[..., lo:hi].astype(np.float64) ** 2, -1)) ** beta
+  return out
+
+
+def test_local_response_norm_defaults_are_the_papers_constants():
+  # Large activations, so that alpha * sum is not lost next to k.
+  x = (np.random.RandomState(8).randn(2, 2, 2, 9) * 40).astype(np.float32)
+  got = layers.LocalResponseNorm().apply({}, jnp.asarray(x))
+  np.testing.assert_allclose(got, _np_lrn(x, 5, 1e-4, 0.75, 2.0), rtol=1e-5)
+
+
+def test_local_response_norm_even_size_and_bfloat16():
+  x = (np.random.RandomState(9).randn(1, 2, 3, 7) * 40).astype(np.float32)
+  got = layers.LocalResponseNorm(4, 1e-3, 0.5, 1.0).apply({}, jnp.asarray(x))
+  np.testing.assert_allclose(got, _np_lrn(x, 4, 1e-3, 0.5, 1.0), rtol=1e-5)
+  xb = jnp.asarray(x, jnp.bfloat16)
+  got = layers.LocalResponseNorm().apply({}, xb)
+  assert got.dtype == jnp.bfloat16
+  ref = _np_lrn(np.asarray(xb, np.float32), 5, 1e-4, 0.75, 2.0)
+  np.testing.assert_allclose(np.asarray(got, np.float32), ref, rtol=2e-2)
+
+
+def test_dropout_rate_0_needs_no_rng_and_rate_1_has_zero_gradients():
+  x = jnp.asarray(np.random.RandomState(10).uniform(1, 2, (4, 6)), jnp.float32)
+  np.testing.assert_array_equal(layers.Dropout(0.0).apply({}, x, deterministic=False), x)
+  np.testing.assert_array_equal(layers.Dropout(0.5, deterministic=True).apply({}, x), x)
+  d = layers.Dropout(1.0)
+  f = lambda x: d.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)}).sum()  # noqa: E731
+  assert float(f(x)) == 0.0
+  np.testing.assert_array_equal(jax.grad(f)(x), np.zeros((4, 6)))  # not 0 * inf = NaN
+
+
+def test_dropout_masks_do_not_depend_on_the_device_split():
+  """With axis_name, each of D shards (vmap stands in for pmap's devices) keeps its slice
+  of the global batch's mask: the same units as one device dropping the whole batch."""
+  x = jnp.asarray(np.random.RandomState(11).uniform(1, 2, (8, 50)), jnp.float32)
+  key = jax.random.key(3)
+  whole = layers.Dropout(0.5).apply({}, x, deterministic=False, rngs={"dropout": key})
+  shard = layers.Dropout(0.5, axis_name="d")
+  for n_dev in (2, 4):
+    split = jax.jit(jax.vmap(
+        lambda xs: shard.apply({}, xs, deterministic=False, rngs={"dropout": key}),
+        axis_name="d"))(x.reshape(n_dev, -1, 50))
+    np.testing.assert_array_equal(split.reshape(8, 50), whole)
+  kept = np.asarray(whole) != 0
+  np.testing.assert_allclose(np.asarray(whole)[kept], np.asarray(x)[kept] * 2, rtol=1e-6)
+
+
+def test_batch_norm_epsilon_is_1e_5():
+  # Variance 1e-6, below epsilon: y = (x - mean) / sqrt(var + 1e-5) is far from unit std.
+  x = np.random.RandomState(12).randn(32, 2).astype(np.float32) * 1e-3
+  v = layers.batch_norm(train=True).init(jax.random.key(0), jnp.asarray(x))
+  y, _ = layers.batch_norm(train=True).apply(v, jnp.asarray(x), mutable=["batch_stats"])
+  want = (x - x.mean(0)) / np.sqrt(x.var(0) + 1e-5)
+  np.testing.assert_allclose(y, want, rtol=1e-3, atol=1e-6)

@@ -1,0 +1,217 @@
+"""Exact checks of the augmentation ops that kill the mutants tests/test_augment.py lets
+through: every argument bound at its edge, the defaults, the reachable parameter sets.
+
+Expected values are worked out by hand or with numpy; tiny images, no torch, so that
+`benchmarks/mutation.py` can run this file first for data/augment.py and data/image_ops.py.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from ml_collections import ConfigDict
+
+from cnn_jax.data import augment, image_ops
+
+
+# ------------------------------------------------------------------- argument bounds
+@pytest.mark.parametrize("spec", [
+    "pad_crop(0)", "flip_lr(0)", "flip_lr(1)", "flip_ud(0)", "flip_ud(1)", "translate(0)",
+    "translate(1, 0)", "rotate(0)", "rotate(180)", "scale(0.5, 2)", "brightness(0)",
+    "contrast(0, 1)", "saturation(0, 1)", "hue(0)", "hue(0.5)", "color(hue=0.5)",
+    "color(hue=(-0.5, 0.5))", "color(brightness=(0, 2))", "color(contrast=0)", "noise(0)",
+    "cutout(1)", "mixup(0.1)", "cutmix(0.1)"])
+def test_arguments_at_their_bounds_are_accepted(spec):
+  assert len(augment.parse(spec)) == 1
+
+
+@pytest.mark.parametrize("spec", [
+    "pad_crop(-1)", "flip_lr(-0.5)", "flip_lr(1.5)", "flip_ud(-0.5)", "flip_ud(1.5)",
+    "translate(-1)", "translate(1, -1)", "rotate(-0.5)", "rotate(180.5)", "scale(0, 1)",
+    "scale(-0.5, 1)", "brightness(-0.5)", "contrast(-0.5, 1)", "saturation(-0.5, 1)",
+    "hue(-0.5)", "hue(0.6)", "color(hue=0.6)", "color(hue=(-0.6, 0))", "color(hue=(0, 0.6))",
+    "color(brightness=-0.5)", "color(brightness=(-0.5, 1))", "noise(-0.5)", "cutout(0)",
+    "mixup(0)", "mixup(-0.5)", "cutmix(0)", "cutmix(-0.5)"])
+def test_arguments_past_their_bounds_are_refused(spec):
+  with pytest.raises(ValueError):
+    augment.parse(spec)
+
+
+def test_jitter_ranges_by_hand():
+  """torchvision ColorJitter: v -> [max(0, 1 - v), 1 + v]; hue v -> [-v, v]; None where
+  the range is the identity."""
+  jr = augment._jitter_range
+  assert jr("b", 0.4) == pytest.approx((0.6, 1.4))
+  assert jr("b", 1.5) == (0.0, 2.5)
+  assert jr("h", 0.1, hue=True) == pytest.approx((-0.1, 0.1))
+  assert jr("b", (0.5, 1.5)) == (0.5, 1.5)
+  assert jr("h", (-0.2, 0.0), hue=True) == (-0.2, 0.0)
+  assert jr("b", 0) is None and jr("b", (1, 1)) is None and jr("h", 0, hue=True) is None
+  assert jr("h", (0, 0), hue=True) is None
+  assert jr("b", (1, 2)) == (1.0, 2.0) and jr("h", (0, 0.5), hue=True) == (0.0, 0.5)
+
+
+# --------------------------------------------------------------------- random ops
+def _op(spec):
+  """The image op of `spec`, jitted (eager vmaps dispatch op by op: seconds per call)."""
+  return jax.jit(augment.parse(spec)[0].fn)
+
+
+def _distinct_image(h, w, c=1):
+  return ((np.arange(h * w * c, dtype=np.float32).reshape(h, w, c) + 1) / (h * w * c))
+
+
+def _shift(img, dx, dy):
+  """img shifted dx columns right, dy rows down, zero fill: numpy slicing, no roll."""
+  h, w = img.shape[:2]
+  out = np.zeros_like(img)
+  out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+      img[max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+  return out
+
+
+@pytest.mark.parametrize("spec,max_dx,max_dy", [("translate(2, 1)", 2, 1), ("translate(1)", 1, 1)])
+def test_translate_reaches_exactly_every_allowed_shift(spec, max_dx, max_dy):
+  img = _distinct_image(5, 6)
+  want = {(dx, dy) for dx in range(-max_dx, max_dx + 1) for dy in range(-max_dy, max_dy + 1)}
+  table = {_shift(img, dx, dy).tobytes(): (dx, dy) for dx in range(-3, 4) for dy in range(-3, 4)}
+  out = np.asarray(_op(spec)(np.tile(img, (256, 1, 1, 1)), jax.random.key(0)))
+  assert {table[o.tobytes()] for o in out} == want
+
+
+def test_translate_image_up_and_left():
+  img = _distinct_image(4, 5, 2)
+  translate = jax.jit(image_ops.translate_image)
+  for dx, dy in [(0, -1), (-2, -3), (1, -2), (0, 3), (-4, 0)]:
+    np.testing.assert_array_equal(translate(img, dx, dy), _shift(img, dx, dy))
+
+
+def test_cutout_centres_cover_every_pixel_of_a_non_square_image():
+  x = np.ones((400, 3, 5, 1), np.float32)
+  out = np.asarray(_op("cutout(1)")(x, jax.random.key(0)))
+  holes = [tuple(np.argwhere(o[..., 0] == 0)[0]) for o in out]
+  assert all((o == 0).sum() == 1 for o in out)
+  assert set(holes) == {(r, c) for r in range(3) for c in range(5)}
+
+
+@pytest.mark.parametrize("spec,flip", [("flip_lr", lambda x: x[:, :, ::-1]),
+                                       ("flip_ud", lambda x: x[:, ::-1])])
+def test_flips_default_to_probability_one_half(spec, flip):
+  x = np.tile(_distinct_image(3, 3)[None], (200, 1, 1, 1))
+  out = np.asarray(_op(spec)(x, jax.random.key(1)))
+  flipped = np.all(out == flip(x), axis=(1, 2, 3))
+  assert (flipped | np.all(out == x, axis=(1, 2, 3))).all()
+  assert 70 < flipped.sum() < 130  # Binomial(200, 1/2): 7 sigma either way
+
+
+def test_random_flip_up_down_defaults_to_one_half():
+  x = np.tile(_distinct_image(3, 3)[None], (200, 1, 1, 1))
+  out = np.asarray(image_ops.random_flip_up_down(jax.random.key(2), x))
+  flipped = np.all(out == x[:, ::-1], axis=(1, 2, 3))
+  assert 70 < flipped.sum() < 130
+
+
+@pytest.mark.parametrize("spec,adjust,factor", [
+    ("contrast(0.5, 0.5)", image_ops.adjust_contrast, 0.5),
+    ("saturation(1.5, 1.5)", image_ops.adjust_saturation, 1.5),
+    ("hue(0)", None, 0.0), ("brightness(0)", None, 1.0)])
+def test_fixed_factor_ops_apply_that_factor(spec, adjust, factor):
+  x = np.random.RandomState(3).rand(3, 4, 4, 3).astype(np.float32)
+  out = np.asarray(_op(spec)(x, jax.random.key(0)))
+  want = x if adjust is None else np.stack([adjust(i, factor) for i in x])
+  np.testing.assert_allclose(out, want, atol=1e-6)
+
+
+def test_scale_draws_within_its_range():
+  """scale(1, 1) is the identity; scale(lo, hi) zooms each image by its own
+  factor (a centred square's mass grows by s^2)."""
+  x = np.zeros((16, 9, 9, 1), np.float32)
+  x[:, 3:6, 3:6] = 1.0
+  np.testing.assert_allclose(_op("scale(1, 1)")(x, jax.random.key(0)), x,
+                             atol=1e-6)
+  out = np.asarray(_op("scale(1.2, 1.5)")(x, jax.random.key(0)))
+  s2 = out.sum(axis=(1, 2, 3)) / 9.0
+  assert (s2 > 1.2 ** 2 - 1e-4).all() and (s2 < 1.5 ** 2 + 1e-4).all()
+  assert len(set(np.round(s2, 4))) > 8
+
+
+# ------------------------------------------------------------------ image functions
+def test_pad_or_crop_to_centres_by_hand():
+  x = jnp.ones((1, 4, 5, 1))
+  y = np.asarray(image_ops.pad_or_crop_to(x, (7, 5)))[0, :, :, 0]  # 3 rows: 1 above, 2 below
+  np.testing.assert_array_equal(y[:, 0], [0, 1, 1, 1, 1, 0, 0])
+  y = np.asarray(image_ops.pad_or_crop_to(x, (4, 8)))[0, :, :, 0]  # 3 columns: 1 left, 2 right
+  np.testing.assert_array_equal(y[0], [0, 1, 1, 1, 1, 1, 0, 0])
+  r = jnp.arange(7 * 6, dtype=jnp.float32).reshape(1, 7, 6, 1)
+  y = np.asarray(image_ops.pad_or_crop_to(r, (4, 3)))[0, :, :, 0]  # top 1, left 1
+  np.testing.assert_array_equal(y, np.arange(42).reshape(7, 6)[1:5, 1:4])
+  y = np.asarray(image_ops.pad_or_crop_to(r, (7, 4)))[0, :, :, 0]  # rows kept, left 1
+  np.testing.assert_array_equal(y, np.arange(42).reshape(7, 6)[:, 1:5])
+  for size in [(8, 5), (6, 7)]:
+    with pytest.raises(ValueError, match="cannot fit images of 7x6"):
+      image_ops.pad_or_crop_to(r, size)
+
+
+def test_clipping_of_the_color_adjustments():
+  """Results stay in [0, 1]: brightness clips above, contrast / saturation both sides."""
+  img = np.array([[[0.9, 0.1, 0.5], [0.2, 0.8, 0.05]]], np.float32)  # (1, 2, 3)
+  np.testing.assert_allclose(image_ops.adjust_brightness(img, 1.5), np.minimum(img * 1.5, 1))
+  gray = img @ np.array([0.2989, 0.587, 0.114], np.float32)
+  for adjust, ref in [(image_ops.adjust_saturation, gray[..., None]),
+                      (image_ops.adjust_contrast, gray.mean())]:
+    got = np.asarray(adjust(img, 3.0))
+    np.testing.assert_allclose(got, np.clip(3.0 * img - 2.0 * ref, 0, 1), atol=1e-6)
+    assert got.min() == 0.0 and got.max() == 1.0
+
+
+def test_cutmix_box_by_hand():
+  # 10 x 12, lam 0.75: sides floor(10 * 0.5) = 5, floor(12 * 0.5) = 6, half-sides 2 and 3.
+  box = image_ops.cutmix_box(10, 12, 0.75, 9, 0)  # rows 7..11 -> 7..10, cols -3..3 -> 0..3
+  assert tuple(int(v) for v in box) == (7, 10, 0, 3)
+  box = image_ops.cutmix_box(10, 12, 0.75, 4, 6)
+  assert tuple(int(v) for v in box) == (2, 6, 3, 9)
+  assert tuple(int(v) for v in image_ops.cutmix_box(10, 12, 1.0, 0, 0)) == (0, 0, 0, 0)
+  assert tuple(int(v) for v in image_ops.cutmix_box(4, 4, 0.0, 2, 2)) == (0, 4, 0, 4)
+
+
+def test_cutmix_batch_by_hand():
+  x = np.stack([np.full((4, 5, 1), v, np.float32) for v in (1.0, 2.0)])
+  probs = np.eye(2, dtype=np.float32)
+  box = tuple(jnp.int32(v) for v in (1, 3, 2, 5))
+  out, p = image_ops.cutmix_batch(x, probs, box, np.array([1, 0]))
+  want = x.copy()
+  want[0, 1:3, 2:5], want[1, 1:3, 2:5] = 2.0, 1.0
+  np.testing.assert_array_equal(out, want)
+  lam = 1 - 6 / 20  # a 2 x 3 box of 4 x 5
+  np.testing.assert_allclose(p, [[lam, 1 - lam], [1 - lam, lam]], rtol=1e-6)
+
+
+# ------------------------------------------------------------------ preprocessing
+def test_augment_spec_reads_the_old_keys_one_at_a_time():
+  spec = augment.augment_spec
+  assert spec(ConfigDict({"augment": {"flip": True}})) == "flip_lr"
+  assert spec(ConfigDict({"augment": {"crop_padding": 3}})) == "pad_crop(3)"
+  assert spec(ConfigDict({"augment": {"crop_padding": 0, "flip": False}})) == ""
+  assert spec(ConfigDict({"augment": None})) == "" and spec(ConfigDict({})) == ""
+  with pytest.raises(ValueError, match="must be a string of ops"):
+    spec(ConfigDict({"augment": 3}))
+
+
+def test_preprocess_from_config_uses_the_configs_statistics_and_size():
+  cfg = ConfigDict({"dataset": {"name": "mnist", "image_size": (6, 6), "mean": None,
+                                "std": None}, "augment": ""})
+  x = np.full((1, 4, 4, 1), 255, np.uint8)
+  mean, std = augment.input_pipeline.normalization("mnist")
+  out = np.asarray(augment.preprocess_from_config(cfg)(x, None, False))
+  assert out.shape == (1, 6, 6, 1)
+  np.testing.assert_allclose(out[0, 1, 1, 0], (1 - mean[0]) / std[0], rtol=1e-6)
+  np.testing.assert_allclose(out[0, 0, 0, 0], -mean[0] / std[0], rtol=1e-6)
+  cfg.dataset.mean, cfg.dataset.std = (0.25,), (0.5,)
+  out = np.asarray(augment.preprocess_from_config(cfg)(x, None, False))
+  np.testing.assert_allclose([out[0, 1, 1, 0], out[0, 0, 0, 0]], [1.5, -0.5])
+
+
+def test_mix_converts_integer_images_to_float():
+  mix = jax.jit(augment.make_mix_fn("cutmix(1.0)", 3))
+  x = np.random.RandomState(4).randint(0, 256, (4, 5, 5, 1)).astype(np.uint8)
+  out, _ = mix(x, np.arange(4) % 3, jax.random.key(0))
+  assert out.dtype == jnp.float32  # uint8 kept would paste uint8 (cutmix's where)
