@@ -2,6 +2,13 @@
 __version__ = "0.1.0"
 
 
+__all__ = ["load", "__version__"]
+
+
+def __dir__() -> list[str]:
+  return sorted(set(globals()) | {"load"})
+
+
 def __getattr__(name):
   # `cnn_jax.load(workdir)` without importing orbax / jax on `import cnn_jax`.
   if name == "load":

@@ -162,10 +162,10 @@ def _predict(argv: Sequence[str]) -> int:
   p.add_argument("--labels", help="text file with one class name per line")
   p.add_argument("--top", type=int, default=5)
   args = p.parse_args(argv)
-  from cnn_jax import predict  # noqa: PLC0415 - jax, orbax (seconds): only for this command
+  from cnn_jax import inference, predict  # noqa: PLC0415 - jax, orbax: only for this command
   if bool(args.workdir) == bool(args.model):
     raise ValueError("give either --workdir W or --model NAME --weights FILE")
-  predictor = (predict.from_workdir(args.workdir) if args.workdir
+  predictor = (inference.load(args.workdir, task="classification").predictor if args.workdir
                else predict.from_weights(args.model, args.weights))
   names = predict.read_labels(args.labels) if args.labels else predictor.class_names
   if args.top < 1:

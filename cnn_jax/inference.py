@@ -1,4 +1,4 @@
-"""Load a trained run for inference: `cnn_jax.load(workdir)` -> (model, variables, config).
+"""Load a trained run: `cnn_jax.load(workdir)` -> a `TrainedRun` (model, variables, config, ...).
 
 Reading is `checkpoint.load_checkpoint` (the one checkpoint reader); the model is built
 from the saved config the way training built it (`training.setup.build_model`), and
@@ -9,17 +9,20 @@ Nothing under `training/` imports this module, so there is no import circle.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Optional
 
 from etils import epath
 from ml_collections import ConfigDict
 
-from cnn_jax import models
+from cnn_jax import models, predict
 from cnn_jax.checkpoint import SUBDIRS, load_checkpoint, load_variables, variables_from_tree
 from cnn_jax.training import setup
+from cnn_jax.trained_run import TrainedRun
+from cnn_jax.training.workdir import is_remote
 from cnn_jax.weights import compare_variables
 
-__all__ = ["load", "load_run", "load_checkpoint", "load_variables"]
+__all__ = ["TrainedRun", "load", "load_run", "load_checkpoint", "load_variables"]
 
 
 def meta_file(workdir: str, which: str, step: int) -> str:
@@ -107,6 +110,17 @@ def load_run(workdir: str, which: str = "best", task: Optional[str] = None
   return model, variables, config, meta
 
 
-def load(workdir: str, which: str = "best") -> tuple[Any, dict[str, Any], ConfigDict]:
-  """The model, its variables and the config of a finished (or running) run."""
-  return load_run(workdir, which)[:3]
+def load(workdir: str, which: str = "best", task: Optional[str] = None) -> TrainedRun:
+  """A finished (or running) run: `cnn_jax.load(workdir)`, the one public way in.
+
+  `which`: "best" (the best-on-validation checkpoint) or "latest". The result unpacks as
+  `model, variables, config = run` and, for a classifier, has `class_names`,
+  `preprocess`, `predict(images)` and `top_k(images, k)` (trained_run.py). `task`: the
+  task the caller handles; a run of another task is a one-line error naming its command.
+  """
+  if not is_remote(workdir) and not os.path.isdir(workdir):
+    raise FileNotFoundError(f"no work directory {workdir}")
+  model, variables, config, meta = load_run(workdir, which, task)
+  classifier = config.get("task", "classification") == "classification"
+  predictor = predict.from_run(model, variables, config, meta) if classifier else None
+  return TrainedRun(str(workdir), model, variables, config, dict(meta), predictor)

@@ -170,7 +170,7 @@ def from_workdir(workdir: str, which: str = "best", *,
   """The NNX module of a trained run (`which`: "best" or "latest" checkpoint), built and
   checked as `cnn_jax.load` builds it, in eval mode: the weights are for inference or
   fine-tuning, and a first call in training mode would move the saved batch statistics.
-  Its input is the run's preprocessed batch (`predict.from_workdir(w).preprocess`)."""
+  Its input is the run's preprocessed batch (`cnn_jax.load(w).preprocess`)."""
   model, variables, _ = inference.load(workdir, which)
   module = wrap(model, variables, rngs=rngs)
   module.eval()

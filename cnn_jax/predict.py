@@ -21,7 +21,7 @@ import numpy as np
 from ml_collections import ConfigDict
 from PIL import Image
 
-from cnn_jax import inference, models
+from cnn_jax import models
 from cnn_jax.data import augment, ops, tfds_data
 from cnn_jax.data.augment import PreprocessFn
 from cnn_jax.data.images import open_image
@@ -79,8 +79,17 @@ class Predictor:
     What was changed on the way (a colour photo made grey, a 4000x3000 photo resized) is
     appended to `notes`, one line each: a prediction on a changed image should say so.
     """
+    return self._prepare(open_image(path), notes)  # the one decoder: bad files in one line
+
+  def prepare_array(self, image: np.ndarray, notes: Optional[list[str]] = None) -> np.ndarray:
+    """A uint8 (H, W) or (H, W, C) array, brought to `image_shape` as `load_image` does."""
+    image = np.asarray(image, np.uint8)
+    if image.ndim == 3 and image.shape[-1] == 1:
+      image = image[..., 0]
+    return self._prepare(Image.fromarray(image), notes)
+
+  def _prepare(self, img: Image.Image, notes: Optional[list[str]]) -> np.ndarray:
     h, w, c = self.image_shape
-    img = open_image(path)  # the one decoder: unreadable files and bombs in one line
     mode = img.mode
     img = img.convert("L" if c == 1 else "RGB")
     if notes is not None and mode not in (("L",) if c == 1 else ("RGB",)):
@@ -172,18 +181,13 @@ def class_names(config: ConfigDict, meta: Mapping[str, Any]) -> Optional[list[st
 def from_run(model: Any, variables: Any, config: ConfigDict, meta: Mapping[str, Any]
              ) -> Predictor:
   """The Predictor of a loaded classification run: its eval preprocessing, eval_flip,
-  matmul precision and class names (what `cnn-jax eval` scores). `inference.load_run(...,
-  task="classification")` has refused runs of other tasks."""
+  matmul precision and class names (what `cnn-jax eval` scores); `inference.load` builds
+  it for classification runs."""
   return Predictor(model, variables, augment.preprocess_from_config(config),
                    stored_image_shape(meta, config), class_names(config, meta),
                    host_pp=config.dataset.get("pp_eval") or "",
                    flip=bool(config.get("eval_flip")),
                    matmul_precision=config.get("matmul_precision") or "default")
-
-
-def from_workdir(workdir: str, which: str = "best") -> Predictor:
-  """A run's best (or latest) checkpoint, with its evaluation's preprocessing and class names."""
-  return from_run(*inference.load_run(workdir, which, task="classification"))
 
 
 def from_weights(model_name: str, weights: str) -> Predictor:

@@ -54,7 +54,7 @@ def test_predict_pads_digits_as_training_did(tmp_path):
   trainer.train_and_evaluate(cfg, workdir, train, random_split(48, seed=2))
   digit = train.images[:1]
   Image.fromarray(digit[0, ..., 0]).save(tmp_path / "digit.png")
-  p = predict.from_workdir(workdir)
+  p = inference.load(workdir).predictor
   image = p.load_image(str(tmp_path / "digit.png"))
   np.testing.assert_array_equal(image, digit[0])  # the stored 28x28, not resized to 32
   key = jax.random.key(0)
@@ -107,7 +107,7 @@ def test_predict_and_viz_confusion_score_as_evaluation_with_eval_flip(flip_run):
   from cnn_jax.training import steps
   from cnn_jax.viz import runs
   workdir, val = flip_run
-  p = predict.from_workdir(workdir)
+  p = inference.load(workdir).predictor
   model, variables, config, meta = inference.load_run(workdir)
   probs = np.asarray(p.probs(val.images))
   # The validation loss and accuracy the run logged, from predict's probabilities:
@@ -123,7 +123,7 @@ def test_predict_and_viz_confusion_score_as_evaluation_with_eval_flip(flip_run):
   np.testing.assert_allclose(probs, flipped, rtol=1e-5, atol=1e-7)
   assert np.abs(plain - flipped).max() > 1e-3
   # viz confusion's matrix: the same predictions, the logged accuracy.
-  run = runs.load_run(workdir)
+  run = inference.load(workdir)
   result = runs.predict_source(run, val, batch_size=16)
   assert result["accuracy"] == pytest.approx(meta["validation"]["accuracy"])
   want = np.zeros_like(result["matrix"])
@@ -192,7 +192,7 @@ def test_predict_applies_the_runs_host_eval_pp(tmp_path):
 
   zoomed = np.asarray(Image.fromarray(photo).resize((36, 36), Image.BILINEAR))[4:32, 4:32]
   want = model_probs(zoomed)
-  p = predict.from_workdir(workdir)
+  p = inference.load(workdir).predictor
   notes = []
   top, _ = p.top_k(str(tmp_path / "photo.png"), k=10, notes=notes)
   got = np.zeros(10)

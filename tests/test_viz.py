@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnn_jax import cli, layers, predict, viz
+from cnn_jax import cli, inference, layers, predict, viz
+from cnn_jax.trained_run import TrainedRun
 from cnn_jax.data import augment as augment_lib
 from cnn_jax.training import trainer
 from cnn_jax.viz import activations, augment, confusion, curves, filters, gradcam, runs
@@ -83,7 +84,7 @@ def test_curves_overlay_runs_and_skip_missing_metrics(trained, tmp_path, capsys)
 
 # ------------------------------------------------------------------------ filters
 def test_filters_grid_shows_a_known_kernel(trained, tmp_path, capsys):
-  run = runs.load_run(trained[0])
+  run = inference.load(trained[0])
   params = jax.tree_util.tree_map(np.array, run.variables["params"])
   k = params["conv1"]["kernel"]                      # (5, 5, 1, 16)
   k[..., 0, 0] = np.arange(25).reshape(5, 5) - 7.0   # a ramp: min-max -> 0 .. 1
@@ -137,7 +138,7 @@ def hand_built_run(shape=(16, 16, 3)):
   p = predict.Predictor(model, variables, augment_lib.make_preprocess_fn(None, (0.0,), (1.0,)),
                         shape, ["none", "patch"])
   config = tiny_config(**{"dataset.mean": (0.0,), "dataset.std": (1.0,)})
-  return viz.Run("hand-built", model, variables, config, {}, p)
+  return TrainedRun("hand-built", model, variables, config, {}, p)
 
 
 def test_filters_rgb_tiles_of_a_3_channel_first_layer(tmp_path):
@@ -160,7 +161,7 @@ def test_activations_of_each_stage(trained, tmp_path, capsys):
                      capsys)
   assert rc == 0 and "conv1 24x24x16, pool1 12x12x16, conv2 8x8x24, pool2 4x4x24" in text
   assert png_size(out) == (96 * 17, 96 * 5)
-  run = runs.load_run(workdir)
+  run = inference.load(workdir)
   maps = dict((s.path, m) for s, m in activations.feature_maps(
       run.model, run.variables, run.model_input(run.predictor.load_image(image_path))))
   c = np.maximum(maps["conv1"], 0)  # the model's relu sits between conv1 and pool1
@@ -184,7 +185,7 @@ def test_confusion_counts_every_example_once(trained, tmp_path, capsys):
   rc, text, _ = main(["viz", "confusion", "--workdir", workdir, "--split", "validation",
                       "--out", out], capsys)
   assert rc == 0 and "test, 15 examples" in text and png_size(out) == (1200, 600)
-  run = runs.load_run(workdir)
+  run = inference.load(workdir)
   _, source = runs.split_source(run, "validation")
   result = runs.predict_source(run, source, batch_size=4)  # padded last batch
   assert result["matrix"].shape == (3, 3) and result["matrix"].sum() == len(source) == 15

@@ -28,7 +28,6 @@ from typing import Any, Optional
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from cnn_jax import layers
@@ -100,33 +99,6 @@ def denormalize(x: np.ndarray, config: Any) -> np.ndarray:
   if config.dataset.get("mean") is not None:
     mean, std = tuple(config.dataset.mean), tuple(config.dataset.std)
   return np.clip(np.asarray(x) * np.asarray(std) + np.asarray(mean), 0, 1)
-
-
-# ---------------------------------------------------------------------------- runs
-@dataclasses.dataclass
-class Run:
-  """A trained run: model, variables, config, checkpoint meta, and how files become input."""
-  workdir: str
-  model: Any
-  variables: Any
-  config: Any
-  meta: dict
-  predictor: Any  # cnn_jax.predict.Predictor: load_image, preprocess, image_shape, names,
-  #                 flip and matmul_precision (the run's eval_flip / matmul_precision)
-
-  def class_name(self, i: int) -> str:
-    names = self.predictor.class_names
-    return str(names[i]) if names and 0 <= i < len(names) else str(i)
-
-  def model_input(self, image: np.ndarray) -> jax.Array:
-    """One stored-shape uint8 image -> the model's (1, H, W, C) float input (eval pp)."""
-    image = np.asarray(image)
-    want = tuple(self.predictor.image_shape)
-    if image.shape != want:
-      raise ValueError(f"the run in {self.workdir} takes {'x'.join(map(str, want))} images "
-                       f"(H x W x C), got an array of shape {image.shape}; image files are "
-                       "converted and resized by load_image")
-    return self.predictor.preprocess(jnp.asarray(image[None]), jax.random.key(0), False)
 
 
 # -------------------------------------------------------------------------- stages

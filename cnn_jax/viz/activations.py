@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from cnn_jax.trained_run import TrainedRun
 from cnn_jax import viz
 
 CELL_PX = 96
@@ -39,7 +40,7 @@ def feature_maps(model: Any, variables: Any, x: Any) -> list[tuple[viz.Stage, np
   return maps
 
 
-def plot_activations(run: "viz.Run", image: np.ndarray, out: str, max_maps: int = 16,
+def plot_activations(run: TrainedRun, image: np.ndarray, out: str, max_maps: int = 16,
                      overwrite: bool = False, title: Optional[str] = None) -> dict:
   """Write the feature maps of `image` (a stored-shape uint8 image, e.g. from
   `run.predictor.load_image(path)`) to `out`; returns {"path", "stages", "size"}."""

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 from absl import flags
 from ml_collections import config_flags
 
+from cnn_jax import inference
 from cnn_jax.viz import activations, augment, confusion, curves, filters, gradcam, runs
 
 USAGE = """cnn-jax viz SUBCOMMAND ...
@@ -53,7 +54,7 @@ def _filters(argv: Sequence[str]) -> int:
   p.add_argument("--layer", default=None, help="a conv's param path (default: the first conv)")
   p.add_argument("--max_tiles", type=int, default=64)
   a = p.parse_args(argv)
-  r = filters.plot_filters(runs.load_run(a.workdir, a.which), a.out, a.layer, a.max_tiles,
+  r = filters.plot_filters(inference.load(a.workdir, a.which), a.out, a.layer, a.max_tiles,
                            a.overwrite)
   print(f"{r['path']}: {r['layer']} kernel {'x'.join(map(str, r['kernel_shape']))} as "
         f"{r['rows']}x{r['cols']} {r['layout']} tiles, each min-max normalised")
@@ -65,7 +66,7 @@ def _activations(argv: Sequence[str]) -> int:
   p.add_argument("image")
   p.add_argument("--max_maps", type=int, default=16)
   a = p.parse_args(argv)
-  run = runs.load_run(a.workdir, a.which)
+  run = inference.load(a.workdir, a.which)
   image = run.predictor.load_image(a.image)
   r = activations.plot_activations(run, image, a.out, a.max_maps, a.overwrite,
                                    title=os.path.basename(a.image))
@@ -80,7 +81,7 @@ def _confusion(argv: Sequence[str]) -> int:
   p.add_argument("--data_dir", default=None)
   p.add_argument("--max_examples", type=int, default=16, help="misclassified examples shown")
   a = p.parse_args(argv)
-  run = runs.load_run(a.workdir, a.which)
+  run = inference.load(a.workdir, a.which)
   spec, source = runs.split_source(run, a.split, a.data_dir)
   result = runs.predict_source(run, source, max_examples=a.max_examples)
   r = confusion.plot_confusion(run, result, a.out, a.overwrite)
@@ -100,7 +101,7 @@ def _gradcam(argv: Sequence[str]) -> int:
   p.add_argument("--layer", default=None, help="a module's path, or PATH:input (default: the last "
                  "rectified feature map, e.g. a ResNet's last block)")
   a = p.parse_args(argv)
-  run = runs.load_run(a.workdir, a.which)
+  run = inference.load(a.workdir, a.which)
   r = gradcam.plot_gradcam(run, run.predictor.load_image(a.image), a.out, a.cls, a.layer,
                            a.overwrite)
   print(f"{r['path']}: Grad-CAM of {r['name']} (p={r['prob']:.3f}) on {r['layer']}")

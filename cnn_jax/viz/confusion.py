@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cnn_jax.trained_run import TrainedRun
 from cnn_jax import viz
 
 
@@ -22,7 +23,7 @@ def most_confused(matrix: np.ndarray, k: int = 5) -> list[tuple[int, int, int]]:
   return [pair for pair in pairs if pair[2] > 0]
 
 
-def plot_confusion(run: "viz.Run", result: dict, out: str, overwrite: bool = False) -> dict:
+def plot_confusion(run: TrainedRun, result: dict, out: str, overwrite: bool = False) -> dict:
   """Matrix (left, counts written in when it has at most 20 classes) and a grid of
   misclassified examples labelled true -> predicted (right)."""
   viz.check_out(out, overwrite)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from cnn_jax.trained_run import TrainedRun
 from cnn_jax import viz
 
 GAP = 2
@@ -54,7 +55,7 @@ def grid_image(tiles: list[np.ndarray], rows: int, cols: int, scale: int) -> np.
   return grid
 
 
-def plot_filters(run: "viz.Run", out: str, layer: Optional[str] = None, max_tiles: int = 64,
+def plot_filters(run: TrainedRun, out: str, layer: Optional[str] = None, max_tiles: int = 64,
                  overwrite: bool = False) -> dict:
   """Write the kernels of `layer` (a conv's param path; default the first conv) to `out`.
 

@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cnn_jax.trained_run import TrainedRun
 from cnn_jax import layers, viz
 
 INPUT = ":input"  # "flatten:input": the map a module is given (after an activation function)
@@ -158,7 +159,7 @@ def grad_cam(model: Any, variables: Any, x: Any, class_index: Optional[int] = No
           "logits": np.asarray(logits), "flip": flip}
 
 
-def class_index(run: "viz.Run", cls: Union[None, int, str]) -> Optional[int]:
+def class_index(run: TrainedRun, cls: Union[None, int, str]) -> Optional[int]:
   """A class given by index or by name (None: the predicted one)."""
   if cls is None or isinstance(cls, int):
     return cls
@@ -171,7 +172,7 @@ def class_index(run: "viz.Run", cls: Union[None, int, str]) -> Optional[int]:
   return names.index(cls)
 
 
-def plot_gradcam(run: "viz.Run", image: np.ndarray, out: str, cls: Union[None, int, str] = None,
+def plot_gradcam(run: TrainedRun, image: np.ndarray, out: str, cls: Union[None, int, str] = None,
                  layer: Optional[str] = None, overwrite: bool = False) -> dict:
   """Write image | Grad-CAM | overlay to `out` for a stored-shape uint8 `image`; with
   the run's `eval_flip`, of the mirror-averaged pass that evaluation scores."""

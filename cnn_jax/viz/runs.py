@@ -1,4 +1,4 @@
-"""Loading what the `cnn-jax viz` commands draw: a trained run, and a split's predictions.
+"""What the `cnn-jax viz` commands draw from a run (`cnn_jax.load`): a split's predictions.
 
 Kept apart from the drawing modules (`cnn_jax.viz` and its picture modules, which import
 neither `training`, `inference` nor `predict`): `training/eval_pictures.py` draws with
@@ -7,29 +7,18 @@ them during training, so they must not lead back to the training code. Only the 
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cnn_jax import inference, predict
 from cnn_jax.data import input_pipeline
 from cnn_jax.training import setup, steps
-from cnn_jax.viz import Run
+from cnn_jax.trained_run import TrainedRun
 
 
-def load_run(workdir: str, which: str = "best") -> Run:
-  """A run's checkpoint and its predict-style image loading, with clear errors."""
-  if not os.path.isdir(workdir) and "://" not in workdir:
-    raise FileNotFoundError(f"no work directory {workdir}")
-  model, variables, config, meta = inference.load_run(workdir, which, task="classification")
-  predictor = predict.from_run(model, variables, config, meta)
-  return Run(workdir, model, variables, config, meta, predictor)
-
-
-def split_source(run: Run, split: str, data_dir: Optional[str] = None) -> tuple[str, Any]:
+def split_source(run: TrainedRun, split: str, data_dir: Optional[str] = None) -> tuple[str, Any]:
   """(split spec, source) of "test", "validation" or a split spec such as 'train[:10%]'.
 
   The split is read as `cnn-jax eval` reads it (`setup.setup(config, for_training=False)`),
@@ -47,7 +36,7 @@ def split_source(run: Run, split: str, data_dir: Optional[str] = None) -> tuple[
   return spec, setup.setup(config, for_training=False).test_data
 
 
-def predict_source(run: Run, source: Any, batch_size: Optional[int] = None,
+def predict_source(run: TrainedRun, source: Any, batch_size: Optional[int] = None,
                    max_examples: int = 16) -> dict:
   """{"matrix", "num_examples", "accuracy", "errors": [(image, true, predicted)]}.
 
