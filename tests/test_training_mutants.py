@@ -1,0 +1,184 @@
+"""Training-step, loss and evaluation lines that a one-token bug could change unseen.
+
+Written against the surviving mutants of `benchmarks/mutation.py` (docs/testing.md): each
+number here is worked out in numpy from the model's own weights and the documented key
+derivation, never taken from the function under test. Models are one Dense layer on 2x2
+images, so each test compiles one or two tiny programs.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from cnn_jax.training import losses, steps
+from cnn_jax.training.train_state import create_train_state
+
+
+def _log_softmax(z):
+  z = np.asarray(z, np.float64)
+  z = z - z.max(-1, keepdims=True)
+  return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+# ------------------------------------------------------------------- losses
+def test_losses_by_hand_on_a_batch():
+  logits = np.array([[2.0, 1.0, 0.1, -1.0], [0.0, 0.5, 3.0, 0.2], [1.0, 0.5, 0.0, 2.0]],
+                    np.float32)
+  labels = np.array([0, 1, 1])
+  lp = _log_softmax(logits)
+  np.testing.assert_allclose(losses.cross_entropy(logits, labels), -lp[np.arange(3), labels],
+                             rtol=1e-6)
+  # Smoothing 0.2 over 4 classes: 0.8 on the label + 0.05 everywhere.
+  target = 0.8 * np.eye(4)[labels] + 0.05
+  np.testing.assert_allclose(losses.cross_entropy(logits, labels, 0.2),
+                             -(target * lp).sum(-1), rtol=1e-6)
+  probs = np.array([[0.5, 0.5, 0, 0], [0, 0, 1, 0], [0.25, 0.25, 0.25, 0.25]], np.float32)
+  np.testing.assert_allclose(losses.soft_cross_entropy(logits, probs), -(probs * lp).sum(-1),
+                             rtol=1e-6)
+  np.testing.assert_allclose(losses.soft_cross_entropy(logits, probs, 0.4),
+                             -((0.6 * probs + 0.1) * lp).sum(-1), rtol=1e-6)
+  # Top-k per example: the labels rank 1st, 2nd and 3rd.
+  assert losses.topk_correct(logits, labels, 1).tolist() == [1.0, 0.0, 0.0]
+  assert losses.topk_correct(logits, labels, 2).tolist() == [1.0, 1.0, 0.0]
+  assert losses.topk_correct(logits, labels, 3).tolist() == [1.0, 1.0, 1.0]
+  # k beyond the number of classes is every class: always correct.
+  assert losses.topk_correct(logits, labels, 10).tolist() == [1.0, 1.0, 1.0]
+
+
+# ------------------------------------------------------------------- train_step
+class _Lin(nn.Module):
+  """Dense(6) on the flattened image; in train mode plus uniform noise drawn with the
+  dropout key, so the key the step hands the model shows in the loss."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    y = nn.Dense(6, name="head")(x.reshape((x.shape[0], -1)))
+    return y + jax.random.uniform(self.make_rng("dropout"), y.shape) if train else y
+
+
+def _keys(state):
+  """The documented per-step keys: split(fold_in(rng, step)) -> (augmentation, dropout)."""
+  aug, drop = jax.random.split(jax.random.fold_in(state.rng, state.step))
+  return aug, drop
+
+
+def test_train_step_by_hand_with_preprocess_mix_and_smoothing():
+  """One SGD step: preprocess with the augmentation key in train mode, a mix with
+  fold_in(augmentation key, MIX_STREAM) and its soft labels in the loss (smoothed), the
+  dropout key in the model, accuracies on the hard labels, grad_norm, step + 1."""
+  lr, smoothing = 0.5, 0.1
+  state = create_train_state(_Lin(), optax.sgd(lr), jax.random.key(3), (2, 2, 1))
+  state = state.replace(step=7)
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(3, 2, 2, 1)).astype(np.float32)
+  labels = np.array([2, 0, 5], np.int32)
+  soft = rng.dirichlet(np.ones(6), 3).astype(np.float32)
+
+  def preprocess(x, key, train):
+    assert train is True
+    return 2.0 * x + jax.random.uniform(key, ())
+
+  def mix(x, y, key):
+    return x - jax.random.uniform(key, ()), jnp.asarray(soft)
+
+  new, m = jax.jit(lambda s, b: steps.train_step(s, b, preprocess=preprocess, mix=mix,
+                                                 label_smoothing=smoothing))(
+      state, {"image": images, "label": labels})
+  aug, drop = _keys(state)
+  x = (2.0 * images + float(jax.random.uniform(aug, ()))
+       - float(jax.random.uniform(jax.random.fold_in(aug, 0x6D6978), ()))).reshape(3, 4)
+  w = np.asarray(state.params["head"]["kernel"], np.float64)
+  b = np.asarray(state.params["head"]["bias"], np.float64)
+  # The model's train-mode noise under the documented dropout key (noise does not depend
+  # on the weights, so the gradient below is x^T dz as for a plain Dense layer).
+  noise = (_Lin().apply({"params": state.params}, x.reshape(3, 2, 2, 1), train=True,
+                        rngs={"dropout": drop}) - (x @ w + b))
+  logits = x @ w + b + np.asarray(noise, np.float64)
+  target = (1 - smoothing) * soft + smoothing / 6
+  lp = _log_softmax(logits)
+  assert float(m["loss"]) == pytest.approx(-(target * lp).sum(-1).mean(), rel=1e-5)
+  order = np.argsort(-logits, -1)
+  assert float(m["accuracy"]) == pytest.approx((order[:, 0] == labels).mean())
+  assert float(m["top5_accuracy"]) == pytest.approx((order[:, :5] == labels[:, None]).any(-1).mean())
+  assert 0 < float(m["top5_accuracy"]) and float(m["accuracy"]) < 1  # both counts matter
+  dz = (np.exp(lp) - target) / 3  # d mean CE / d logits
+  gw, gb = x.T @ dz, dz.sum(0)
+  np.testing.assert_allclose(new.params["head"]["kernel"], w - lr * gw, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(new.params["head"]["bias"], b - lr * gb, rtol=1e-5, atol=1e-6)
+  assert float(m["grad_norm"]) == pytest.approx(np.sqrt((gw ** 2).sum() + (gb ** 2).sum()),
+                                                rel=1e-5)
+  assert int(new.step) == 8 and "skipped" not in m and "main_loss" not in m
+  with pytest.raises(ValueError, match="custom loss_fn"):
+    steps.train_step(state, {"image": images, "label": labels}, mix=mix,
+                     loss_fn=lambda out, b: (0.0, {}))
+
+
+class _BNNet(nn.Module):
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = x.reshape((x.shape[0], -1))
+    x = nn.BatchNorm(use_running_average=not train, name="bn1")(x)
+    x = nn.Dense(4, name="head")(x)
+    return nn.BatchNorm(use_running_average=not train, name="bn2")(x)
+
+
+def test_train_step_batch_stats_frozen_and_skipped():
+  """Batch statistics move in train mode, except under a frozen prefix; a step whose
+  gradient is not finite (apply_if_finite) keeps params and statistics: skipped = 1."""
+  state = create_train_state(_BNNet(), optax.apply_if_finite(optax.sgd(0.1), 10),
+                             jax.random.key(0), (2, 2, 1))
+  step = jax.jit(lambda s, b: steps.train_step(s, b, frozen=("bn1",)))
+  images = np.random.default_rng(1).normal(3.0, 1.0, size=(4, 2, 2, 1)).astype(np.float32)
+  labels = np.array([0, 1, 2, 3], np.int32)
+  new, m = step(state, {"image": images, "label": labels})
+  assert float(m["skipped"]) == 0.0
+  for k in ("mean", "var"):
+    np.testing.assert_array_equal(new.batch_stats["bn1"][k], state.batch_stats["bn1"][k])
+  assert not np.allclose(new.batch_stats["bn2"]["var"], state.batch_stats["bn2"]["var"])
+  assert not np.allclose(new.params["head"]["kernel"], state.params["head"]["kernel"])
+  bad = images.copy()
+  bad[0, 0, 0, 0] = np.nan
+  same, m = step(new, {"image": bad, "label": labels})
+  assert float(m["skipped"]) == 1.0
+  for a, b in zip(jax.tree_util.tree_leaves((same.params, same.batch_stats)),
+                  jax.tree_util.tree_leaves((new.params, new.batch_stats))):
+    np.testing.assert_array_equal(a, b)
+
+
+# ------------------------------------------------------------------- eval
+def test_eval_step_and_flip_by_hand():
+  """Sums over the real rows (mask) of loss, top-1 and top-5; flip averages the logits of
+  the image and its mirror (width reversed); preprocess runs in eval mode."""
+  state = create_train_state(_Lin(), optax.sgd(0.1), jax.random.key(1), (2, 2, 1))
+  rng = np.random.default_rng(2)
+  images = rng.normal(size=(3, 2, 2, 1)).astype(np.float32)
+  labels = np.array([1, 4, 0], np.int32)
+  mask = np.array([1.0, 1.0, 0.0], np.float32)
+  w = np.asarray(state.params["head"]["kernel"], np.float64)
+  b = np.asarray(state.params["head"]["bias"], np.float64)
+
+  def preprocess(x, key, train):
+    assert train is False
+    return x + 1.0
+
+  x = images + 1.0
+  logits = 0.5 * (x.reshape(3, 4) @ w + x[:, :, ::-1].reshape(3, 4) @ w) + b
+  assert not np.allclose(logits, x.reshape(3, 4) @ w + b)  # the mirror changes the logits
+  got = jax.jit(lambda s, bt: steps.eval_step(s, bt, preprocess=preprocess, flip=True))(
+      state, {"image": images, "label": labels, "mask": mask})
+  ce = -_log_softmax(logits)[np.arange(3), labels]
+  order = np.argsort(-logits, -1)
+  assert float(got["loss"]) == pytest.approx((ce * mask).sum(), rel=1e-5)
+  assert float(got["correct"]) == ((order[:, 0] == labels) * mask).sum()
+  assert float(got["top5_correct"]) == ((order[:, :5] == labels[:, None]).any(-1) * mask).sum()
+  assert float(got["count"]) == 2.0
+  # No mask: every row counts; no flip: the image alone.
+  got = jax.jit(steps.eval_step)(state, {"image": images, "label": labels})
+  logits = images.reshape(3, 4) @ w + b
+  assert float(got["loss"]) == pytest.approx(-_log_softmax(logits)[np.arange(3), labels].sum(),
+                                             rel=1e-5)
+  assert float(got["count"]) == 3.0
