@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 from typing import Any, Optional
 
+import flax
 import jax
+from ml_collections import ConfigDict
 
 from cnn_jax import checkpoint as ckpt_lib
 from cnn_jax import config as config_lib
@@ -17,6 +19,7 @@ from cnn_jax import parallel
 from cnn_jax.data import input_pipeline
 from cnn_jax.training.setup import Setup
 from cnn_jax.training.train_state import TrainState
+from cnn_jax.weights import files as weight_files
 
 log = logging.getLogger("cnn_jax")
 
@@ -66,9 +69,15 @@ def restore_weights(s: Setup, state: TrainState, variables: dict[str, Any],
     from cnn_jax.detection import task as detection_task  # noqa: PLC0415
     return detection_task.restore_backbone(state, variables)
   from cnn_jax.weights import compare_variables  # noqa: PLC0415
+  mine = {"params": state.params, "batch_stats": state.batch_stats}
   missing, unknown, reshaped = compare_variables(
-      {"params": state.params, "batch_stats": state.batch_stats},
-      {"params": variables["params"], "batch_stats": variables.get("batch_stats") or {}})
+      mine, {"params": variables["params"], "batch_stats": variables.get("batch_stats") or {}})
+  head = _head_of(reshaped)
+  if head and not (missing or unknown):  # another class count: only the head differs
+    variables = _keep_own(variables, mine, head)
+    log.info("restore_from %s: head %r keeps its fresh init (%s); every other variable "
+             "restored", source, head, ", ".join(f"{k} {got} -> {want}" for k, got, want in reshaped))
+    reshaped = []
   reshaped = [f"{k} {got} -> {want}" for k, got, want in reshaped]
   if missing or unknown or reshaped:
     details = "; ".join(f"{what}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}"
@@ -78,6 +87,35 @@ def restore_weights(s: Setup, state: TrainState, variables: dict[str, Any],
                      f"{s.config.model!r} ({details}). Restore from a run of the same model; "
                      "for a new head use cnn_jax.transfer.replace_head")
   return with_variables(state, variables)
+
+
+def _head_of(reshaped: list[tuple[str, tuple, tuple]]) -> Optional[str]:
+  """The one top-level module all shape changes are in, when they are a classifier head's:
+  its kernel's last axis (the class count) and bias change, nothing else."""
+  modules = {k.split("/")[1] for k, _, _ in reshaped if k.startswith("params/")}
+  if len(modules) != 1 or any(not k.startswith("params/") for k, _, _ in reshaped):
+    return None
+  if any(len(got) != len(want) or got[:-1] != want[:-1] for _, got, want in reshaped):
+    return None  # not only the output width: a backbone that does not fit
+  return modules.pop()
+
+
+def _keep_own(variables: dict[str, Any], mine: dict[str, Any], head: str) -> dict[str, Any]:
+  """`variables` with `head`'s params replaced by this model's own (fresh) ones."""
+  params = dict(flax.core.unfreeze(variables["params"]))
+  params[head] = mine["params"][head]
+  return {**variables, "params": params}
+
+
+def restore_source(config: ConfigDict) -> tuple[dict[str, Any], str]:
+  """(variables, what they are) of config.restore_from: a run's checkpoint, or a torchvision
+  .pth / Keras .h5 / .keras file converted for config.model."""
+  source = config.restore_from
+  if weight_files.is_weights_file(source):
+    return weight_files.load_weights_file(source, config.model), f"{source} (weights file)"
+  tree, meta, _ = ckpt_lib.load_checkpoint(source)
+  return (ckpt_lib.variables_from_tree(tree),
+          f"{source} (model {meta.get('config', {}).get('model')!r})")
 
 
 def with_variables(state: TrainState, variables: dict[str, Any]) -> TrainState:

@@ -29,6 +29,7 @@ from ml_collections import ConfigDict
 from cnn_jax import config as config_lib
 from cnn_jax.training import optim
 from cnn_jax.training import workdir as workdir_lib
+from cnn_jax.weights import files
 
 log = logging.getLogger("cnn_jax")
 CONFIG, HISTORY, RESULTS = "config.json", "config_history.jsonl", "results.json"
@@ -123,9 +124,11 @@ def check(config: ConfigDict, workdir: epath.Path) -> Resume:
   anything loads or compiles) for a change no resume may make or one not allowed."""
   if not has_checkpoints(workdir) or not (workdir / CONFIG).exists():
     source = config.get("restore_from")
-    if source and not _exists(source):
+    if source and not (_exists(source) or (files.is_weights_file(source)
+                                           and os.path.isfile(source))):
       raise FileNotFoundError(f"config.restore_from={source} does not exist: give the --workdir "
-                              "of a trained run (its best/ or checkpoints/ are read)")
+                              "of a trained run (its best/ or checkpoints/ are read), or a "
+                              "torchvision .pth or Keras .h5 / .keras weights file")
     return Resume(None, {})
   saved = json.loads((workdir / CONFIG).read_text())
   changes = config_changes(saved, config)

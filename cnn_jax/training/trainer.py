@@ -103,10 +103,7 @@ def _run(config: ConfigDict, workdir: Any, res: resume.Resume, train_data: Optio
         "inspection): this run will not silently start over from step 0 on top of a history "
         f"it could not read. To start afresh here, move {latest} away; or use a new --workdir")
   if not ckpts.latest.all_steps() and config.restore_from:
-    tree, source_meta, _ = ckpt_lib.load_checkpoint(config.restore_from)
-    state = evaluation.restore_weights(s, state, ckpt_lib.variables_from_tree(tree),
-                                       f"{config.restore_from} (model "
-                                       f"{source_meta.get('config', {}).get('model')!r})")
+    state = evaluation.restore_weights(s, state, *evaluation.restore_source(config))
     log.info("started from the weights of %s", config.restore_from)
   start_step, spe = int(jax.device_get(state.step)), s.steps_per_epoch
   stored = resume.finished(workdir, start_step, spe * config.num_epochs)
