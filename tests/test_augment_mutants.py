@@ -215,3 +215,32 @@ def test_mix_converts_integer_images_to_float():
   x = np.random.RandomState(4).randint(0, 256, (4, 5, 5, 1)).astype(np.uint8)
   out, _ = mix(x, np.arange(4) % 3, jax.random.key(0))
   assert out.dtype == jnp.float32  # uint8 kept would paste uint8 (cutmix's where)
+
+
+@pytest.mark.parametrize("spec", ["hue(0.2)", "color(hue=0.2)"])
+def test_hue_deltas_are_drawn_on_both_sides(spec):
+  """A saturated red pixel's hue after the op is the drawn delta (mod 1), read back with
+  colorsys: deltas of both signs, none beyond 0.2."""
+  import colorsys
+  x = np.tile(np.array([1.0, 0.0, 0.0], np.float32), (64, 1, 1, 1))
+  out = np.asarray(_op(spec)(x, jax.random.key(0)))[:, 0, 0]
+  deltas = np.array([(colorsys.rgb_to_hsv(*map(float, px))[0] + 0.5) % 1.0 - 0.5 for px in out])
+  assert np.abs(deltas).max() <= 0.2 + 1e-5
+  assert (deltas < -0.05).sum() > 10 and (deltas > 0.05).sum() > 10
+
+
+def test_cutmix_centres_cover_the_image_and_lam_is_beta(monkeypatch):
+  """cutmix's centre is uniform over every pixel (rows and columns of a non-square image)
+  and lam ~ Beta(alpha, alpha): image_ops' box and paste are replaced by a probe that
+  returns the drawn parameters."""
+  monkeypatch.setattr(image_ops, "cutmix_box", lambda h, w, lam, cy, cx: (cy, cx, lam, 0))
+  monkeypatch.setattr(image_ops, "cutmix_batch",
+                      lambda x, probs, box, perm: (jnp.stack([box[0], box[1]]), box[2]))
+  op = augment.parse("cutmix(2.0)")[0].fn
+  x, probs = jnp.zeros((2, 3, 5, 1)), jnp.eye(2)
+  centres, lams = jax.jit(jax.vmap(lambda k: op(x, probs, k)))(jax.random.split(
+      jax.random.key(0), 300))
+  assert set(np.asarray(centres[:, 0]).tolist()) == {0, 1, 2}
+  assert set(np.asarray(centres[:, 1]).tolist()) == {0, 1, 2, 3, 4}
+  lams = np.asarray(lams)  # Beta(2, 2): mean 1/2, variance 1/20
+  assert abs(lams.mean() - 0.5) < 0.05 and abs(lams.var() - 0.05) < 0.015

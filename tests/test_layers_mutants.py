@@ -49,6 +49,13 @@ def _np_conv(x, k, pads, stride=(1, 1)):
   return out
 
 
+def test_conv_output_size_defaults_no_padding_stride_1_no_dilation():
+  assert layers.conv_output_size(32, 5) == 28   # P=1 would give 30, S=2 14, D=2 24
+  assert layers.conv_output_size(5, 5) == 1     # an exact fit is one output
+  with pytest.raises(ValueError, match="effective size 6 .* input of size 5 with padding 0"):
+    layers.conv_output_size(5, 6)
+
+
 def test_conv_defaults_are_3x3_stride_1_valid_with_a_bias():
   x = np.random.RandomState(0).randn(1, 5, 6, 3).astype(np.float32)
   m = layers.Conv2D(2)
