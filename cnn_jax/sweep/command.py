@@ -112,12 +112,17 @@ def open_study(args: argparse.Namespace, spec: space_lib.Spec, declared: dict
     raise ValueError(f"--trials must be at least 1, got {n_trials}")
   index = args.worker_index if args.worker_index is not None else int(
       os.environ.get("SLURM_ARRAY_TASK_ID", 0))
-  seed = None if args.seed is None else args.seed + index
   epochs = spec.base_config().num_epochs
   study = optuna.create_study(
       storage=storage, study_name=args.study, direction=spec.direction, load_if_exists=True,
-      sampler=study_lib.make_sampler(sampler_name, seed, grid),
+      sampler=optuna.samplers.RandomSampler(),  # replaced below, once the history is known
       pruner=study_lib.make_pruner(args.pruner or declared.get("pruner", "median"), epochs))
+  # Worker i of a fresh sweep samples with seed + i. A restarted worker must not draw the
+  # stream it drew before (it would propose the killed trial's parameters again as new):
+  # its seed also counts the trials already in the study.
+  seed = None if args.seed is None else (
+      args.seed + index + 1009 * len(study.get_trials(deepcopy=False)))
+  study.sampler = study_lib.make_sampler(sampler_name, seed, grid)
   held = study.user_attrs.get("spec")
   if held is None:
     study.set_user_attr("spec", spec.to_json())
@@ -170,9 +175,10 @@ def _run_worker(args: argparse.Namespace, spec: space_lib.Spec, study: optuna.St
 
 
 def print_summary(study: optuna.Study, workdir: str, spec_json: dict) -> None:
-  log_params = {p.split("=")[0] for p in spec_json.get("space", [])
-                if p.split("=", 1)[1].startswith("log")}
-  text = summary_lib.write(study, workdir, spec_json.get("metric", "objective"), log_params)
+  params = [space_lib.parse(text) for text in spec_json.get("space", [])]
+  ranges = {p.key: (p.args[0], p.args[1], p.log_scale) for p in params
+            if p.kind not in ("choice", "categorical")}
+  text = summary_lib.write(study, workdir, spec_json.get("metric", "objective"), ranges)
   print(text)
   print(f"\ntable: {os.path.join(workdir, 'summary.csv')} (.md); picture: "
         f"{os.path.join(workdir, 'sweep.png')}")

@@ -173,7 +173,8 @@ def work(study: optuna.Study, storage: optuna.storages.RDBStorage, n_trials: int
   worker goes on.
   """
   poll_s = poll_s or max(1.0, storage.heartbeat_interval / 2)
-  me = {"host": socket.gethostname(), "pid": os.getpid()}
+  me = {"host": socket.gethostname(), "pid": os.getpid(),
+        "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None}
   done = {"complete": 0, "pruned": 0, "failed": 0, "resumed": 0}
   waited = False
   while True:

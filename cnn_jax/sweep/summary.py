@@ -7,15 +7,26 @@ parameter against the objective.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import optuna
 from optuna.trial import TrialState
 
 from cnn_jax.sweep import study as study_lib
+
+
+@contextlib.contextmanager
+def _replacing(path: str, **kwargs: Any) -> Iterator[Any]:
+  """Write to a temporary file, then rename: workers finishing together (SLURM array tasks)
+  each write the summary, and a reader never sees half of one."""
+  tmp = f"{path}.{os.getpid()}.tmp"
+  with open(tmp, "w", **kwargs) as f:
+    yield f
+  os.replace(tmp, path)
 
 
 def rows(study: optuna.Study) -> list[dict[str, Any]]:
@@ -65,11 +76,15 @@ def best(study: optuna.Study) -> Optional[optuna.trial.FrozenTrial]:
     return None
 
 
-def write(study: optuna.Study, workdir: str, metric: str, log_params: set[str]) -> str:
-  """Writes summary.csv, summary.md and sweep.png into workdir; returns the printed text."""
+def write(study: optuna.Study, workdir: str, metric: str,
+          ranges: Optional[dict[str, tuple[float, float, bool]]] = None) -> str:
+  """Writes summary.csv, summary.md and sweep.png into workdir; returns the printed text.
+
+  ranges: {numeric key: (low, high, log scale)}, the swept ranges the picture's axes span.
+  """
   rs = rows(study)
   keys = list(dict.fromkeys(k for r in rs for k in r))
-  with open(os.path.join(workdir, "summary.csv"), "w", newline="") as f:
+  with _replacing(os.path.join(workdir, "summary.csv"), newline="") as f:
     w = csv.DictWriter(f, fieldnames=keys)
     w.writeheader()
     w.writerows(rs)
@@ -85,13 +100,13 @@ def write(study: optuna.Study, workdir: str, metric: str, log_params: set[str]) 
                 + ", ".join(f"{k}={_fmt(v)}" for k, v in b.params.items()))
     head.append(f"best config: {os.path.join(b.user_attrs.get('workdir', '?'), 'config.json')}")
   text = "\n".join(head) + "\n\n" + table(rs, shown)
-  with open(os.path.join(workdir, "summary.md"), "w") as f:
+  with _replacing(os.path.join(workdir, "summary.md")) as f:
     f.write("\n\n".join(head) + "\n\n")
     f.write("| " + " | ".join(shown) + " |\n|" + "---|" * len(shown) + "\n")
     for r in rs:
       f.write("| " + " | ".join(_fmt(r.get(k)) for k in shown) + " |\n")
   picture(rs, os.path.join(workdir, "sweep.png"), metric,
-          param_keys(rs), log_params,
+          param_keys(rs), ranges or {},
           maximize=study.direction == optuna.study.StudyDirection.MAXIMIZE)
   return text
 
@@ -103,7 +118,7 @@ def param_keys(rs: list[dict[str, Any]]) -> list[str]:
 
 
 def picture(rs: list[dict[str, Any]], path: str, metric: str, params: list[str],
-            log_params: set[str], maximize: bool) -> None:
+            ranges: dict[str, tuple[float, float, bool]], maximize: bool) -> None:
   """Objective per trial (the best so far as a line) and each parameter vs the objective;
   a pruned trial is drawn hollow at its last reported value."""
   import matplotlib  # noqa: PLC0415 - only when a picture is drawn
@@ -126,6 +141,7 @@ def picture(rs: list[dict[str, Any]], path: str, metric: str, params: list[str],
   if running:
     ax.step(*zip(*running), where="post", color="C2", label="best so far")
   ax.set_xlabel("trial")
+  ax.xaxis.get_major_locator().set_params(integer=True)
   ax.set_ylabel(metric)
   ax.legend(fontsize=7)
   for ax, key in zip(axes[0][1:], params):
@@ -133,10 +149,15 @@ def picture(rs: list[dict[str, Any]], path: str, metric: str, params: list[str],
     xs = [r[key] if r in numeric else str(r.get(key)) for r in ok]
     ax.scatter(xs, [r["value"] for r in ok],
                c=["C0" if r["state"] == "COMPLETE" else "C1" for r in ok])
-    if key in log_params:
-      ax.set_xscale("log")
+    if key in ranges:
+      lo, hi, log = ranges[key]
+      if log:
+        ax.set_xscale("log")
+      ax.set_xlim(lo / 1.2 if log else lo - 0.03 * (hi - lo), hi * 1.2 if log else hi + 0.03 * (hi - lo))
     ax.set_xlabel(key)
     ax.set_ylabel(metric)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  tmp = f"{path}.{os.getpid()}.png"
+  fig.savefig(tmp, dpi=100)
+  os.replace(tmp, path)
   plt.close(fig)
