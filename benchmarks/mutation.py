@@ -58,13 +58,16 @@ DEFAULT_TESTS: dict[str, list[str]] = {
     "cnn_jax/layers/norm.py": [
         "tests/test_layers_mutants.py", "tests/test_layers.py", "-k",
         "local_response or lrn or dropout or batch_norm"],
-    # test_augment.py without the tests of training and of every op at once (compiles).
+    # The tests of test_augment.py that check image functions exactly.
     "cnn_jax/data/image_ops.py": [
         "tests/test_augment_mutants.py", "tests/test_augment.py", "-k",
-        "not every_op and not soft_cross and not train_step and not training_with"],
+        "pad_crop_reaches or test_flips or translate_is or rotate_by or scale_zooms or "
+        "color_adjustments or cutout or mixup or cutmix or pad_normalize"],
+    # ... and those that check the ops' parsing, draws and preprocessing (not training).
     "cnn_jax/data/augment.py": [
         "tests/test_augment_mutants.py", "tests/test_augment.py", "-k",
-        "not every_op and not soft_cross and not train_step and not training_with"],
+        "not every_op and not soft_cross and not train_step and not training_with and not "
+        "color_adjustments"],
 }
 
 # One replacement per operator, as mutmut: a + b -> a - b, a < b -> a <= b, n -> n +/- 1,
