@@ -2,9 +2,11 @@
 
   python resume_worker.py WORKDIR OUT.npz [--slow SECONDS]
 
-Trains mnist_cnn on a fixed synthetic data set, checkpointing every 3 steps, and
-writes the final parameters and eval metrics to OUT.npz. --slow sleeps before each
-batch so that the test can interrupt it mid-epoch.
+Trains a small convnet with batch norm on a fixed synthetic data set, checkpointing every
+3 steps, and writes the whole final TrainState (params, batch_stats, opt_state, step and
+the raw rng key data, one array per leaf under "state/<path>"), its tree structure
+("treedef") and the eval metrics to OUT.npz. --slow sleeps before each batch so that the
+test can interrupt it mid-epoch.
 """
 import argparse
 import os
@@ -14,12 +16,12 @@ import time
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(__file__))
 
-import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cnn_jax.data import input_pipeline  # noqa: E402
 from cnn_jax.training import guards, trainer  # noqa: E402
 from helpers import random_split, tiny_config  # noqa: E402
+from state_compare import state_arrays  # noqa: E402
 
 
 def main():
@@ -38,8 +40,10 @@ def main():
         yield b
 
     input_pipeline.train_batches = slow_batches
-  cfg = tiny_config("mnist_cnn", num_epochs=2, checkpoint_every_steps=3, log_every_steps=4)
-  # augmentation (image ops and a batch mix), dropout: all must replay exactly
+  cfg = tiny_config("small_convnet", num_epochs=2, checkpoint_every_steps=3, log_every_steps=4)
+  # Batch norm: running statistics that a resume must restore besides params and Adam's moments.
+  cfg.model_kwargs = {"batch_norm": True, "widths": (8, 16, 32)}
+  # augmentation (image ops and a batch mix): must replay exactly
   cfg.augment = "pad_crop(2)|cutout(6)|mixup(0.2)"
   # Host-side random ops in grain workers too: the batches must not depend on the worker count.
   cfg.dataset.pp_train = "random_crop(28, padding=1)|flip_lr"
@@ -50,9 +54,8 @@ def main():
   except guards.Preempted as e:
     print(e, flush=True)
     sys.exit(e.exit_code)
-  flat = {"/".join(str(k) for k in path): np.asarray(v)
-          for path, v in jax.tree_util.tree_flatten_with_path(r["state"].params)[0]}
-  np.savez(args.out, **flat, **{f"eval_{k}": v for k, v in r["validation"].items()})
+  np.savez(args.out, **state_arrays(r["state"]),
+           **{f"eval_{k}": v for k, v in r["validation"].items()})
 
 
 if __name__ == "__main__":

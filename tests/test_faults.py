@@ -20,6 +20,7 @@ from cnn_jax.data.split import Split
 from cnn_jax.training import guards, setup, trainer
 from cnn_jax.training import workdir as workdir_lib
 from helpers import random_split, tiny_config
+from state_compare import assert_same_arrays, assert_same_state
 
 WORKER = os.path.join(os.path.dirname(__file__), "resume_worker.py")
 
@@ -60,9 +61,8 @@ def uninterrupted(tmp_path_factory):
 
 
 def assert_same_run(a, b):
-  assert a.keys() == b.keys()
-  diffs = {k: float(np.max(np.abs(a[k] - b[k]))) for k in a}
-  assert all(d == 0.0 for d in diffs.values()), diffs  # bit for bit
+  """Bit for bit: the whole state (params, batch_stats, opt_state, step, rng) and the metrics."""
+  assert_same_arrays(a, b)
 
 
 @pytest.mark.parametrize("workers", [1])  # in-process resume: test_sigterm_... below
@@ -99,9 +99,16 @@ def test_sigterm_checkpoints_flushes_and_exits_143(tmp_path, uninterrupted):
   assert_same_run(load_npz(tmp_path / "out.npz"), uninterrupted)
 
 
+def bn_config(**kw):
+  """A small convnet with batch norm: its running statistics must survive a resume too."""
+  cfg = tiny_config("small_convnet", **kw)
+  cfg.model_kwargs = {"batch_norm": True, "widths": (4, 8, 8)}
+  return cfg
+
+
 def test_corrupt_latest_checkpoint_is_reported_and_skipped(tmp_path, caplog):
   train, test = random_split(128), random_split(40, seed=1)
-  cfg = tiny_config(num_epochs=1, checkpoint_every_steps=1, keep_checkpoints=3)
+  cfg = bn_config(num_epochs=1, checkpoint_every_steps=1, keep_checkpoints=3)
   trainer.train_and_evaluate(cfg, str(tmp_path), train, test)
   ckdir = tmp_path / "checkpoints"
   assert sorted(os.listdir(ckdir)) == ["2", "3", "4"]
@@ -114,11 +121,10 @@ def test_corrupt_latest_checkpoint_is_reported_and_skipped(tmp_path, caplog):
   assert f"{ckdir}/4 is corrupt or incomplete" in caplog.text
   assert glob.glob(f"{ckdir}/corrupt-4-*")  # kept for inspection, not deleted
   assert r["final_step"] == 8
-  # Resumed from step 3: equal to a run that was never damaged.
+  # Resumed from step 3: equal to a run that was never damaged, bit for bit, batch_stats,
+  # optimizer state and rng included.
   clean = trainer.train_and_evaluate(cfg, str(tmp_path / "clean"), train, test)
-  for a, b in zip(jax.tree_util.tree_leaves(r["state"].params),
-                  jax.tree_util.tree_leaves(clean["state"].params)):
-    np.testing.assert_array_equal(a, b)
+  assert_same_state(r["state"], clean["state"])
 
 
 def nan_config(**kw):
