@@ -11,6 +11,7 @@ statistics a train-mode pass would have moved in frozen layers).
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Optional, Sequence
 
 import jax
@@ -32,6 +33,30 @@ AUX_LOSS_WEIGHT = 0.3
 # The mix key is fold_in(augmentation key, MIX_STREAM): preprocess keeps the augmentation
 # key (and so the draws) it had before mixes existed.
 MIX_STREAM = 0x6D6978
+
+
+def fused_pmean(tree: Any, axis_name: str) -> Any:
+  """`lax.pmean` of every leaf of `tree`, as one all-reduce per dtype instead of one per leaf.
+
+  XLA:CPU does not combine all-reduces, and across processes (Gloo) each one costs
+  milliseconds whatever its size: resnet20's ~130 gradient / statistic arrays took ~0.25 s
+  a step, one buffer of the same numbers ~4 ms (PyTorch DDP buckets for the same reason).
+  Each element is averaged over the same devices as before, so the result is the same.
+  """
+  leaves, treedef = jax.tree_util.tree_flatten(tree)
+  by_dtype: dict[Any, list[int]] = {}
+  for i, leaf in enumerate(leaves):
+    by_dtype.setdefault(jnp.result_type(leaf), []).append(i)
+  out = list(leaves)
+  for index in by_dtype.values():
+    flat = jnp.concatenate([jnp.ravel(leaves[i]) for i in index])
+    reduced = lax.pmean(flat, axis_name)
+    start = 0
+    for i in index:
+      size = math.prod(jnp.shape(leaves[i]))
+      out[i] = reduced[start:start + size].reshape(jnp.shape(leaves[i]))
+      start += size
+  return jax.tree_util.tree_unflatten(treedef, out)
 
 
 def step_rngs(state: TrainState, axis_name: Optional[str] = None) -> tuple[jax.Array, jax.Array]:
@@ -112,10 +137,8 @@ def train_step(state: TrainState, batch: Batch, *, preprocess: Optional[Preproce
     (loss, (metrics, updates)), grads = jax.value_and_grad(total_loss, has_aux=True)(state.params)
   metrics = {"loss": loss, **metrics}
   new_stats = updates.get("batch_stats", state.batch_stats)
-  if axis_name is not None:
-    grads = lax.pmean(grads, axis_name)
-    metrics = lax.pmean(metrics, axis_name)
-    new_stats = lax.pmean(new_stats, axis_name)  # keep every replica's statistics equal
+  if axis_name is not None:  # new_stats too: every replica's statistics stay equal
+    grads, metrics, new_stats = fused_pmean((grads, metrics, new_stats), axis_name)
   if frozen and has_bn:
     new_stats = transfer.restore_frozen(new_stats, state.batch_stats, frozen)
   new_state = state.apply_gradients(grads=grads, batch_stats=new_stats)
