@@ -1,7 +1,7 @@
 """benchmarks/mutation.py's mutants, tested in long-lived pytest workers (no restart per mutant).
 
     python benchmarks/mutation_fast.py cnn_jax/detection/nms.py --tests tests/test_nms.py
-    python benchmarks/mutation.py cnn_jax/detection/nms.py --recheck --tests tests/test_nms.py
+    python benchmarks/mutation_fast.py cnn_jax/detection/nms.py --recheck --tests tests/test_nms.py
 
 mutation.py starts one pytest process per mutant: importing jax, flax and the suite's
 conftest costs 3-4 s of CPU each time, more than the tests of a numeric module take, so
@@ -121,12 +121,20 @@ def _worker(copy: str, module: str, pytest_args: list[str], canary: int, jobs, r
 
 
 def run(module: str, tests: list[str], out_dir: Path, workdir: Path | None, timeout: float,
-        canary: int, recycle: int) -> dict:
-  """Mutation-test `module`; writes and returns mutation.py's summary format."""
+        canary: int, recycle: int, recheck: bool = False) -> dict:
+  """Mutation-test `module`; writes and returns mutation.py's summary format. `recheck`:
+  only the survivors of the module's last JSON (as mutation.py --recheck)."""
   from cosmic_ray.work_db import WorkDB, use_db
   from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
   source = (REPO / module).read_text()
   sha = hashlib.sha256(source.encode()).hexdigest()
+  out_path = mutation.result_path(module, out_dir)
+  previous = None
+  if recheck:
+    previous = json.loads(out_path.read_text())
+    if previous["source_sha256"] != sha:
+      raise SystemExit(f"mutation_fast: {module} changed since {out_path}; --recheck needs the "
+                       "same source (mutant numbers would differ): run without --recheck")
   copy = Path(tempfile.mkdtemp(prefix="cnn_jax_mutation_fast_", dir=workdir))
   saved_cwd, saved_env = os.getcwd(), dict(os.environ)
   try:
@@ -145,7 +153,8 @@ def run(module: str, tests: list[str], out_dir: Path, workdir: Path | None, time
     subprocess.run([sys.executable, "-m", "cosmic_ray.cli", "init", "cosmic-ray.toml",
                     session.name], cwd=copy, env=env, check=True)
     os.chdir(copy)
-    to_run = mutation.skip_work(session, None)
+    to_run = mutation.skip_work(
+        session, None if previous is None else {v["key"] for v in previous["survivors"]})
     with use_db(str(session), WorkDB.Mode.open) as db:
       pending = [(item.job_id, item.mutations[0].operator_name, item.mutations[0].occurrence)
                  for item in db.pending_work_items]
@@ -212,7 +221,8 @@ def run(module: str, tests: list[str], out_dir: Path, workdir: Path | None, time
   results_list = [r for r in results_list if r["outcome"] in ("killed", "survived", "timeout")]
   survivors = [{k: r[k] for k in ("key", "line", "definition", "operator", "diff")}
                for r in results_list if r["outcome"] == "survived"]
-  mutants = len(results_list)
+  killed_before = 0 if previous is None else previous["mutants"] - previous["survived"]
+  mutants = len(results_list) + killed_before  # killed before: tests were only added
   killed = mutants - len(survivors)
   summary = {
       "module": module,
@@ -225,10 +235,11 @@ def run(module: str, tests: list[str], out_dir: Path, workdir: Path | None, time
       "mutants": mutants,
       "killed": killed,
       "survived": len(survivors),
-      "timeouts": sum(r["outcome"] == "timeout" for r in results_list),
+      "timeouts": sum(r["outcome"] == "timeout" for r in results_list) + (
+          previous["timeouts"] if previous else 0),
       "score": round(killed / mutants, 4) if mutants else None,
       "survivors": survivors,
-      "rechecked_survivors_of_earlier_run": False,
+      "rechecked_survivors_of_earlier_run": previous is not None,
       "skipped_by_operator_set": sum(s["why"] == "operator not in KEEP_OPERATORS"
                                      for s in skipped),
       "skipped_by_pragma": sum(s["why"] == "pragma: no mutate" for s in skipped),
@@ -239,7 +250,6 @@ def run(module: str, tests: list[str], out_dir: Path, workdir: Path | None, time
       "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, Python "
                  f"{platform.python_version()}",
   }
-  out_path = mutation.result_path(module, out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   out_path.write_text(json.dumps(summary, indent=1) + "\n")
   print(f"mutation_fast: {module}: {summary['score']:.1%} ({killed}/{mutants} killed, "
@@ -269,6 +279,9 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--timeout", type=float, default=120.0, help="seconds per mutant")
   parser.add_argument("--canary", type=int, default=25,
                       help="re-run the unmutated module every N mutants in a worker (0: never)")
+  parser.add_argument("--recheck", action="store_true",
+                      help="run only the survivors recorded in the module's JSON (after adding "
+                           "tests; the module's source must be unchanged)")
   parser.add_argument("--recycle", type=int, default=60,
                       help="mutants per worker process before a fresh one starts")
   args = parser.parse_args(argv)
@@ -276,7 +289,8 @@ def main(argv: list[str] | None = None) -> None:
   tests = args.tests or mutation.DEFAULT_TESTS.get(module)
   if not tests:
     parser.error(f"no default tests for {module}: pass --tests tests/test_x.py ...")
-  run(module, tests, args.out.resolve(), args.workdir, args.timeout, args.canary, args.recycle)
+  run(module, tests, args.out.resolve(), args.workdir, args.timeout, args.canary, args.recycle,
+      args.recheck)
 
 
 if __name__ == "__main__":

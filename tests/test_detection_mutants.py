@@ -170,3 +170,205 @@ def test_nms_default_candidates_and_thresholds():
   assert int(out["valid"].sum()) == 255
   np.testing.assert_array_equal(out["scores"][0, :3], scores[[0, 2, 3]])
   np.testing.assert_array_equal(out["scores"][0, 254], scores[255])  # the 256th candidate
+
+
+# ------------------------------------------------------------------- YOLO v2
+TALL_WIDE = ((0.2, 0.6), (0.6, 0.2))  # (w, h) anchors
+
+
+def _yolo(name, *static):
+  """A yolo_v2 function jitted with its anchors (and grid) static: op by op, each of the
+  many small primitives compiles separately (a minute on a busy CPU)."""
+  from cnn_jax.detection import yolo_v2
+  return jax.jit(getattr(yolo_v2, name), static_argnames=static)
+
+
+def _iou_xyxy(a, b):
+  """IoU of two corner boxes, in plain Python floats."""
+  iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+  ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+  inter = iw * ih
+  return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def _softplus(x):
+  return float(np.log1p(np.exp(x)))
+
+
+def test_yolo_v2_loss_terms_by_hand():
+  """Every term of the loss on a 1x1 grid, two images (the second empty), worked out in
+  numpy: coordinate (scale-weighted squared errors), objectness (BCE against the IoU of
+  the decoded box), no-object (softplus of the logit), class (cross entropy), each summed
+  and divided by the batch size, each with its lambda (default 1)."""
+  encode = _yolo("encode_yolo_v2_targets", "anchors", "grid_shape")
+  loss_fn = _yolo("yolo_v2_loss", "anchors")
+  gt = jnp.array([[[0.3, 0.1, 0.5, 0.7]], [[0.0, 0.0, 0.0, 0.0]]])  # w .2, h .6: tall
+  valid = jnp.array([[True], [False]])
+  t = encode(gt, jnp.array([[1], [0]], jnp.int32), valid, anchors=TALL_WIDE, grid_shape=(1, 1))
+  np.testing.assert_array_equal(t["has_obj"][:, 0, 0], [[1, 0], [0, 0]])
+  xy = np.array([[[0.5, 0.3], [0.5, 0.5]], [[0.2, 0.7], [0.5, 0.5]]], np.float32)
+  twh = np.array([[[0.1, -0.2], [0.0, 0.0]], [[0.3, 0.0], [0.0, 0.0]]], np.float32)
+  obj = np.array([[1.0, -2.0], [0.5, -1.0]], np.float32)
+  cls = np.array([[[-0.5, 0.5], [2.0, 0.0]], [[0.0, 1.0], [0.0, 0.0]]], np.float32)
+  pred = {"xy": jnp.asarray(xy)[:, None, None], "twh": jnp.asarray(twh)[:, None, None],
+          "objectness": jnp.asarray(obj)[:, None, None],
+          "class_logits": jnp.asarray(cls)[:, None, None]}
+  # Image 0, anchor 0 (responsible): target offsets (0.4, 0.4), log-scales (0, 0), scale
+  # 2 - 0.2 * 0.6 = 1.88.
+  coord = 1.88 * ((0.5 - 0.4) ** 2 + (0.3 - 0.4) ** 2 + 0.1 ** 2 + 0.2 ** 2)
+  w, h = 0.2 * np.exp(0.1), 0.6 * np.exp(-0.2)
+  iou = _iou_xyxy([0.5 - w / 2, 0.3 - h / 2, 0.5 + w / 2, 0.3 + h / 2], [0.3, 0.1, 0.5, 0.7])
+  obj_loss = _softplus(1.0) - 1.0 * iou
+  cls_loss = np.log(np.exp(-0.5) + np.exp(0.5)) - 0.5  # label 1
+  # Anchor 1 of image 0: the wide prior at the centre, IoU .04 / .2 = .2 with the gt (not
+  # ignored); every anchor of image 1 (no gt).
+  assert _iou_xyxy([0.2, 0.4, 0.8, 0.6], [0.3, 0.1, 0.5, 0.7]) == pytest.approx(0.2)
+  noobj = _softplus(-2.0) + _softplus(0.5) + _softplus(-1.0)
+  want = {"coord_loss": coord / 2, "obj_loss": obj_loss / 2, "noobj_loss": noobj / 2,
+          "cls_loss": cls_loss / 2}
+  loss, m = loss_fn(pred, t, gt, valid, anchors=TALL_WIDE)
+  for k, v in want.items():
+    assert float(m[k]) == pytest.approx(v, rel=1e-5), k
+  assert float(loss) == pytest.approx(sum(want.values()), rel=1e-5)
+  assert float(m["mean_iou"]) == pytest.approx(iou, rel=1e-5)  # one responsible anchor
+  _, m = loss_fn(pred, t, gt, valid, anchors=TALL_WIDE, lambda_coord=2.0, lambda_obj=3.0,
+                 lambda_noobj=4.0, ignore_iou=0.6)
+  for k, lam in (("coord_loss", 2.0), ("obj_loss", 3.0), ("noobj_loss", 4.0), ("cls_loss", 1.0)):
+    assert float(m[k]) == pytest.approx(lam * want[k], rel=1e-5), k
+  # Anchor 1 of image 0 reshaped to 0.25 x 0.6 at the gt's centre, IoU .12 / .15 = .8 with
+  # it: above the default ignore_iou 0.6, so it pays no no-object loss; at 0.9 it does.
+  xy2, twh2 = xy.copy(), twh.copy()
+  xy2[0, 1], twh2[0, 1] = (0.4, 0.4), (np.log(0.25 / 0.6), np.log(0.6 / 0.2))
+  assert _iou_xyxy([0.275, 0.1, 0.525, 0.7], [0.3, 0.1, 0.5, 0.7]) == pytest.approx(0.8)
+  pred2 = dict(pred, xy=jnp.asarray(xy2)[:, None, None], twh=jnp.asarray(twh2)[:, None, None])
+  _, m = loss_fn(pred2, t, gt, valid, anchors=TALL_WIDE)
+  assert float(m["noobj_loss"]) == pytest.approx((_softplus(0.5) + _softplus(-1.0)) / 2, rel=1e-5)
+  _, m = loss_fn(pred2, t, gt, valid, anchors=TALL_WIDE, lambda_coord=1.0, lambda_obj=1.0,
+                 lambda_noobj=1.0, ignore_iou=0.9)
+  assert float(m["noobj_loss"]) == pytest.approx(noobj / 2, rel=1e-5)
+
+
+def test_yolo_v2_encode_edges_and_decode_clips():
+  """A centre on the image's right / bottom edge goes to the last cell; a valid zero-width
+  box gets a finite log-scale; decoding clips twh to TWH_CLIP = (-10, 4) and the flattened
+  detections' corners to [0, 1]; score = sigmoid(objectness) * best class probability."""
+  from cnn_jax.detection import yolo_v2
+  boxes = jnp.array([[[0.9, 0.8, 1.1, 1.2], [0.2, 0.2, 0.2, 0.5]]])
+  t = _yolo("encode_yolo_v2_targets", "anchors", "grid_shape")(
+      boxes, jnp.array([[0, 1]], jnp.int32), jnp.array([[True, True]]), anchors=TALL_WIDE,
+      grid_shape=(2, 4))
+  assert float(t["has_obj"][0, 1, 3].sum()) == 1  # centre (1.0, 1.0): row 1, col 3
+  np.testing.assert_allclose(t["xy"][0, 1, 3, 0], [1.0, 1.0], atol=1e-6)
+  # The zero-width box (centre (0.2, 0.35): row 0, col 0) is the tall anchor's.
+  assert float(t["has_obj"][0, 0, 0, 0]) == 1
+  np.testing.assert_allclose(t["twh"][0, 0, 0, 0],
+                             [np.log(1e-9 / 0.2), np.log(0.3 / 0.6)], rtol=1e-5)
+  xy = jnp.full((1, 1, 2, 2, 2), 0.5)
+  twh = jnp.array([[6.0, -12.0], [4.0, -10.0]]).reshape(1, 1, 1, 2, 2) * jnp.ones((1, 1, 2, 1, 1))
+  pred = {"xy": xy, "twh": twh, "objectness": jnp.array([[[[0.0, 2.0], [0.0, 0.0]]]]),
+          "class_logits": jnp.zeros((1, 1, 2, 2, 3)).at[0, 0, 0, 1].set(jnp.array([0.0, 1.0, 0.0]))}
+  dec = np.asarray(_yolo("decode_boxes", "anchors")(pred, anchors=TALL_WIDE))
+  w0, h0 = 0.2 * np.exp(4.0), 0.6 * np.exp(-10.0)   # clipped from 6 and -12
+  np.testing.assert_allclose(dec[0, 0, 0, 0], [0.25 - w0 / 2, 0.5 - h0 / 2, 0.25 + w0 / 2,
+                                               0.5 + h0 / 2], rtol=1e-5)
+  det = _yolo("decode_yolo_v2", "anchors")(pred, anchors=TALL_WIDE)
+  np.testing.assert_allclose(det["boxes"][0, 0], [0.0, 0.5 - h0 / 2, 1.0, 0.5 + h0 / 2],
+                             rtol=1e-5, atol=1e-7)
+  # Slot 1 (cell 0, anchor 1): sigmoid(2) * softmax([0, 1, 0])[1], class 1.
+  p1 = np.e / (np.e + 2)
+  assert float(det["scores"][0, 1]) == pytest.approx(p1 / (1 + np.exp(-2.0)), rel=1e-5)
+  assert int(det["classes"][0, 1]) == 1
+  assert float(det["scores"][0, 0]) == pytest.approx(0.5 / 3, rel=1e-5)
+  for bad in ((0.2, 0.6), ((0.2, 0.6, 0.1),), ()):
+    with pytest.raises(ValueError, match="anchors must be"):
+      yolo_v2.decode_boxes(pred, bad)
+
+
+# ------------------------------------------------------------------- mean AP
+def _det(boxes, scores, classes):
+  return {"boxes": np.asarray(boxes, float).reshape(-1, 4), "scores": np.asarray(scores, float),
+          "classes": np.asarray(classes, int)}
+
+
+def _gt(boxes, classes):
+  return {"boxes": np.asarray(boxes, float).reshape(-1, 4), "classes": np.asarray(classes, int)}
+
+
+def test_pairwise_iou_by_hand_in_normalized_coordinates():
+  """Detections are evaluated in normalized [0, 1] coordinates, where overlaps are
+  smaller than 1; disjoint, touching and zero-area pairs are exactly 0 (not NaN)."""
+  from cnn_jax.detection.mean_ap import pairwise_iou
+  a = [[0, 0, 0.5, 0.5], [0, 0, 0.5, 0.5], [0, 0, 0.5, 0.5], [0.2, 0.2, 0.2, 0.2],
+       [0, 0, 0.5, 0.5]]
+  b = [[0.25, 0.25, 0.75, 0.75],  # 0.0625 / (0.25 + 0.25 - 0.0625) = 1/7
+       [0.6, 0, 0.9, 0.5],        # disjoint in x only
+       [0.5, 0, 1.0, 0.5],        # touching
+       [0.2, 0.2, 0.2, 0.2],      # the same zero-area box
+       [0.6, 0.6, 0.9, 0.9]]      # disjoint in both
+  got = np.diagonal(pairwise_iou(np.array(a), np.array(b)))
+  np.testing.assert_allclose(got, [1 / 7, 0, 0, 0, 0], rtol=1e-12, atol=0)
+  assert pairwise_iou(np.array(a[:1]), np.array(b)).shape == (1, 5)
+
+
+def test_mean_ap_class_range_and_classes_without_ground_truth():
+  """Classes must be 0 .. num_classes - 1 (the message says so); a class without ground
+  truth is NaN and the classes after it are still evaluated."""
+  from cnn_jax.detection import mean_ap
+  g = [_gt([[0, 0, 1, 1]], [1])]
+  for bad in (2, -1):
+    for fn in (mean_ap.voc_evaluate, mean_ap.coco_evaluate):
+      with pytest.raises(ValueError) as e:
+        fn([_det([[0, 0, 1, 1]], [0.9], [bad])], g, 2)
+      assert str(e.value) == "image 0: a class outside 0..1"
+  d = [_det([[0, 0, 1, 1], [0, 0, 1, 1]], [0.9, 0.8], [0, 1])]
+  voc = mean_ap.voc_evaluate(d, g, 2)
+  assert np.isnan(voc["ap"][0]) and voc["ap"][1] == 1.0 and voc["map"] == 1.0
+  coco = mean_ap.coco_evaluate(d, g, 2)
+  assert np.isnan(coco["ap"][0]) and coco["ap"][1] == pytest.approx(1.0)  # a mean of 101 ones
+  assert coco["map"] == pytest.approx(1.0)
+
+
+def test_coco_threshold_one_and_thresholds_from_arange():
+  """COCOeval matches at IoU threshold t as IoU >= min(t, 1 - 1e-10): at t = 1 a box off
+  by 1e-11 still matches. ap50 / ap75 find thresholds that arange left 1 ulp off."""
+  from cnn_jax.detection import mean_ap
+  g = [_gt([[0, 0, 1, 1]], [0])]
+  d = [_det([[0, 0, 1, 1 - 1e-11]], [0.9], [0])]
+  assert mean_ap.coco_evaluate(d, g, 1, iou_thresholds=[1.0])["ap"][0] == pytest.approx(1.0)
+  d = [_det([[0, 0, 1, 1 - 1e-9]], [0.9], [0])]
+  assert mean_ap.coco_evaluate(d, g, 1, iou_thresholds=[1.0])["ap"][0] == 0.0
+  thresholds = np.arange(0.5, 0.96, 0.05)
+  assert thresholds[5] != 0.75  # 0.7500000000000002
+  # IoU 0.78: a hit at the thresholds 0.5 .. 0.75, not at 0.8 .. 0.95.
+  d = [_det([[0, 0, 1, 0.78]], [0.9], [0])]
+  out = mean_ap.coco_evaluate(d, g, 1, iou_thresholds=thresholds)
+  assert out["ap50"][0] == out["ap75"][0] == out["map75"] == pytest.approx(1.0)
+  np.testing.assert_allclose(out["ap_per_threshold"][:, 0], [1.0] * 6 + [0.0] * 4, atol=1e-15)
+
+
+def test_coco_keeps_the_100_best_detections_per_image_and_class():
+  """Two ground-truth boxes, 99 false positives scored above them, then the two exact
+  hits: with the default max_detections=100 only the first hit counts, at precision
+  1/100, for recall 0 .. 0.5 (51 of the 101 recall points). COCOeval agrees."""
+  from cnn_jax.detection import mean_ap
+  g = [_gt([[0, 0, 10, 10], [20, 0, 30, 10]], [0, 0])]
+  noise = [[100 + 3 * i, 50, 101 + 3 * i, 51] for i in range(99)]
+  boxes = noise + [[0, 0, 10, 10], [20, 0, 30, 10]]
+  scores = np.concatenate([np.linspace(0.99, 0.5, 99), [0.4, 0.3]])
+  d = [_det(boxes, scores, np.zeros(101, int))]
+  out = mean_ap.coco_evaluate(d, g, 1)
+  np.testing.assert_allclose(out["ap_per_threshold"][:, 0], 51 * 0.01 / 101, rtol=1e-12)
+  sys_path = __import__("sys").path
+  sys_path.insert(0, __import__("os").path.dirname(__file__))
+  from test_mean_ap import coco_per_class, run_cocoeval
+  np.testing.assert_allclose(out["ap_per_threshold"], coco_per_class(run_cocoeval(d, g, 1)),
+                             atol=1e-12)
+  # One exact hit: COCOeval's precision is tp / (tp + fp + np.spacing(1)), so its AP is
+  # 1 / (1 + 2.2e-16), one ulp under 1; ours is bitwise the same.
+  one = [_det([[0, 0, 10, 10]], [0.9], [0])]
+  ours = mean_ap.coco_evaluate(one, [_gt([[0, 0, 10, 10]], [0])], 1)
+  ref = coco_per_class(run_cocoeval(one, [_gt([[0, 0, 10, 10]], [0])], 1))
+  assert ours["ap"][0] == ref[:, 0].mean() == 1 / (1 + np.spacing(1)) < 1.0
+  # With room for all 101, recall 1 is reached at precision 2/101.
+  out = mean_ap.coco_evaluate(d, g, 1, max_detections=101)
+  np.testing.assert_allclose(out["ap_per_threshold"][:, 0], 2 / 101, rtol=1e-12)
