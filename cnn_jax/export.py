@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import dataclasses
 import functools
+import itertools
 import json
 import os
 import pathlib
@@ -34,8 +35,10 @@ from typing import Any, Callable, Iterator, Optional, Union
 
 import flax.linen as nn
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from cnn_jax import inference, layers, predict
 from cnn_jax.training import steps
@@ -157,12 +160,16 @@ def from_predictor(p: predict.Predictor, raw: bool = False,
   folded, folded_apply, n_folded = fold_batch_norm(model, p.variables, model_shape)
   preprocess = None if raw else p.preprocess
 
-  def forward(apply_fn: Callable[..., jax.Array], variables: Any) -> Callable:
-    def fn(x: jax.Array) -> jax.Array:
+  def forward(apply_fn: Callable[..., jax.Array]) -> Callable[[Any, jax.Array], jax.Array]:
+    def fn(variables: Any, x: jax.Array) -> jax.Array:
       logits = steps.eval_logits(apply_fn, variables, x, preprocess=preprocess,
                                  matmul_precision=p.matmul_precision, flip=p.flip)
       return logits if raw else jax.nn.softmax(logits.astype(jnp.float32))
     return fn
+
+  # The reference takes its weights as an argument: as constants, XLA spends minutes
+  # folding them when it compiles a large model (see predict._jit_probs).
+  reference = functools.partial(jax.jit(forward(model.apply)), p.variables)
 
   names = list(p.class_names) if p.class_names else []
   info = {"class_names": json.dumps(names),
@@ -174,7 +181,7 @@ def from_predictor(p: predict.Predictor, raw: bool = False,
           "eval_flip": str(bool(p.flip)).lower(),
           "batch_norm": f"{n_folded} folded into the convolution before it",
           **(metadata or {})}
-  return Exportable(forward(folded_apply, folded), forward(model.apply, p.variables),
+  return Exportable(functools.partial(forward(folded_apply), folded), reference,
                     model_shape if raw else p.image_shape,
                     jnp.float32 if raw else jnp.uint8, info)
 
@@ -241,6 +248,62 @@ def _batch_hint(batch: Union[int, str]) -> Iterator[None]:
                      f"({type(e).__name__}: {first}); export a fixed one with --batch N") from e
 
 
+def _slice_max(x: jax.Array, window_dimensions, window_strides, padding, base_dilation,
+               window_dilation) -> jax.Array:
+  """`lax.reduce_window_max` as the maximum of window-shifted strided slices of the input
+  padded with -inf: exact (a max of the same numbers), and in ONNX Slice / Max ops. The
+  padding is concatenated -inf blocks (jax2onnx's Pad cannot take a symbolic batch size)."""
+  if any(d != 1 for d in (*base_dilation, *window_dilation)):
+    raise ValueError("a dilated max pool has no ONNX form here")
+  for axis, (lo, hi) in enumerate(padding):
+    blocks = [jnp.full_like(lax.slice_in_dim(x, 0, n, axis=axis), -jnp.inf) if n else None
+              for n in (lo, hi)]
+    if lo or hi:
+      x = lax.concatenate([b for b in (blocks[0], x, blocks[1]) if b is not None], axis)
+  out = None
+  for offsets in itertools.product(*(range(w) for w in window_dimensions)):
+    y = x
+    for axis, (o, w, st) in enumerate(zip(offsets, window_dimensions, window_strides)):
+      if w == 1 and st == 1:
+        continue  # the batch and channel axes, whole (their size may be symbolic)
+      n = (x.shape[axis] - w) // st + 1
+      y = lax.slice_in_dim(y, o, o + (n - 1) * st + 1, st, axis)
+    out = y if out is None else jnp.maximum(out, y)
+  return out
+
+
+def _pools_as_slices(fn: Callable[[jax.Array], jax.Array]) -> Callable[[jax.Array], jax.Array]:
+  """`fn` with every reduce_window_max (max pool) computed by `_slice_max`.
+
+  jax2onnx writes a max pool over NHWC as a MaxPool over four spatial axes, which
+  onnxruntime refuses ("Unsupported pooling size"); the traced program is re-run with the
+  pool replaced (jit and custom_jvp bodies inlined, everything else bound as traced). It
+  is traced on the converter's own input, so a symbolic batch size is the converter's."""
+
+  def run(jaxpr: Any, consts: Any, *args: Any) -> list[Any]:
+    env: dict[Any, Any] = {}
+    read = lambda v: v.val if isinstance(v, jax.extend.core.Literal) else env[v]
+    env.update(zip(jaxpr.constvars, consts))
+    env.update(zip(jaxpr.invars, args))
+    for eqn in jaxpr.eqns:
+      ins = [read(v) for v in eqn.invars]
+      sub = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
+      if eqn.primitive.name == "reduce_window_max":
+        outs = [_slice_max(*ins, **eqn.params)]
+      elif eqn.primitive.name in ("jit", "pjit", "custom_jvp_call") and sub is not None:
+        outs = run(sub.jaxpr, sub.consts, *ins)
+      else:
+        outs = eqn.primitive.bind(*ins, **eqn.params)
+        outs = outs if eqn.primitive.multiple_results else [outs]
+      env.update(zip(eqn.outvars, outs))
+    return [read(v) for v in jaxpr.outvars]
+
+  def rewritten(x: jax.Array) -> jax.Array:
+    closed = jax.make_jaxpr(fn)(jax.ShapeDtypeStruct(x.shape, x.dtype))
+    return run(closed.jaxpr, closed.consts, x)[0]
+  return rewritten
+
+
 def to_stablehlo(ex: Exportable, batch: Union[int, str] = "dynamic",
                  platforms: tuple[str, ...] = PLATFORMS) -> bytes:
   """Serialized `jax.export.Exported`: reload with `jax.export.deserialize(data).call(x)`,
@@ -256,7 +319,7 @@ def to_onnx(ex: Exportable, batch: Union[int, str] = "dynamic", name: str = "cnn
   import onnx
   raw = ex.input_dtype != jnp.uint8
   with _jax2onnx() as j2o, _batch_hint(batch):
-    proto = j2o.to_onnx(ex.fn, [_input_spec(ex, batch)], model_name=name,
+    proto = j2o.to_onnx(_pools_as_slices(ex.fn), [_input_spec(ex, batch)], model_name=name,
                         input_names=["inputs" if raw else "images"],
                         output_names=["logits" if raw else "probabilities"])
   onnx.helper.set_model_props(proto, ex.metadata)
@@ -280,7 +343,7 @@ def check(path: str, fmt: str, ex: Exportable, batch: int, seed: int = 0) -> flo
   shape = (batch, *ex.input_shape)
   x = (rng.integers(0, 256, shape, dtype=np.uint8) if ex.input_dtype == jnp.uint8
        else rng.standard_normal(shape, dtype=np.float32))
-  want = np.asarray(jax.jit(ex.reference)(x), np.float64)
+  want = np.asarray(ex.reference(x), np.float64)
   got = np.asarray(run_file(path, fmt, x), np.float64)
   if got.shape != want.shape:
     raise RuntimeError(f"{path} gives shape {got.shape} on {shape} inputs, cnn_jax {want.shape}")
