@@ -152,10 +152,10 @@ def table(paths: Sequence[str], filters: Sequence[str] = (), sort: Optional[str]
     kept = set(keep(rows, configs, f))
     chosen = [i for i in chosen if i in kept]
   rows, configs = [rows[i] for i in chosen], [configs[i] for i in chosen]
-  if sort is None:
-    sort = next((k for r in rows for k in r if k.startswith("best_val_") and r[k] is not None),
-                "started")
-  if rows:
+  if sort is None:  # best validation first; else oldest first; else as found
+    sort = next((k for prefix in ("best_val_", "started") for r in rows for k in r
+                 if k.startswith(prefix) and r[k] is not None), None)
+  if rows and sort is not None:
     idx = order(rows, configs, sort, reverse)
     rows, configs = [rows[i] for i in idx], [configs[i] for i in idx]
   shown = [k for k in [*keys, *differing_keys(configs)] if k not in FIXED]

@@ -87,6 +87,9 @@ def by_name(rows):
 def test_statuses_metrics_and_differing_keys(mixed):
   root, result, (t0, t1), _ = mixed
   columns, rows = runs.table([str(root)])
+  # by default best validation first; the runs without one after, as found
+  assert [os.path.basename(r["run"]) for r in rows] == ["finished", "preempted", "failed", "old",
+                                                        "running"]
   rows = by_name(rows)
   assert {k: r["status"] for k, r in rows.items()} == {
       "finished": "finished", "failed": "failed", "preempted": "preempted",
