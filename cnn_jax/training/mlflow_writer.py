@@ -82,7 +82,8 @@ class MLflowWriter:
     from mlflow.entities import Param, RunTag  # noqa: PLC0415 - see _client
     self._pending: list[Any] = []
     self._failing = False
-    workdir = os.path.abspath(os.fspath(workdir))
+    workdir = os.fspath(workdir)
+    workdir = workdir if "://" in workdir else os.path.abspath(workdir)  # gs:// stays a URL
     name = experiment or "cnn_jax"
     found = self._client.get_experiment_by_name(name)
     if found is None:
