@@ -182,3 +182,123 @@ def test_eval_step_and_flip_by_hand():
   assert float(got["loss"]) == pytest.approx(-_log_softmax(logits)[np.arange(3), labels].sum(),
                                              rel=1e-5)
   assert float(got["count"]) == 3.0
+
+
+# ------------------------------------------------------------------- evaluation
+def _stub_setup(task="classification", test_data=None):
+  """A Setup stand-in whose eval step sums made-up per-example numbers of the labels, so
+  evaluate's own arithmetic (batches, sums, means) is what the test sees."""
+  import types
+  from cnn_jax.config import base_config
+  config = base_config()
+  config.task, config.eval_batch_size, config.dataset.pp_eval = task, 4, ""
+
+  def eval_step(state, batch):
+    m, y = batch["mask"], batch["label"].astype(np.float64)
+    if task == "localization":
+      return {"loss": (y * m).sum(), "correct": m.sum(), "iou": (0.5 * m).sum(),
+              "iou50": 0.0, "count": m.sum(), "no_object": 1.0}
+    return {"loss": (y * m).sum(), "correct": ((y % 2 == 0) * m).sum(),
+            "top5_correct": ((y < 5) * m).sum(), "count": m.sum()}
+
+  return types.SimpleNamespace(config=config, batch_options=lambda: {}, test_data=test_data,
+                               compiled=types.SimpleNamespace(eval_step=eval_step,
+                                                              put_batch=lambda b: b))
+
+
+def test_evaluate_means_over_every_example_by_hand():
+  """10 examples in batches of 4 (3 batches, the last with 2 real rows): the means are
+  over exactly the 10; one example divides by 1; localization gets its own means."""
+  from cnn_jax.training import evaluation
+  from helpers import random_split
+  data = random_split(10, shape=(2, 2, 1))
+  y = data.labels.astype(np.float64)
+  got = evaluation.evaluate(_stub_setup(), None, data)
+  assert got == pytest.approx({"loss": y.mean(), "accuracy": (y % 2 == 0).mean(),
+                               "top5_accuracy": (y < 5).mean(), "num_examples": 10.0})
+  one = random_split(1, shape=(2, 2, 1), seed=5)
+  assert one.labels[0] > 0
+  got = evaluation.evaluate(_stub_setup(), None, one)
+  assert got["loss"] == float(one.labels[0]) and got["num_examples"] == 1.0
+  got = evaluation.evaluate(_stub_setup("localization"), None, data)
+  assert got["loss"] == pytest.approx(y.mean()) and got["mean_iou"] == pytest.approx(0.5)
+  assert got["num_without_object"] == 3.0  # one per batch from the stub
+  assert evaluation.describe({"loss": 0.5, "accuracy": 0.25, "mAP": 0.125, "num_examples": 7,
+                              "lr": 3.0}) == "loss 0.5000 accuracy 0.2500 mAP 0.1250 (7 examples)"
+  assert evaluation.describe({"mean_iou": 1.0}) == "mean_iou 1.0000 (0 examples)"
+
+
+def test_evaluate_and_restore_dispatch_box_tasks(monkeypatch):
+  from cnn_jax.detection import task as detection_task
+  from cnn_jax.training import evaluation
+  monkeypatch.setattr(detection_task, "evaluate", lambda s, state, data: {"mAP": 0.5})
+  monkeypatch.setattr(detection_task, "restore_backbone", lambda state, v: ("backbone", v))
+  s = _stub_setup("detection")
+  assert evaluation.evaluate(s, None, None) == {"mAP": 0.5}
+  assert evaluation.restore_weights(s, None, {"params": 1}) == ("backbone", {"params": 1})
+
+
+def _plain_state():
+  from cnn_jax.training.train_state import TrainState
+  params = {"a": {"k": jnp.zeros((2, 2))}, "b": {"k": jnp.zeros(3)}, "c": {"k": jnp.zeros(1)},
+            "d": {"k": jnp.zeros(1)}}
+  return TrainState.create(apply_fn=None, params=params, tx=optax.sgd(0.1),
+                           batch_stats={"bn": {"mean": jnp.zeros(2)}}, rng=jax.random.key(0))
+
+
+def test_restore_weights_checks_every_variable():
+  from cnn_jax.training import evaluation
+  s = _stub_setup()
+  s.config.model = "m"
+  state = _plain_state()
+  tail = ("). Restore from a run of the same model; for a new head use "
+          "cnn_jax.transfer.replace_head")
+  with pytest.raises(ValueError) as e:
+    evaluation.restore_weights(s, state, {"params": {}})
+  assert str(e.value) == ("config.restore_from=restore_from: its weights do not fit model 'm' "
+                          "(missing there: params/a/k, params/b/k, params/c/k ...") + tail
+  odd = {"params": {"a": {"k": np.ones((3, 3))}, "b": {"k": np.ones(4)}, "c": {"k": np.ones(2)},
+                    "d": {"k": np.ones(1)}, "e": {"k": np.ones(1)}},
+         "batch_stats": {"bn": {"mean": np.ones(2)}}}
+  with pytest.raises(ValueError) as e:
+    evaluation.restore_weights(s, state, odd, source="/runs/x")
+  assert str(e.value) == (
+      "config.restore_from=/runs/x: its weights do not fit model 'm' (not in this model: "
+      "params/e/k; other shapes: params/a/k (3, 3) -> (2, 2), params/b/k (4,) -> (3,), "
+      "params/c/k (2,) -> (1,)") + tail
+  good = jax.tree_util.tree_map(lambda a: np.ones(a.shape), {"params": state.params,
+                                                             "batch_stats": state.batch_stats})
+  new = evaluation.restore_weights(s, state, good)
+  assert float(new.params["a"]["k"][0, 0]) == 1.0 and float(new.batch_stats["bn"]["mean"][0]) == 1.0
+  kept = evaluation.with_variables(state, {"params": good["params"]})
+  assert kept.batch_stats is state.batch_stats and kept.params is good["params"]
+
+
+def test_best_state_and_test_report(monkeypatch, caplog):
+  import types
+  from cnn_jax import checkpoint
+  from cnn_jax.training import evaluation
+  from helpers import random_split
+  state = _plain_state()
+  none = types.SimpleNamespace(best=None)
+  assert evaluation.best_state(None, state, none) == (None, None)
+  no_step = types.SimpleNamespace(best=types.SimpleNamespace(best_step=lambda: None))
+  assert evaluation.best_state(None, state, no_step) == (None, None)
+  ckpts = types.SimpleNamespace(best=types.SimpleNamespace(best_step=lambda: 7))
+  monkeypatch.setattr(checkpoint, "restore", lambda mngr, template, step: (("best", step), {}))
+  assert evaluation.best_state(None, state, ckpts) == (("best", 7), 7)
+
+  def broken(mngr, template, step):
+    raise OSError("unreadable")
+  monkeypatch.setattr(checkpoint, "restore", broken)
+  assert evaluation.best_state(None, state, ckpts) == (None, None)
+  assert "could not read the best checkpoint (step 7)" in caplog.text
+  # test_report: nothing without test data; the final state's and the best's metrics.
+  assert evaluation.test_report(_stub_setup(), state, ckpts) == {}
+  data = random_split(6, shape=(2, 2, 1))
+  s = _stub_setup(test_data=data)
+  report = evaluation.test_report(s, state, ckpts)  # the best is unreadable: test only
+  assert set(report) == {"test"} and report["test"]["num_examples"] == 6.0
+  monkeypatch.setattr(checkpoint, "restore", lambda mngr, template, step: (template, {}))
+  report = evaluation.test_report(s, state, ckpts)
+  assert report["test_best"] == {**report["test"], "step": 7}
