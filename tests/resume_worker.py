@@ -1,6 +1,6 @@
 """A training run in its own process, for the kill / signal tests.
 
-  python resume_worker.py WORKDIR OUT.npz [--slow SECONDS]
+  python resume_worker.py WORKDIR OUT.npz [--slow SECONDS] [--workers N] [--compilation-cache DIR]
 
 Trains a small convnet with batch norm on a fixed synthetic data set, checkpointing every
 3 steps, and writes the whole final TrainState (params, batch_stats, opt_state, step and
@@ -16,6 +16,7 @@ import time
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(__file__))
 
+import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cnn_jax.data import input_pipeline  # noqa: E402
@@ -30,7 +31,11 @@ def main():
   p.add_argument("out")
   p.add_argument("--slow", type=float, default=0.0)
   p.add_argument("--workers", type=int, default=0)
+  p.add_argument("--compilation-cache", default="")
   args = p.parse_args()
+  if args.compilation_cache:  # the test's runs share compiled steps, as restarts of `cnn-jax train` do
+    jax.config.update("jax_compilation_cache_dir", args.compilation_cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   if args.slow:
     real = input_pipeline.train_batches
 

@@ -25,10 +25,12 @@ from state_compare import assert_same_arrays, assert_same_state
 WORKER = os.path.join(os.path.dirname(__file__), "resume_worker.py")
 
 
-def run_worker(workdir, out, slow=0.0, workers=0):
+def run_worker(workdir, out, cache, slow=0.0, workers=0):
+  """The worker in its own process; `cache`: the module's compilation cache (the first run
+  compiles, the others load its programs, as a restarted `cnn-jax train` does)."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.getcwd())
   return subprocess.Popen([sys.executable, WORKER, str(workdir), str(out), "--slow", str(slow),
-                           "--workers", str(workers)],
+                           "--workers", str(workers), "--compilation-cache", str(cache)],
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -52,9 +54,14 @@ def load_npz(path):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def cache(tmp_path_factory):
+  return tmp_path_factory.mktemp("compilation_cache")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, cache):
   d = tmp_path_factory.mktemp("full")
-  p = run_worker(d / "w", d / "out.npz")
+  p = run_worker(d / "w", d / "out.npz", cache)
   out, _ = p.communicate(timeout=300)
   assert p.returncode == 0, out
   return load_npz(d / "out.npz")
@@ -66,25 +73,25 @@ def assert_same_run(a, b):
 
 
 @pytest.mark.parametrize("workers", [1])  # in-process resume: test_sigterm_... below
-def test_sigkill_mid_epoch_then_resume_is_bit_exact(tmp_path, uninterrupted, workers):
+def test_sigkill_mid_epoch_then_resume_is_bit_exact(tmp_path, uninterrupted, cache, workers):
   """Bit for bit on the CPU, where XLA's ops are deterministic. On a GPU the same holds only
   with config.deterministic=True (--xla_gpu_deterministic_ops); see README "Numerics".
 
   workers=1: batches built (host-side random crop + flip) in a grain worker process, the
   run killed and resumed, equals the uninterrupted run built in the main process."""
-  p = run_worker(tmp_path / "w", tmp_path / "out.npz", slow=0.05, workers=workers)
+  p = run_worker(tmp_path / "w", tmp_path / "out.npz", cache, slow=0.05, workers=workers)
   step = wait_for_step(tmp_path / "w", 6, p)
   p.send_signal(signal.SIGKILL)
   p.wait(timeout=30)
   assert step % 16 != 0  # 16 steps per epoch: the kill came mid-epoch
-  p = run_worker(tmp_path / "w", tmp_path / "out.npz", workers=workers)
+  p = run_worker(tmp_path / "w", tmp_path / "out.npz", cache, workers=workers)
   out, _ = p.communicate(timeout=300)
   assert p.returncode == 0, out
   assert_same_run(load_npz(tmp_path / "out.npz"), uninterrupted)
 
 
-def test_sigterm_checkpoints_flushes_and_exits_143(tmp_path, uninterrupted):
-  p = run_worker(tmp_path / "w", tmp_path / "out.npz", slow=0.05)
+def test_sigterm_checkpoints_flushes_and_exits_143(tmp_path, uninterrupted, cache):
+  p = run_worker(tmp_path / "w", tmp_path / "out.npz", cache, slow=0.05)
   wait_for_step(tmp_path / "w", 3, p)
   p.send_signal(signal.SIGTERM)
   out, _ = p.communicate(timeout=60)
@@ -93,7 +100,7 @@ def test_sigterm_checkpoints_flushes_and_exits_143(tmp_path, uninterrupted):
   saved = int(out.split("at step ")[1].split()[0])
   assert os.path.isdir(tmp_path / "w" / "checkpoints" / str(saved))
   assert "train/loss" in open(tmp_path / "w" / "metrics.jsonl").read()
-  p = run_worker(tmp_path / "w", tmp_path / "out.npz")
+  p = run_worker(tmp_path / "w", tmp_path / "out.npz", cache)
   out, _ = p.communicate(timeout=300)
   assert p.returncode == 0, out
   assert_same_run(load_npz(tmp_path / "out.npz"), uninterrupted)
