@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from ml_collections import ConfigDict
 
 from cnn_jax.training import losses, steps
 from cnn_jax.training.train_state import create_train_state
@@ -302,3 +303,116 @@ def test_best_state_and_test_report(monkeypatch, caplog):
   monkeypatch.setattr(checkpoint, "restore", lambda mngr, template, step: (template, {}))
   report = evaluation.test_report(s, state, ckpts)
   assert report["test_best"] == {**report["test"], "step": 7}
+
+
+# ------------------------------------------------------------------- optimizers
+G1 = {"kernel": np.array([[0.5, -1.0], [2.0, 0.25]], np.float32), "bias": np.array([1.0, -0.5], np.float32)}
+G2 = {"kernel": np.array([[-0.5, 0.5], [1.0, 1.5]], np.float32), "bias": np.array([0.25, 2.0], np.float32)}
+P0 = {"kernel": np.array([[1.0, 2.0], [-1.0, 0.5]], np.float32), "bias": np.array([0.5, -1.0], np.float32)}
+
+
+def _two_updates(cfg, **kw):
+  from cnn_jax.training import optim
+  tx, _ = optim.make_optimizer(ConfigDict(cfg), 10, 1, **kw)
+  state = tx.init(P0)
+  u1, state = tx.update(G1, state, P0)
+  u2, _ = tx.update(G2, state, P0)
+  return u1, u2
+
+
+def _hand(name, g1, g2, p, lr, wd=0.0, decayed=True):
+  """The first two updates of each optimizer at its documented defaults, in numpy."""
+  g1, g2, p = (np.asarray(a, np.float64) for a in (g1, g2, p))
+  if name == "sgd":
+    return -lr * g1, -lr * g2
+  if name in ("momentum", "nesterov"):
+    t1, t2 = g1, g2 + 0.9 * g1
+    if name == "nesterov":
+      return -lr * (g1 + 0.9 * t1), -lr * (g2 + 0.9 * t2)
+    return -lr * t1, -lr * t2
+  if name in ("adam", "adamw"):
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    m1, v1 = (1 - b1) * g1, (1 - b2) * g1 ** 2
+    m2, v2 = b1 * m1 + (1 - b1) * g2, b2 * v1 + (1 - b2) * g2 ** 2
+    u1 = m1 / (1 - b1) / (np.sqrt(v1 / (1 - b2)) + eps)
+    u2 = m2 / (1 - b1 ** 2) / (np.sqrt(v2 / (1 - b2 ** 2)) + eps)
+    w = wd * p if decayed else 0.0
+    return -lr * (u1 + w), -lr * (u2 + w)
+  if name == "rmsprop":
+    n1 = 0.1 * g1 ** 2
+    n2 = 0.9 * n1 + 0.1 * g2 ** 2
+    return -lr * g1 / (np.sqrt(n1) + 1e-8), -lr * g2 / (np.sqrt(n2) + 1e-8)
+  raise AssertionError(name)
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop"])
+def test_optimizer_updates_by_hand_at_default_settings(name):
+  """Each optimizer's first two updates with only name / learning_rate / schedule given,
+  so the defaults (momentum 0.9, b1 0.9, b2 0.999, rmsprop decay 0.9 and no momentum,
+  adamw weight decay on kernels only) are the ones checked."""
+  cfg = {"name": name, "learning_rate": 0.1, "schedule": "constant"}
+  if name == "adamw":
+    cfg["weight_decay"] = 0.01
+  u1, u2 = _two_updates(cfg)
+  for k in ("kernel", "bias"):
+    w1, w2 = _hand(name, G1[k], G2[k], P0[k], 0.1, cfg.get("weight_decay", 0.0),
+                   decayed=k == "kernel")
+    np.testing.assert_allclose(u1[k], w1, rtol=2e-5, atol=1e-7, err_msg=f"{name} {k} 1")
+    np.testing.assert_allclose(u2[k], w2, rtol=2e-5, atol=1e-7, err_msg=f"{name} {k} 2")
+  if name == "momentum":  # nesterov=True in the config makes 'momentum' Nesterov's
+    u1, u2 = _two_updates({**cfg, "nesterov": True})
+    np.testing.assert_allclose(u2["kernel"], _hand("nesterov", G1["kernel"], G2["kernel"],
+                                                   P0["kernel"], 0.1)[1], rtol=2e-5)
+
+
+def test_optimizer_wrappers_by_hand():
+  """grad_clip_norm scales the gradient to that global norm; frozen prefixes get zero
+  updates; skip_nonfinite drops non-finite updates however many come in a row."""
+  from cnn_jax.training import optim
+  norm = np.sqrt(sum((G1[k].astype(np.float64) ** 2).sum() for k in G1))
+  u1, _ = _two_updates({"name": "sgd", "learning_rate": 0.1, "schedule": "constant",
+                        "grad_clip_norm": 1.0})
+  for k in G1:
+    np.testing.assert_allclose(u1[k], -0.1 * G1[k] / norm, rtol=1e-5)
+  u1, _ = _two_updates({"name": "sgd", "learning_rate": 0.1, "schedule": "constant"},
+                       frozen=("bias",), params=P0)
+  np.testing.assert_array_equal(u1["bias"], 0.0)
+  np.testing.assert_allclose(u1["kernel"], -0.1 * G1["kernel"], rtol=1e-6)
+  tx, lr = optim.make_optimizer(ConfigDict({"name": "sgd", "learning_rate": 0.1,
+                                            "schedule": "constant"}), 10, 1, skip_nonfinite=True)
+  update = jax.jit(tx.update)
+  state = tx.init(P0)
+  bad = jax.tree_util.tree_map(lambda g: np.full_like(g, np.nan), G1)
+  for _ in range(70):
+    u, state = update(bad, state, P0)
+    np.testing.assert_array_equal(u["kernel"], 0.0)
+  u, state = update(G1, state, P0)
+  np.testing.assert_allclose(u["kernel"], -0.1 * G1["kernel"], rtol=1e-6)
+  assert lr(0) == pytest.approx(0.1)
+
+
+def test_schedule_checks_and_keys_by_hand():
+  from cnn_jax.training import optim
+  base = {"learning_rate": 0.1}
+  for kw, message in ((dict(decay_epochs=(4, 4)), "decay_epochs must increase"),
+                      (dict(decay_epochs=(4,), decay_factors=(0.0,)), "must be positive"),
+                      (dict(decay_epochs=(True,)), "they must be numbers"),
+                      (dict(decay_epochs=("4",)), "they must be numbers"),
+                      (dict(decay_epochs=(4,), decay_factors=(None,)), "they must be numbers")):
+    with pytest.raises(ValueError, match=message):
+      optim.make_schedule(ConfigDict({**base, "schedule": "piecewise", **kw}), 10, 8)
+  with pytest.raises(ValueError, match="decay_rate must be > 0"):
+    optim.make_schedule(ConfigDict({**base, "schedule": "exponential", "decay_rate": "0.5"}),
+                        10, 8)
+  # A run shorter than one update still has one step to decay over.
+  s = optim.make_schedule(ConfigDict({**base, "schedule": "cosine"}), 0.25, 1)
+  assert float(s(0)) == pytest.approx(0.1) and float(s(1)) == pytest.approx(0.0, abs=1e-9)
+  assert optim.unused_keys({"name": "sgd", "schedule": "constant"}) == {
+      "momentum", "b1", "b2", "decay", "end_learning_rate", "decay_epochs", "decay_factors",
+      "decay_rate"}
+  assert optim.unused_keys({"name": "adamw", "schedule": "piecewise"}) == {
+      "momentum", "decay", "warmup_epochs", "end_learning_rate", "decay_rate"}
+  assert optim.unused_keys(ConfigDict({"name": "rmsprop"})) == {
+      "b1", "b2", "end_learning_rate", "decay_epochs", "decay_factors", "decay_rate"}
+  with pytest.raises(ValueError, match="unknown optimizer 'lion'"):
+    optim.make_optimizer(ConfigDict({"name": "lion", **base, "schedule": "constant"}), 10, 1)
