@@ -27,10 +27,9 @@ import json
 import logging
 import os
 import sys
-import time
 from typing import Optional, Sequence
 
-from cnn_jax import config_args
+from cnn_jax import config_args, local_processes
 
 USAGE = __doc__
 
@@ -65,6 +64,7 @@ results.json to W. The same command again resumes W from its last checkpoint.
   --config    an experiment file in experiments/ (":smoke" for its seconds-long variant)
   --workdir   where the run lives
   --config.KEY=VALUE   override any key, e.g. --config.optimizer.learning_rate=0.01
+  --processes N  run as N processes on this machine's cores (jax.distributed over 127.0.0.1)
 
 `cnn-jax config EXPERIMENT.py[:VARIANT] [--config.KEY=VALUE ...]` prints every key of that
 experiment with its value and meaning. The keys and their defaults:
@@ -80,6 +80,9 @@ def _train(argv: Sequence[str]) -> int:
     from cnn_jax import config_doc
     print(TRAIN_USAGE + config_doc.describe())
     return 0
+  processes, argv = local_processes.split_argument(argv)
+  if processes != 1:
+    return local_processes.run(argv, processes)
   try:
     config, workdir = config_args.parse(argv, "cnn-jax train", workdir=True)
   except ValueError as e:
@@ -300,34 +303,8 @@ def _kernels(argv: Sequence[str]) -> int:
 
 
 def _cache(argv: Sequence[str]) -> int:
-  p = argparse.ArgumentParser("cnn-jax cache", description="The decoded-data cache: list its "
-                              "entries, or clear them (they are decoded again when needed).")
-  p.add_argument("action", choices=["list", "clear"])
-  p.add_argument("keys", nargs="*", help="clear: the entries to remove (see list)")
-  p.add_argument("--all", action="store_true", help="clear: every entry")
-  p.add_argument("--cache_dir", default=None, help="default $CNN_JAX_CACHE_DIR or ~/.cache/cnn_jax")
-  args = p.parse_intermixed_args(argv)
-  from cnn_jax.data import cache
-  directory = cache.cache_dir({"cache_dir": args.cache_dir})
-  listed = cache.entries(directory)
-  if args.action == "list":
-    for e in listed:
-      d = e["description"]
-      what = " ".join(str(d[k]) for k in ("name", "root", "split", "share") if d.get(k) not in (None, ""))
-      used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e["last_used"]))
-      print(f"{e['key']}  {e['mb']:8.1f} MB  {e['examples']:7d} examples  used {used}  {what}")
-    print(f"{len(listed)} entries, {sum(e['mb'] for e in listed):.1f} MB in {directory}")
-    return 0
-  known = {e["key"] for e in listed}
-  if bool(args.all) == bool(args.keys):
-    raise ValueError("cache clear: give --all or the keys to remove (cnn-jax cache list shows them)")
-  unknown = [k for k in args.keys if k not in known]
-  if unknown:
-    raise ValueError(f"no cache entry {', '.join(unknown)} in {directory} (cnn-jax cache list)")
-  for key in (known if args.all else args.keys):
-    cache.remove(directory, key)
-  print(f"removed {len(known) if args.all else len(args.keys)} entries from {directory}")
-  return 0
+  from cnn_jax.data import cache  # noqa: PLC0415 - numpy only, but not for every command
+  return cache.command(argv)
 
 
 COMMANDS = {"train": _train, "config": _config, "eval": _eval, "predict": _predict, "detect": _detect,

@@ -15,6 +15,7 @@ never leaves a half-written entry that a later run would trust. The folder is ca
 """
 from __future__ import annotations
 
+import argparse
 import concurrent.futures
 import hashlib
 import json
@@ -23,7 +24,7 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -174,3 +175,34 @@ def evict(directory: str, max_mb: float, keep: tuple[str, ...] = ()) -> list[str
     log.info("decoded cache over dataset.cache_total_mb=%d: removed %d least recently used "
              "entr%s", max_mb, len(removed), "y" if len(removed) == 1 else "ies")
   return removed
+
+
+def command(argv: Sequence[str]) -> int:
+  """`cnn-jax cache list | clear (--all | KEY ...) [--cache_dir D]`."""
+  p = argparse.ArgumentParser("cnn-jax cache", description="The decoded-data cache: list its "
+                              "entries, or clear them (they are decoded again when needed).")
+  p.add_argument("action", choices=["list", "clear"])
+  p.add_argument("keys", nargs="*", help="clear: the entries to remove (see list)")
+  p.add_argument("--all", action="store_true", help="clear: every entry")
+  p.add_argument("--cache_dir", default=None, help="default $CNN_JAX_CACHE_DIR or ~/.cache/cnn_jax")
+  args = p.parse_intermixed_args(argv)
+  directory = cache_dir({"cache_dir": args.cache_dir})
+  listed = entries(directory)
+  if args.action == "list":
+    for e in listed:
+      d = e["description"]
+      what = " ".join(str(d[k]) for k in ("name", "root", "split", "share") if d.get(k) not in (None, ""))
+      used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e["last_used"]))
+      print(f"{e['key']}  {e['mb']:8.1f} MB  {e['examples']:7d} examples  used {used}  {what}")
+    print(f"{len(listed)} entries, {sum(e['mb'] for e in listed):.1f} MB in {directory}")
+    return 0
+  known = {e["key"] for e in listed}
+  if bool(args.all) == bool(args.keys):
+    raise ValueError("cache clear: give --all or the keys to remove (cnn-jax cache list shows them)")
+  unknown = [k for k in args.keys if k not in known]
+  if unknown:
+    raise ValueError(f"no cache entry {', '.join(unknown)} in {directory} (cnn-jax cache list)")
+  for key in (known if args.all else args.keys):
+    remove(directory, key)
+  print(f"removed {len(known) if args.all else len(args.keys)} entries from {directory}")
+  return 0

@@ -125,10 +125,12 @@ class TrainBatch:
   """step -> that step's batch; picklable, so grain workers can build batches."""
 
   def __init__(self, source: Any, batch_size: int, steps_per_epoch: int, seed: int, pp: str,
-               max_objects: Optional[int] = None):
+               max_objects: Optional[int] = None, process_index: int = 0,
+               process_count: int = 1):
     self.source, self.batch_size, self.spe, self.seed, self.pp = (
         source, batch_size, steps_per_epoch, seed, pp)
     self.max_objects = max_objects
+    self.process_index, self.process_count = process_index, process_count
 
   @functools.cached_property
   def pipeline(self) -> Optional[Any]:
@@ -142,9 +144,16 @@ class TrainBatch:
     return last[1]
 
   def indices(self, step: int) -> tuple[int, np.ndarray]:
-    """(epoch, the sorted example indices of step `step`): what the batch of a step is."""
+    """(epoch, this process's example indices of step `step`).
+
+    The global batch of a step is the step's slice of the epoch's permutation of the whole
+    split, sorted; process p of P takes its p-th part (`batch_size` is per process). So the
+    global batch, and the run, do not depend on how many processes read it.
+    """
     epoch, i = divmod(int(step), self.spe)
-    return epoch, np.sort(self.order(epoch)[i * self.batch_size:(i + 1) * self.batch_size])
+    size = self.batch_size * self.process_count
+    whole = np.sort(self.order(epoch)[i * size:(i + 1) * size])
+    return epoch, whole[self.process_index * self.batch_size:(self.process_index + 1) * self.batch_size]
 
   def __call__(self, step: int) -> dict[str, np.ndarray]:
     epoch, index = self.indices(step)
@@ -258,20 +267,19 @@ def reader_options(ds: Any) -> dict[str, int]:
 
 def train_batches(source: Any, batch_size: int, seed: int, *, steps_per_epoch: int,
                   start_step: int = 0, num_steps: int, pp: str = "", workers: int = 0,
-                  prefetch: int = 2, threads: int = 1, max_objects: Optional[int] = None
+                  prefetch: int = 2, threads: int = 1, max_objects: Optional[int] = None,
+                  process_index: int = 0, process_count: int = 1
                   ) -> Iterator[dict[str, np.ndarray]]:
-  """The batches of global steps start_step .. num_steps - 1, in order.
-
-  steps_per_epoch is what every process of a multi-host job agreed on: one holding an
-  example more must not take a step more.
-  """
+  """This process's part (`batch_size` examples) of the global batches of steps
+  start_step .. num_steps - 1, in order; `source` is the whole split on every process."""
   import grain
-  available = len(source) // batch_size
+  available = len(source) // (batch_size * process_count)
   if steps_per_epoch > available:
     raise ValueError(f"steps_per_epoch={steps_per_epoch} but {len(source)} examples give only "
-                     f"{available} batches of {batch_size}")
+                     f"{available} batches of {batch_size * process_count}")
   dataset = grain.MapDataset.range(start_step, num_steps).map(
-      TrainBatch(source, batch_size, steps_per_epoch, seed, pp, max_objects))
+      TrainBatch(source, batch_size, steps_per_epoch, seed, pp, max_objects, process_index,
+                 process_count))
   return _iterate(dataset, workers, prefetch, threads)
 
 

@@ -31,9 +31,10 @@ def process_shares(splits: dict[str, Optional[Any]], process_index: int, process
                    ) -> dict[str, Optional[Any]]:
   """This process's share of each whole split held in memory (None stays None).
 
-  What `load_source` does for a config's splits, for splits passed to `train_and_evaluate`
-  directly: P processes read P disjoint parts, instead of each the whole split (every
-  example then trained on P times a step and counted P times in evaluation).
+  What `load_source` does for a config's evaluation splits, for splits passed to
+  `train_and_evaluate` directly: P processes evaluate P disjoint parts, instead of each the
+  whole split (every example then counted P times). The train split is not shared out:
+  each process reads its part of every global batch (input_pipeline.TrainBatch).
   """
   return {k: None if v is None else shard(v, process_index, process_count)
           for k, v in splits.items()}

@@ -216,12 +216,14 @@ def check_determinism(config: ConfigDict) -> None:
 
 
 def load_splits(config: ConfigDict, for_training: bool = True) -> dict[str, Any]:
-  """This process's share of the train (if for_training), validation and test splits."""
+  """The whole train split (if for_training: each process reads its part of every global
+  batch, input_pipeline.TrainBatch) and this process's share of validation and test."""
   ds = config.dataset
   load = functools.partial(sources.load_source, ds, process_index=jax.process_index(),
                            process_count=jax.process_count())
   return {
-      "train": load(ds.train_split, max_examples=ds.max_train_examples) if for_training else None,
+      "train": (sources.load_source(ds, ds.train_split, max_examples=ds.max_train_examples)
+                if for_training else None),
       "val": load(ds.val_split, max_examples=ds.max_eval_examples) if ds.val_split else None,
       "test": load(ds.test_split, max_examples=ds.max_eval_examples) if ds.test_split else None,
   }
@@ -237,15 +239,15 @@ def setup(config: ConfigDict, train_data: Optional[Any] = None, val_data: Option
   """
   config_lib.validate(config)
   check_determinism(config)
-  per_process_batch = parallel.check_batch_size(config.batch_size)
+  parallel.check_batch_size(config.batch_size)
   parallel.check_batch_size(config.eval_batch_size, "eval_batch_size")
   if train_data is None and val_data is None and test_data is None:
     loaded = load_splits(config, for_training)
     train_data, val_data, test_data = loaded["train"], loaded["val"], loaded["test"]
-  else:  # this process's share, as load_splits reads a config's
-    mine = sources.process_shares({"train": train_data, "val": val_data, "test": test_data},
+  else:  # as load_splits reads a config's: whole train, this process's share of the others
+    mine = sources.process_shares({"val": val_data, "test": test_data},
                                   jax.process_index(), jax.process_count())
-    train_data, val_data, test_data = mine["train"], mine["val"], mine["test"]
+    val_data, test_data = mine["val"], mine["test"]
   if for_training and train_data is None:
     raise ValueError("no training data: set --config.dataset.train_split")
   splits = {"train": train_data, "validation": val_data, "test": test_data}
@@ -263,9 +265,8 @@ def setup(config: ConfigDict, train_data: Optional[Any] = None, val_data: Option
   input_shape = data_input_shape(config, data_shape)
 
   preprocess = augment.preprocess_from_config(config)  # the one that eval and predict use
-  # Processes may hold a few examples more or less (even_splits): all take the smallest
-  # number of steps, or a collective would wait forever for the one that stopped.
-  spe = (parallel.agree(input_pipeline.steps_per_epoch(len(train_data), per_process_batch), min)
+  # Every process holds the whole train split: the same number of global batches.
+  spe = (input_pipeline.steps_per_epoch(len(train_data), config.batch_size)
          if train_data is not None else 1)
   model = build_model(config, num_classes, input_shape)
   frozen = tuple(config.freeze or ())

@@ -52,6 +52,8 @@ def _train_reader(s: Setup, per_process: int, start_step: int) -> tuple[Any, Any
             lambda state, batch: s.compiled.train_from_index(state, data, batch))
   return (input_pipeline.train_batches(s.train_data, per_process, config.seed,
                                        pp=config.dataset.pp_train, **steps,
+                                       process_index=jax.process_index(),
+                                       process_count=jax.process_count(),
                                        **s.batch_options()), s.compiled.train_step)
 
 
