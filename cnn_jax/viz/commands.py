@@ -11,10 +11,8 @@ import os
 import sys
 from typing import Callable, Sequence
 
-from absl import flags
-from ml_collections import config_flags
 
-from cnn_jax import inference
+from cnn_jax import config_args, inference
 from cnn_jax.viz import activations, augment, confusion, curves, filters, gradcam, runs
 
 USAGE = """cnn-jax viz SUBCOMMAND ...
@@ -112,20 +110,8 @@ def _augment(argv: Sequence[str]) -> int:
   p = _parser("augment", run=False)
   p.add_argument("--num", type=int, default=16)
   a, rest = p.parse_known_args(argv)
-  fv = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "experiment config file (Python)",
-                                  flag_values=fv, lock_config=True)
-  saved_argv, sys.argv = sys.argv, ["cnn-jax viz augment", *rest]  # config_flags reads it too
-  try:
-    fv(sys.argv)
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-    msg = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'")
-    raise ValueError(f"invalid flags: {msg}") from None
-  finally:
-    sys.argv = saved_argv
-  if fv.config is None:
-    raise ValueError("--config C is required")
-  r = augment.plot_augment(fv.config, a.out, a.num, overwrite=a.overwrite)
+  config, _ = config_args.parse(rest, "cnn-jax viz augment", workdir=False)
+  r = augment.plot_augment(config, a.out, a.num, overwrite=a.overwrite)
   print(f"{r['path']}: {r['shape'][0]} training images of {'x'.join(map(str, r['shape'][1:]))}")
   return 0
 
