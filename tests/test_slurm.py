@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -200,3 +201,132 @@ def test_sbatch_two_tasks_preempt_requeue_resume_matches_uninterrupted(env_and_d
   print(f"=== stopped at step {stopped_at}, resumed to step {res_final['final_step']}; "
         f"final test {res_final['test']} identical; {len(ref_params)} parameter arrays "
         f"bit-identical; {elapsed:.0f} s in all")
+
+
+# --- launch/sweep.sbatch: a job array of sweep workers ------------------------------------
+
+SWEEP_EPOCHS = 20
+SWEEP_FLAGS = ["--space", "optimizer.learning_rate=loguniform(1e-3,1e-1)", "--trials", "3",
+               "--seed", "0", "--heartbeat", "1", "--pruner", "none",
+               "--config.dataset.name=dummy_mnist", "--config.batch_size=4",
+               "--config.eval_batch_size=8", f"--config.num_epochs={SWEEP_EPOCHS}",
+               "--config.progress_bar=False", "--config.log_every_steps=4",
+               "--config.checkpoint_every_steps=8", "--config.tensorboard_samples=0"]
+
+
+def _array_states(job_id: str) -> dict[str, str]:
+  """{array task id: JobState} of an array job."""
+  out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True,
+                       text=True, timeout=30).stdout
+  states = {}
+  for line in out.splitlines():
+    info = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
+    if "ArrayTaskId" in info:
+      states[info["ArrayTaskId"]] = info.get("JobState", "?")
+  return states
+
+
+def _sweep_trials(workdir: Path):
+  import optuna
+  url = f"sqlite:///{workdir}/study.db"
+  if not (workdir / "study.db").exists():
+    return []
+  try:
+    return optuna.load_study(study_name="sweep", storage=url).get_trials()
+  except KeyError:  # the study is being created
+    return []
+
+
+@pytest.mark.parametrize("kill", ["scancel", "sigkill"])
+def test_sweep_array_two_tasks_share_a_study_killed_task_loses_no_trial(env_and_data,
+                                                                        tmp_path, kill):
+  """sbatch --array=0-1 launch/sweep.sbatch: two workers of one study (3 trials). Once both
+  train, task 1's worker is stopped: `scancel JOB_1` (SIGTERM: its trainer checkpoints and
+  the worker puts its trial back in the queue) or SIGKILL to the worker process (no
+  checkpoint, no word to the database: task 0 sees the trial's process gone). Task 0 runs
+  the trial's parameters again, resuming from its last checkpoint, and the third trial.
+  Each parameter set ends COMPLETE exactly once."""
+  import optuna
+  from optuna.trial import TrialState
+  env, data_dir = env_and_data
+  workdir = tmp_path / "W"
+  cmd = ["sbatch", "--parsable", "--array=0-1", "--ntasks=1", "--cpus-per-task=1",
+         "--gpus-per-task=0", "--time=15", f"--output={tmp_path}/sweep-%a.out",
+         str(ROOT / "launch/sweep.sbatch"), "experiments/mnist_cnn.py:smoke", str(workdir),
+         *SWEEP_FLAGS, f"--config.dataset.data_dir={data_dir}"]
+  out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+  assert out.returncode == 0, out.stderr
+  job_id = out.stdout.strip().split(";")[0]
+  t0 = time.monotonic()
+
+  def logs() -> str:
+    return "\n".join(f"=== task {i}\n" + (tmp_path / f"sweep-{i}.out").read_text()[-3000:]
+                     for i in (0, 1) if (tmp_path / f"sweep-{i}.out").exists())
+
+  def both_training():
+    running = [t for t in _sweep_trials(workdir) if t.state == TrialState.RUNNING]
+    if len(running) < 2:
+      return None
+    dirs = [Path(t.user_attrs.get("workdir", "/nonexistent")) for t in running]
+    ready = all((d / "metrics.jsonl").exists() and
+                (d / "metrics.jsonl").read_text().count("validation/accuracy") >= 2 and
+                any(p.name.isdigit() for p in (d / "checkpoints").glob("*")) for d in dirs)
+    return running if ready else None
+  running = _wait_for(both_training, f"both tasks of {job_id} to train ({logs()})", every=0.5)
+  task1 = [t for t in running if _in_job(t.user_attrs["worker"]["pid"], f"{job_id}_1", job_id)]
+  assert len(task1) == 1, [t.user_attrs["worker"] for t in running]
+  if kill == "scancel":
+    subprocess.run(["scancel", f"{job_id}_1"], check=True, timeout=30)
+  else:
+    os.kill(task1[0].user_attrs["worker"]["pid"], signal.SIGKILL)
+  dead = _wait_for(lambda: [t for t in running if not _pid_alive(t.user_attrs["worker"]["pid"])],
+                   "the killed task's worker to be gone", timeout=60)
+  assert [t.number for t in dead] == [task1[0].number]
+  killed = dead[0]
+  killed_dir = Path(killed.user_attrs["workdir"])
+  committed = sorted(int(p.name) for p in (killed_dir / "checkpoints").glob("*")
+                     if p.name.isdigit())
+
+  def finished():
+    states = _array_states(job_id)
+    final = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
+    return states if len(states) == 2 and all(s in final for s in states.values()) else None
+  states = _wait_for(finished, f"array job {job_id} to finish")
+  text = logs()
+  print(f"\n=== sweep array {job_id}: {states} in {time.monotonic() - t0:.0f} s; killed task 1 "
+        f"ran trial {killed.number} (checkpoints {committed})\n{text}")
+  assert states["0"] == "COMPLETED", text
+  assert states["1"] != "COMPLETED", text
+
+  trials = _sweep_trials(workdir)
+  complete = [t for t in trials if t.state == TrialState.COMPLETE]
+  params = [tuple(sorted(t.params.items())) for t in complete]
+  assert len(complete) == 3 and len(set(params)) == 3, [(t.number, t.state, t.params)
+                                                       for t in trials]
+  assert trials[killed.number].state == TrialState.FAIL
+  copy = [t for t in complete if t.system_attrs.get("failed_trial") == killed.number]
+  assert len(copy) == 1 and copy[0].params == killed.params
+  assert copy[0].user_attrs["workdir"] == str(killed_dir)
+  history = [json.loads(l) for l in (killed_dir / "config_history.jsonl").read_text().splitlines()]
+  assert [h["resumed"] for h in history] == [False, True]
+  assert history[1]["step"] in committed  # a checkpoint committed before the kill
+  # the surviving task took the trial over, and ended the sweep
+  pids = {t.user_attrs["worker"]["pid"] for t in complete}
+  assert killed.user_attrs["worker"]["pid"] not in pids
+  assert "best: trial" in (tmp_path / "sweep-0.out").read_text()
+
+
+def _in_job(pid: int, *job_ids: str) -> bool:
+  """Whether the process belongs to the job (its SLURM_JOB_ID / array id in its environment)."""
+  with open(f"/proc/{pid}/environ", "rb") as f:
+    env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+  task = f"{env.get(b'SLURM_ARRAY_JOB_ID', b'').decode()}_{env.get(b'SLURM_ARRAY_TASK_ID', b'').decode()}"
+  return task in job_ids
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is gone too
+  except FileNotFoundError:
+    return False

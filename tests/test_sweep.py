@@ -117,6 +117,28 @@ def test_a_study_of_another_sweep_is_refused(tmp_path):
     _open(tmp_path / "W", config, "--space", "label_smoothing=uniform(0, 0.2)")
 
 
+def _open_together(url):
+  storage = study_lib.open_storage(url, 1)
+  optuna.create_study(storage=storage, study_name="sweep", load_if_exists=True)
+
+
+@pytest.mark.slow  # ~5 s of CPU: six processes each open a database
+def test_workers_starting_together_all_open_the_new_database(tmp_path):
+  """SLURM array tasks start at once: each creates the empty SQLite database's tables (it
+  failed with "table ... already exists" / a UNIQUE constraint on alembic_version)."""
+  import multiprocessing
+  fork = multiprocessing.get_context("fork")  # the children touch only sqlite
+  for round_ in range(2):
+    url = f"sqlite:///{tmp_path}/study{round_}.db"
+    procs = [fork.Process(target=_open_together, args=(url,)) for _ in range(3)]
+    for p in procs:
+      p.start()
+    for p in procs:
+      p.join(60)
+    assert [p.exitcode for p in procs] == [0] * 3, round_
+    assert len(optuna.load_study(study_name="sweep", storage=url).get_trials()) == 0
+
+
 # --- sweeps -----------------------------------------------------------------------------
 
 def _dead_trial(spec, study, storage, tmp_path):

@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
+import random
 import socket
 import time
+import warnings
 from typing import Any, Callable, Optional
 
 import optuna
@@ -60,13 +61,24 @@ def open_storage(url: str, heartbeat_s: int = 10, grace_s: Optional[int] = None
   kwargs: dict[str, Any] = {}
   if url.startswith("sqlite"):  # workers write at once: wait for the file lock, don't fail
     kwargs = {"connect_args": {"timeout": 60}}
-  with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
-    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-    retry = RETRY(max_retry=MAX_RETRY)
-    return optuna.storages.RDBStorage(
-        url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_s,
-        grace_period=grace_s or 3 * heartbeat_s,
-        heartbeat_stale_trial_callback=retry)
+  import sqlalchemy.exc  # noqa: PLC0415 - optuna's own dependency
+  for attempt in range(5):
+    try:
+      with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = RETRY(max_retry=MAX_RETRY)
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_s,
+            grace_period=grace_s or 3 * heartbeat_s,
+            heartbeat_stale_trial_callback=retry)
+    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as e:
+      # Workers starting together (SLURM array tasks) each create the empty database's
+      # tables and version row: all but one find them made under them ("table ... already
+      # exists", "UNIQUE constraint failed: alembic_version").
+      if attempt == 4 or not ("already exists" in str(e) or "UNIQUE" in str(e)):
+        raise
+      time.sleep(0.1 + 0.4 * random.random())
+  raise AssertionError("unreachable")
 
 
 def make_sampler(name: str, seed: Optional[int], grid: Optional[dict[str, list]] = None
