@@ -170,8 +170,9 @@ def from_workdir(workdir: str, which: str = "best", *,
   """The NNX module of a trained run (`which`: "best" or "latest" checkpoint), built and
   checked as `cnn_jax.load` builds it, in eval mode: the weights are for inference or
   fine-tuning, and a first call in training mode would move the saved batch statistics.
-  Its input is the run's preprocessed batch (`cnn_jax.load(w).preprocess`)."""
-  model, variables, _ = inference.load(workdir, which)
+  Its input is the run's preprocessed batch (`cnn_jax.load(workdir).preprocess(images)`):
+  the model does not hold the run's preprocessing, nor evaluation's `eval_flip`."""
+  model, variables, _, _ = inference.load_run(workdir, which)
   module = wrap(model, variables, rngs=rngs)
   module.eval()
   return module
