@@ -28,6 +28,7 @@ counts, score, every survivor with its line and diff) and prints a one-line summ
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import hashlib
 import json
@@ -35,6 +36,7 @@ import os
 import platform
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -164,13 +166,13 @@ def _key(mutation) -> str:
   return f"{mutation.operator_name}#{mutation.occurrence}"
 
 
-def skip_work(session: Path, recheck: set[str] | None) -> int:
+def skip_work(session: Path, recheck: set[str] | None, sample: int = 1) -> int:
   """Mark as skipped the operators outside KEEP_OPERATORS, mutants on lines marked
-  `# pragma: no mutate`, and with `recheck`, every mutant not among the earlier survivors.
-  Returns the number of mutants left to run."""
+  `# pragma: no mutate`, with `recheck` every mutant not among the earlier survivors, and
+  with `sample` > 1 all but every sample-th of the rest. Returns the number left to run."""
   from cosmic_ray.work_db import WorkDB, use_db
   from cosmic_ray.work_item import WorkerOutcome, WorkResult
-  left = 0
+  left = kept = 0
   with use_db(str(session), WorkDB.Mode.open) as db:
     for item in list(db.pending_work_items):
       (mutation,) = item.mutations
@@ -181,6 +183,8 @@ def skip_work(session: Path, recheck: set[str] | None) -> int:
         why = "pragma: no mutate"
       elif recheck is not None and _key(mutation) not in recheck:
         why = "killed in the earlier run"
+      elif (kept := kept + 1) % sample != 1 % sample:
+        why = f"not in the sample (every {sample}th mutant)"
       else:
         left += 1
         continue
@@ -211,8 +215,30 @@ def collect(session: Path) -> tuple[list[dict], list[dict]]:
   return results, skipped
 
 
+def _descendants(pid: int) -> list[int]:
+  """Child processes of `pid`, recursively (from /proc: Linux)."""
+  children: dict[int, list[int]] = {}
+  for stat in Path("/proc").glob("[0-9]*/stat"):
+    with contextlib.suppress(OSError, ValueError, IndexError):
+      fields = stat.read_text().rsplit(")", 1)[1].split()
+      children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+  out, todo = [], [pid]
+  while todo:
+    for child in children.get(todo.pop(), []):
+      out.append(child)
+      todo.append(child)
+  return out
+
+
+def count_pending(session: Path) -> int:
+  from cosmic_ray.work_db import WorkDB, use_db
+  with use_db(str(session), WorkDB.Mode.open) as db:
+    return sum(1 for _ in db.pending_work_items)
+
+
 def run(module: str, tests: list[str], out_dir: Path, recheck: bool, workdir: Path | None,
-        keep: bool, timeout: float | None) -> dict:
+        keep: bool, timeout: float | None, sample: int = 1,
+        max_seconds: float | None = None) -> dict:
   """Mutation-test `module` with `tests` in a private copy; returns the summary written."""
   import cosmic_ray
   module = str(Path(module))
@@ -241,17 +267,30 @@ def run(module: str, tests: list[str], out_dir: Path, recheck: bool, workdir: Pa
     saved_cwd = os.getcwd()
     os.chdir(copy)  # module paths in the session are relative to the copy
     try:
-      to_run = skip_work(session, keys)
+      to_run = skip_work(session, keys, sample)
     finally:
       os.chdir(saved_cwd)
     print(f"mutation: {module}: {to_run} mutants to run, tests take {baseline:.0f} s "
           f"(timeout {limit:.0f} s)", flush=True)
     start = time.perf_counter()
-    subprocess.run(cr + ["exec", "cosmic-ray.toml", session.name], cwd=copy, env=env, check=True)
+    complete = True
+    proc = subprocess.Popen(cr + ["exec", "cosmic-ray.toml", session.name], cwd=copy, env=env,
+                            start_new_session=True)
+    try:
+      if proc.wait(timeout=max_seconds):
+        raise SystemExit(f"mutation: cosmic-ray exec failed with exit code {proc.returncode}")
+    except subprocess.TimeoutExpired:  # --max-seconds: keep what finished, say it is partial
+      for pid in [proc.pid, *_descendants(proc.pid)]:  # the test run has a session of its own
+        with contextlib.suppress(ProcessLookupError):
+          os.kill(pid, signal.SIGKILL)
+      proc.wait()
+      complete = False
+      (copy / module).write_text(source)  # the mutant under test when it was stopped
     elapsed = time.perf_counter() - start
     os.chdir(copy)
     try:
       results, skipped = collect(session)
+      not_run = count_pending(session)  # left when --max-seconds stopped the run
     finally:
       os.chdir(saved_cwd)
     if (copy / module).read_text() != source:
@@ -287,6 +326,11 @@ def run(module: str, tests: list[str], out_dir: Path, recheck: bool, workdir: Pa
       "score": round(killed / mutants, 4) if mutants else None,
       "survivors": survivors,
       "rechecked_survivors_of_earlier_run": previous is not None,
+      "complete": complete and not not_run,
+      "not_run": not_run,
+      "sampled_every": sample,
+      "not_in_sample": sum(s["why"].startswith("not in the sample") for s in skipped
+                           if s["why"]),
       "skipped_by_operator_set": sum(s["why"] == "operator not in KEEP_OPERATORS"
                                      for s in skipped),
       "skipped_by_pragma": sum(s["why"] == "pragma: no mutate" for s in skipped),
@@ -299,7 +343,10 @@ def run(module: str, tests: list[str], out_dir: Path, recheck: bool, workdir: Pa
   }
   out_dir.mkdir(parents=True, exist_ok=True)
   out_path.write_text(json.dumps(summary, indent=1) + "\n")
-  print(f"mutation: {module}: {summary['score']:.1%} ({killed}/{mutants} killed, "
+  partial = "" if summary["complete"] else f" PARTIAL (stopped after {max_seconds:.0f} s)"
+  score = "no mutant finished" if summary["score"] is None else f"{summary['score']:.1%}"
+  sampled = f", every {sample}th mutant" if sample > 1 else ""
+  print(f"mutation: {module}{sampled}{partial}: {score} ({killed}/{mutants} killed, "
         f"{len(survivors)} survived, {summary['timeouts']} timeouts) in {elapsed:.0f} s -> "
         f"{out_path.relative_to(REPO) if out_path.is_relative_to(REPO) else out_path}")
   return summary
@@ -326,6 +373,10 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--workdir", type=Path, help="where the private copy goes (default: "
                       "the system temp dir)")
   parser.add_argument("--keep", action="store_true", help="keep the private copy")
+  parser.add_argument("--sample", type=int, default=1, help="run every Nth mutant only "
+                      "(a partial measurement; the JSON says so)")
+  parser.add_argument("--max-seconds", type=float, help="stop after this long and record the "
+                      "mutants finished so far (the JSON says complete: false)")
   args = parser.parse_args(argv)
   module = str(Path(args.module))
   if not (REPO / module).is_file() or not module.startswith("cnn_jax/"):
@@ -339,7 +390,10 @@ def main(argv: list[str] | None = None) -> None:
     import cosmic_ray  # noqa: F401
   except ImportError:
     parser.error("cosmic-ray is not installed: pip install -e '.[mutation]'")
-  run(module, tests, args.out.resolve(), args.recheck, args.workdir, args.keep, args.timeout)
+  if args.sample < 1:
+    parser.error(f"--sample must be >= 1, got {args.sample}")
+  run(module, tests, args.out.resolve(), args.recheck, args.workdir, args.keep, args.timeout,
+      args.sample, args.max_seconds)
 
 
 if __name__ == "__main__":

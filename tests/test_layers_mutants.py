@@ -294,3 +294,31 @@ def test_batch_norm_epsilon_is_1e_5():
   y, _ = layers.batch_norm(train=True).apply(v, jnp.asarray(x), mutable=["batch_stats"])
   want = (x - x.mean(0)) / np.sqrt(x.var(0) + 1e-5)
   np.testing.assert_allclose(y, want, rtol=1e-3, atol=1e-6)
+
+
+def test_pool_same_and_full_padding_by_hand():
+  # SAME, 3x3 stride 2 on 7 x 6: ceil(7/2) = 4 rows need 3*2 + 3 - 7 = 2 pads (1, 1);
+  # ceil(6/2) = 3 columns need 2*2 + 3 - 6 = 1: (0, 1). FULL, 2x2 stride 1: (1, 1) each.
+  x = np.random.RandomState(13).randn(1, 7, 6, 2).astype(np.float32)
+  same = [(1, 1), (0, 1)]
+  np.testing.assert_array_equal(layers.MaxPool(3, 2, padding="SAME").apply({}, jnp.asarray(x)),
+                                _np_pool(x, (3, 3), (2, 2), same))
+  np.testing.assert_allclose(layers.AvgPool(3, 2, padding="SAME").apply({}, jnp.asarray(x)),
+                             _np_pool(x, (3, 3), (2, 2), same, op=np.mean), rtol=1e-6, atol=1e-6)
+  full = layers.MaxPool(2, 1, padding="FULL").apply({}, jnp.asarray(x))
+  assert full.shape == (1, 8, 7, 2)
+  np.testing.assert_array_equal(full, _np_pool(x, (2, 2), (1, 1), [(1, 1), (1, 1)]))
+
+
+def test_pool_size_errors_name_the_layer():
+  for cls in (layers.MaxPool, layers.AvgPool):
+    name = cls.__name__
+    with pytest.raises(ValueError, match=rf"^{name}: input of spatial size \(2, 3\) is too small "
+                                         r"for a kernel of \(3, 3\) \(dilation \(1, 1\)"):
+      cls(3).apply({}, jnp.zeros((1, 2, 3, 1)))
+    assert cls(3).apply({}, jnp.zeros((1, 3, 3, 1))).shape == (1, 1, 1, 1)  # an exact fit
+
+
+def test_ceil_mode_padding_defaults_to_no_padding():
+  assert layers.ceil_mode_padding(6, 3, 2) == (0, 1)
+  assert layers.ceil_mode_padding(5, 2, 2) == (0, 1)  # ceil(3/2) + 1 = 3, the last at 4 < 5
