@@ -120,7 +120,7 @@ def _worker(copy: str, module: str, pytest_args: list[str], canary: int, jobs, r
     results.put((job_id, "survived" if code == 0 else "killed", diff))
 
 
-def run(module: str, tests: list[str], out_dir: Path, workdir: Path | None, timeout: float,
+def run(module: str, tests: list[str], out_dir: Path, workdir: Path | None, timeout: float | None,
         canary: int, recycle: int, recheck: bool = False) -> dict:
   """Mutation-test `module`; writes and returns mutation.py's summary format. `recheck`:
   only the survivors of the module's last JSON (as mutation.py --recheck)."""
@@ -147,6 +147,7 @@ def run(module: str, tests: list[str], out_dir: Path, workdir: Path | None, time
     baseline = time.perf_counter() - start
     if baseline_code != 0:
       raise SystemExit(f"mutation_fast: the tests fail on the unmutated code ({command})")
+    timeout = timeout or max(60.0, 3.0 * baseline)  # as mutation.py: a timeout is a kill
     mutation.write_config(copy / "cosmic-ray.toml", module, command, timeout)
     session = copy / "session.sqlite"
     import subprocess
@@ -276,7 +277,8 @@ def main(argv: list[str] | None = None) -> None:
                       help="pytest arguments (default: mutation.py's DEFAULT_TESTS); last")
   parser.add_argument("--out", type=Path, default=mutation.DEFAULT_OUT)
   parser.add_argument("--workdir", type=Path)
-  parser.add_argument("--timeout", type=float, default=120.0, help="seconds per mutant")
+  parser.add_argument("--timeout", type=float, help="seconds per mutant (default: 3x the "
+                      "unmutated tests' time in a fresh process, at least 60)")
   parser.add_argument("--canary", type=int, default=25,
                       help="re-run the unmutated module every N mutants in a worker (0: never)")
   parser.add_argument("--recheck", action="store_true",
