@@ -36,7 +36,7 @@ def run(mode, ndev, tmp_path, models="parity_net"):
   out = tmp_path / f"{mode}_{ndev}.npz"
   env = dict(os.environ, PYTHONPATH=os.getcwd())
   p = subprocess.run([sys.executable, WORKER, mode, str(ndev), str(out), models], env=env,
-                     capture_output=True, text=True, timeout=300)
+                     capture_output=True, text=True, timeout=900)
   assert p.returncode == 0, p.stdout + p.stderr
   with np.load(out) as f:
     return {k: f[k] for k in f.files}
