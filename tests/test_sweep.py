@@ -104,6 +104,21 @@ def test_grid_needs_finite_values():
     space.parse("optimizer.learning_rate=uniform(0.1, 0.2)").grid()
 
 
+def test_mnist_best_declares_its_sweep(tmp_path):
+  """experiments/mnist_best.py's get_sweep: its space, and a validation split to select on
+  (the recipe itself trains on all of train)."""
+  args, _ = command._parser().parse_known_args(
+      ["--config", os.path.join(ROOT, "experiments", "mnist_best.py"), "--workdir", "W"])
+  spec, declared = command.build_spec(args, [])  # no database: nothing else is opened
+  assert declared["trials"] == 16 and declared["pruner"] == "median"
+  assert spec.metric == "validation/accuracy" and spec.direction == "maximize"
+  assert set(spec.space) == {"optimizer.learning_rate", "label_smoothing"}
+  c = spec.config_for({"optimizer.learning_rate": 4e-3, "label_smoothing": 0.05})
+  assert (c.dataset.train_split, c.dataset.val_split) == ("train[:90%]", "train[90%:]")
+  assert c.optimizer.learning_rate == 4e-3 and c.label_smoothing == 0.05
+  assert c.num_epochs == 7 and c.model == "small_convnet"  # the recipe otherwise
+
+
 def test_sweep_without_validation_split_is_refused(tmp_path):
   config = _experiment(tmp_path)
   with pytest.raises(ValueError, match="no validation split"):
@@ -137,6 +152,104 @@ def test_workers_starting_together_all_open_the_new_database(tmp_path):
       p.join(60)
     assert [p.exitcode for p in procs] == [0] * 3, round_
     assert len(optuna.load_study(study_name="sweep", storage=url).get_trials()) == 0
+
+
+# --- the worker loop, with stand-in trials (no training) ---------------------------------
+
+def _study(tmp_path, heartbeat=60, grace=None):
+  storage = study_lib.open_storage(f"sqlite:///{tmp_path}/study.db", heartbeat, grace)
+  study = optuna.create_study(storage=storage, study_name="sweep",
+                              sampler=optuna.samplers.RandomSampler(seed=0))
+  return study, storage
+
+
+def _ask(study, storage, worker):
+  import warnings
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)  # heartbeats outside Study.optimize
+    trial = study.ask()
+  trial.suggest_float("x", 0, 1)
+  trial.set_user_attr("worker", worker)
+  storage.record_heartbeat(trial._trial_id)
+  return trial
+
+
+def test_dead_workers_trials_are_failed_and_requeued_once(tmp_path):
+  """A trial whose worker process on this host is gone is re-queued at once; one on another
+  host once its heartbeat is older than the grace period; a beating one is left alone."""
+  study, storage = _study(tmp_path, heartbeat=1, grace=1)
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()
+  here = os.uname().nodename
+  silent = _ask(study, storage, {"host": "elsewhere", "pid": 1})
+  time.sleep(2.5)  # the database's clock counts whole seconds
+  gone = _ask(study, storage, {"host": here, "pid": dead.pid})  # its heartbeat is fresh
+  beating = _ask(study, storage, {"host": "elsewhere", "pid": 1})
+  assert sorted(study_lib.fail_dead(study, storage)) == [silent.number, gone.number]
+  assert study_lib.fail_dead(study, storage) == []  # once: the copies are not failed again
+  trials = study.get_trials()
+  assert [t.state for t in trials[:3]] == [TrialState.FAIL, TrialState.FAIL, TrialState.RUNNING]
+  assert beating.number == 2
+  copies = trials[3:]
+  assert [t.state for t in copies] == [TrialState.WAITING] * 2
+  assert sorted(t.system_attrs["failed_trial"] for t in copies) == [0, 1]
+  for c in copies:
+    assert c.params == trials[c.system_attrs["failed_trial"]].params
+
+
+def test_worker_loop_counts_each_parameter_set_once(tmp_path):
+  """3 slots: one trial pruned, one failing (a result: the sweep goes on), one complete; a
+  trial asked for in the instant another worker took the last slot is dropped unrun."""
+  study, storage = _study(tmp_path)
+  outcomes = iter([optuna.TrialPruned(), FloatingPointError("loss is nan"), 0.75])
+  ran = []
+
+  def run(trial, frozen):
+    ran.append(trial.number)
+    trial.suggest_float("x", 0, 1)
+    out = next(outcomes)
+    if isinstance(out, Exception):
+      raise out
+    return out
+  ask = study.ask
+
+  def ask_after_another_worker():  # the other worker takes slot 3 between count and ask
+    if len(study.get_trials()) == 2:
+      other = ask()
+      other.suggest_float("x", 0, 1)
+      study.tell(other, 0.5)
+    return ask()
+  study.ask = ask_after_another_worker
+  did = study_lib.work(study, storage, 3, run, poll_s=0.1)
+  assert did == {"complete": 0, "pruned": 1, "failed": 1, "resumed": 0}
+  assert ran == [0, 1]
+  states = [(t.number, t.state, t.user_attrs.get("surplus")) for t in study.get_trials()]
+  assert states == [(0, TrialState.PRUNED, None), (1, TrialState.FAIL, None),
+                    (2, TrialState.COMPLETE, None), (3, TrialState.FAIL, True)]
+  assert "FloatingPointError: loss is nan" in study.get_trials()[1].user_attrs["error"]
+  assert [r["trial"] for r in summary.rows(study)] == [0, 1, 2]
+
+
+def test_a_stopped_worker_puts_its_trial_back(tmp_path):
+  """SIGTERM / SIGUSR1 mid-trial (the trainer checkpointed): the trial fails, a copy with
+  its parameters waits, and the worker stops; the next worker runs the copy."""
+  study, storage = _study(tmp_path)
+
+  def stopped(trial, frozen):
+    trial.suggest_float("x", 0, 1)
+    raise study_lib.Requeue(RuntimeError("received SIGTERM"), 143)
+  with pytest.raises(study_lib.Requeue):
+    study_lib.work(study, storage, 1, stopped)
+  seen = []
+
+  def finish(trial, frozen):
+    seen.append((study_lib.original_number(frozen), trial.suggest_float("x", 0, 1)))
+    return 1.0
+  did = study_lib.work(study, storage, 1, finish)
+  assert did == {"complete": 1, "pruned": 0, "failed": 0, "resumed": 1}
+  first, copy = study.get_trials()
+  assert (first.state, copy.state) == (TrialState.FAIL, TrialState.COMPLETE)
+  assert seen == [(0, first.params["x"])] and copy.params == first.params
 
 
 # --- sweeps -----------------------------------------------------------------------------

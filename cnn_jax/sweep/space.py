@@ -22,6 +22,7 @@ overrides, then the trial's parameters: the same keys a `cnn-jax train` command 
 from __future__ import annotations
 
 import ast
+import copy
 import dataclasses
 import importlib.util
 import inspect
@@ -200,6 +201,7 @@ class Spec:
   space: dict[str, Param]
   metric: str = "validation/accuracy"   # SPLIT/NAME of the run's results
   direction: str = "maximize"
+  _base: Optional[ConfigDict] = dataclasses.field(default=None, repr=False, compare=False)
 
   def to_json(self) -> dict[str, Any]:
     return {"config": self.config_path, "overrides": self.overrides, "fixed": self.fixed,
@@ -208,7 +210,13 @@ class Spec:
 
   def base_config(self) -> ConfigDict:
     """get_config(arg) with the --config.KEY=VALUE overrides (read as `cnn-jax train` reads
-    them) and the sweep's fixed settings for the keys no override sets."""
+    them) and the sweep's fixed settings for the keys no override sets; built once (it runs
+    the experiment file), a fresh copy each call."""
+    if self._base is None:
+      self._base = self._build_base()
+    return copy.deepcopy(self._base)
+
+  def _build_base(self) -> ConfigDict:
     config, _ = config_args.parse(["--config", self.config_path, *self.overrides],
                                   "cnn-jax sweep", workdir=False)
     given = {flag[len("--config."):].split("=", 1)[0] for flag in self.overrides}
