@@ -271,6 +271,9 @@ def test_yolo_v2_encode_edges_and_decode_clips():
   w0, h0 = 0.2 * np.exp(4.0), 0.6 * np.exp(-10.0)   # clipped from 6 and -12
   np.testing.assert_allclose(dec[0, 0, 0, 0], [0.25 - w0 / 2, 0.5 - h0 / 2, 0.25 + w0 / 2,
                                                0.5 + h0 / 2], rtol=1e-5)
+  # h0 = 2.7e-5 sits below float32's resolution at 0.5 in the corners: its own check
+  # (e^-11 instead of e^-10 would be 2.7 times smaller).
+  assert float(dec[0, 0, 0, 0, 3] - dec[0, 0, 0, 0, 1]) == pytest.approx(h0, rel=0.05)
   det = _yolo("decode_yolo_v2", "anchors")(pred, anchors=TALL_WIDE)
   np.testing.assert_allclose(det["boxes"][0, 0], [0.0, 0.5 - h0 / 2, 1.0, 0.5 + h0 / 2],
                              rtol=1e-5, atol=1e-7)
