@@ -27,18 +27,15 @@ import argparse
 import contextlib
 import dataclasses
 import functools
-import itertools
 import json
 import os
-import pathlib
+import re
 from typing import Any, Callable, Iterator, Optional, Union
 
 import flax.linen as nn
 import jax
-import jax.extend
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from cnn_jax import inference, layers, predict
 from cnn_jax.training import steps
@@ -55,7 +52,7 @@ class Exportable:
   reference: Callable[[jax.Array], jax.Array]  # cnn_jax's eval forward, nothing folded
   input_shape: tuple[int, int, int]  # (H, W, C) of one input
   input_dtype: Any  # uint8 images, or float32 model inputs with raw
-  metadata: dict[str, str]
+  metadata: dict[str, Any]  # JSON values; ONNX metadata_props hold them as JSON text
 
 
 # --------------------------------------------------------------- batch-norm folding
@@ -139,16 +136,19 @@ def fold_batch_norm(model: nn.Module, variables: Any, input_shape: tuple[int, ..
 def _load(workdir: str, which: str) -> tuple[predict.Predictor, Any, dict[str, Any]]:
   """(predictor, config, meta) of a classification run: the one place this module reads
   a run (`inference.load_run`) and builds its eval preprocessing (`predict.from_run`)."""
-  model, variables, config, meta = inference.load_run(workdir, which)
-  task = config.get("task", "classification")
-  if task != "classification":
-    raise ValueError(f"the run in {workdir} is a {task} run: exporting {task} models is not "
-                     "supported yet (cnn-jax export takes classification runs)")
+  try:
+    model, variables, config, meta = inference.load_run(workdir, which, task="classification")
+  except ValueError as e:  # "the run in W is a detection run, not a classification one: ..."
+    other = re.match(r"the run in .* is an? (\w+) run, not a classification one", str(e))
+    if other is None:
+      raise
+    raise ValueError(f"the run in {workdir} is a {other[1]} run: exporting {other[1]} models "
+                     "is not supported yet (cnn-jax export takes classification runs)") from None
   return predict.from_run(model, variables, config, meta), config, meta
 
 
 def from_predictor(p: predict.Predictor, raw: bool = False,
-                   metadata: Optional[dict[str, str]] = None) -> Exportable:
+                   metadata: Optional[dict[str, Any]] = None) -> Exportable:
   """The export of a Predictor's forward pass (`steps.eval_logits`, as `cnn-jax predict`):
   images -> probabilities, or with raw, preprocessed float32 inputs -> logits."""
   model = p.model
@@ -172,13 +172,13 @@ def from_predictor(p: predict.Predictor, raw: bool = False,
   reference = functools.partial(jax.jit(forward(model.apply)), p.variables)
 
   names = list(p.class_names) if p.class_names else []
-  info = {"class_names": json.dumps(names),
+  info = {"class_names": names,
           "input": ("float32 NHWC model input, preprocessed" if raw
                     else "uint8 NHWC images as the data set stores them"),
-          "input_shape": json.dumps(list(model_shape if raw else p.image_shape)),
+          "input_shape": list(model_shape if raw else p.image_shape),
           "output": "logits" if raw else "probabilities",
           "host_preprocessing": "" if raw else p.host_pp,
-          "eval_flip": str(bool(p.flip)).lower(),
+          "eval_flip": bool(p.flip),
           "batch_norm": f"{n_folded} folded into the convolution before it",
           **(metadata or {})}
   return Exportable(functools.partial(forward(folded_apply), folded), reference,
@@ -193,44 +193,8 @@ def from_workdir(workdir: str, which: str = "best", raw: bool = False) -> Export
 
 
 # ------------------------------------------------------------------------ formats
-_FOREIGN_PLUGINS = ("jax2onnx.plugins.flax", "jax2onnx.plugins.equinox",
-                    "jax2onnx.plugins.examples", "jax2onnx.plugins.dm_pix")
-_LEFT_OUT = ("jax.numpy.shape",)  # makes jnp.shape(x) traced: flax's Dense cannot take it
-
-
-@contextlib.contextmanager
-def _jax2onnx() -> Iterator[Any]:
-  """jax2onnx converting the traced lax program, with its JAX-primitive plugins only.
-
-  Its Flax-module plugins swap flax.linen.max_pool for a keyword-only shim that fails on
-  the zoo's positional, explicitly padded pooling, and its Equinox plugins build example
-  models when imported (~30 s of small compilations on a 2-core CPU). So only the JAX
-  plugins are imported, and plugins that something else in the process imported are left
-  out of the registry while cnn_jax converts, as is the one that turns `jnp.shape(x)` into
-  traced values (an ONNX Shape node; flax's nn.Dense sizes its kernel with it)."""
-  try:
-    import jax2onnx
-    from jax2onnx.plugins import plugin_system as ps
-  except ImportError as e:
-    raise RuntimeError(f"ONNX export needs jax2onnx, onnx and onnxruntime ({e}): "
-                       "pip install 'cnn_jax[export]'") from None
-  if not ps._already_imported_plugins:
-    ps._import_tree(pathlib.Path(ps.__file__).parent / "jax", "jax2onnx.plugins.jax")
-    ps._already_imported_plugins = True
-  foreign = {k: v for k, v in ps.PLUGIN_REGISTRY.items()
-             if type(v).__module__.startswith(_FOREIGN_PLUGINS) or k in _LEFT_OUT}
-  for k in foreign:
-    del ps.PLUGIN_REGISTRY[k]
-  try:
-    yield jax2onnx
-  finally:
-    ps.PLUGIN_REGISTRY.update(foreign)
-
-
-def _input_spec(ex: Exportable, batch: Union[int, str], symbol: Any = "batch"
-                ) -> jax.ShapeDtypeStruct:
-  """One input of `batch` examples; "dynamic": the dimension `symbol` (jax2onnx takes a
-  name and makes the symbol in its own scope, jax.export a `symbolic_shape`)."""
+def _input_spec(ex: Exportable, batch: Union[int, str], symbol: Any) -> jax.ShapeDtypeStruct:
+  """One input of `batch` examples; "dynamic": of `symbol` (a `symbolic_shape`) examples."""
   lead = symbol if batch == "dynamic" else int(batch)
   return jax.ShapeDtypeStruct((lead, *ex.input_shape), ex.input_dtype)
 
@@ -248,62 +212,6 @@ def _batch_hint(batch: Union[int, str]) -> Iterator[None]:
                      f"({type(e).__name__}: {first}); export a fixed one with --batch N") from e
 
 
-def _slice_max(x: jax.Array, window_dimensions, window_strides, padding, base_dilation,
-               window_dilation) -> jax.Array:
-  """`lax.reduce_window_max` as the maximum of window-shifted strided slices of the input
-  padded with -inf: exact (a max of the same numbers), and in ONNX Slice / Max ops. The
-  padding is concatenated -inf blocks (jax2onnx's Pad cannot take a symbolic batch size)."""
-  if any(d != 1 for d in (*base_dilation, *window_dilation)):
-    raise ValueError("a dilated max pool has no ONNX form here")
-  for axis, (lo, hi) in enumerate(padding):
-    blocks = [jnp.full_like(lax.slice_in_dim(x, 0, n, axis=axis), -jnp.inf) if n else None
-              for n in (lo, hi)]
-    if lo or hi:
-      x = lax.concatenate([b for b in (blocks[0], x, blocks[1]) if b is not None], axis)
-  out = None
-  for offsets in itertools.product(*(range(w) for w in window_dimensions)):
-    y = x
-    for axis, (o, w, st) in enumerate(zip(offsets, window_dimensions, window_strides)):
-      if w == 1 and st == 1:
-        continue  # the batch and channel axes, whole (their size may be symbolic)
-      n = (x.shape[axis] - w) // st + 1
-      y = lax.slice_in_dim(y, o, o + (n - 1) * st + 1, st, axis)
-    out = y if out is None else jnp.maximum(out, y)
-  return out
-
-
-def _pools_as_slices(fn: Callable[[jax.Array], jax.Array]) -> Callable[[jax.Array], jax.Array]:
-  """`fn` with every reduce_window_max (max pool) computed by `_slice_max`.
-
-  jax2onnx writes a max pool over NHWC as a MaxPool over four spatial axes, which
-  onnxruntime refuses ("Unsupported pooling size"); the traced program is re-run with the
-  pool replaced (jit and custom_jvp bodies inlined, everything else bound as traced). It
-  is traced on the converter's own input, so a symbolic batch size is the converter's."""
-
-  def run(jaxpr: Any, consts: Any, *args: Any) -> list[Any]:
-    env: dict[Any, Any] = {}
-    read = lambda v: v.val if isinstance(v, jax.extend.core.Literal) else env[v]
-    env.update(zip(jaxpr.constvars, consts))
-    env.update(zip(jaxpr.invars, args))
-    for eqn in jaxpr.eqns:
-      ins = [read(v) for v in eqn.invars]
-      sub = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
-      if eqn.primitive.name == "reduce_window_max":
-        outs = [_slice_max(*ins, **eqn.params)]
-      elif eqn.primitive.name in ("jit", "pjit", "custom_jvp_call") and sub is not None:
-        outs = run(sub.jaxpr, sub.consts, *ins)
-      else:
-        outs = eqn.primitive.bind(*ins, **eqn.params)
-        outs = outs if eqn.primitive.multiple_results else [outs]
-      env.update(zip(eqn.outvars, outs))
-    return [read(v) for v in jaxpr.outvars]
-
-  def rewritten(x: jax.Array) -> jax.Array:
-    closed = jax.make_jaxpr(fn)(jax.ShapeDtypeStruct(x.shape, x.dtype))
-    return run(closed.jaxpr, closed.consts, x)[0]
-  return rewritten
-
-
 def to_stablehlo(ex: Exportable, batch: Union[int, str] = "dynamic",
                  platforms: tuple[str, ...] = PLATFORMS) -> bytes:
   """Serialized `jax.export.Exported`: reload with `jax.export.deserialize(data).call(x)`,
@@ -316,14 +224,12 @@ def to_stablehlo(ex: Exportable, batch: Union[int, str] = "dynamic",
 
 def to_onnx(ex: Exportable, batch: Union[int, str] = "dynamic", name: str = "cnn_jax") -> Any:
   """An `onnx.ModelProto` (opset 23) with `ex.metadata` in its metadata_props."""
-  import onnx
+  from cnn_jax import onnx_export  # noqa: PLC0415 - jax2onnx, onnx: only for ONNX
   raw = ex.input_dtype != jnp.uint8
-  with _jax2onnx() as j2o, _batch_hint(batch):
-    proto = j2o.to_onnx(_pools_as_slices(ex.fn), [_input_spec(ex, batch)], model_name=name,
-                        input_names=["inputs" if raw else "images"],
-                        output_names=["logits" if raw else "probabilities"])
-  onnx.helper.set_model_props(proto, ex.metadata)
-  return proto
+  with _batch_hint(batch):
+    spec = _input_spec(ex, batch, jax.export.symbolic_shape("batch")[0])
+    return onnx_export.convert(ex.fn, spec, ex.metadata, name,
+                               "inputs" if raw else "images", "logits" if raw else "probabilities")
 
 
 def run_file(path: str, fmt: str, x: np.ndarray) -> np.ndarray:
@@ -355,19 +261,22 @@ def sidecar(path: str) -> str:
   return f"{path}.json"
 
 
+def _refuse_existing(out: str, fmt: str) -> None:
+  if fmt not in FORMATS:
+    raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+  for t in [out] + ([sidecar(out)] if fmt == "stablehlo" else []):
+    if os.path.exists(t):
+      raise FileExistsError(f"{t} already exists: cnn-jax export never overwrites a file; "
+                            "remove it or choose another --out")
+
+
 def write(ex: Exportable, fmt: str, out: str, batch: Union[int, str] = "dynamic",
           platforms: tuple[str, ...] = PLATFORMS, tolerance: float = 1e-4) -> dict[str, Any]:
   """Export `ex` to `out` (never over an existing file), check it, and say what was done.
 
   A file that differs from cnn_jax by more than `tolerance` (relative to the output's
   scale) is removed again and the export is an error."""
-  if fmt not in FORMATS:
-    raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-  targets = [out] + ([sidecar(out)] if fmt == "stablehlo" else [])
-  for t in targets:
-    if os.path.exists(t):
-      raise FileExistsError(f"{t} already exists: cnn-jax export never overwrites a file; "
-                            "remove it or choose another --out")
+  _refuse_existing(out, fmt)
   data = (to_stablehlo(ex, batch, platforms) if fmt == "stablehlo"
           else to_onnx(ex, batch).SerializeToString())
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
@@ -377,7 +286,7 @@ def write(ex: Exportable, fmt: str, out: str, batch: Union[int, str] = "dynamic"
       written.append(out)
       f.write(data)
     if fmt == "stablehlo":
-      info = {**ex.metadata, "platforms": list(platforms), "batch": str(batch)}
+      info = {**ex.metadata, "platforms": list(platforms), "batch": batch}
       with open(sidecar(out), "x") as f:
         written.append(sidecar(out))
         json.dump(info, f, indent=2)
@@ -422,9 +331,7 @@ def main(argv: list[str]) -> int:
                  help="StableHLO: the platforms to lower for (default cpu,cuda,tpu)")
   args = p.parse_args(argv)
   platforms = tuple(s for s in args.platforms.split(",") if s)
-  if os.path.exists(args.out):  # before the run is read
-    raise FileExistsError(f"{args.out} already exists: cnn-jax export never overwrites a "
-                          "file; remove it or choose another --out")
+  _refuse_existing(args.out, args.format)  # before the run is read
   ex = from_workdir(args.workdir, args.which, args.raw)
   r = write(ex, args.format, args.out, args.batch, platforms)
   print(f"{r['out']}: {r['format']}, {r['bytes']:,} bytes, batch {r['batch']}, "
