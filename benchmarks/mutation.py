@@ -70,6 +70,35 @@ DEFAULT_TESTS: dict[str, list[str]] = {
         "tests/test_augment_mutants.py", "tests/test_augment.py", "-k",
         "not every_op and not soft_cross and not train_step and not training_with and not "
         "color_adjustments"],
+    # Detection and training: the exact checks of tests/test_*_mutants.py first, then the
+    # module's own cheap test files (no training runs).
+    "cnn_jax/detection/mean_ap.py": [
+        "tests/test_detection_mutants.py::test_pairwise_iou_by_hand_in_normalized_coordinates",
+        "tests/test_detection_mutants.py::test_mean_ap_class_range_and_classes_without_ground_truth",
+        "tests/test_detection_mutants.py::test_coco_threshold_one_and_thresholds_from_arange",
+        "tests/test_detection_mutants.py::test_coco_keeps_the_100_best_detections_per_image_and_class",
+        "tests/test_mean_ap.py"],
+    "cnn_jax/detection/nms.py": [
+        "tests/test_detection_mutants.py::test_nms_argument_boundaries",
+        "tests/test_detection_mutants.py::test_nms_default_candidates_and_thresholds",
+        "tests/test_nms.py"],
+    "cnn_jax/detection/localization.py": ["tests/test_detection_mutants.py", "-k", "localiz"],
+    "cnn_jax/detection/yolo_v2.py": [
+        "tests/test_detection_mutants.py::test_yolo_v2_loss_terms_by_hand",
+        "tests/test_detection_mutants.py::test_yolo_v2_encode_edges_and_decode_clips",
+        "tests/test_yolo_v2.py", "-k", "not overfit"],
+    "cnn_jax/training/losses.py": [
+        "tests/test_training_mutants.py::test_losses_by_hand_on_a_batch",
+        "tests/test_training.py::test_cross_entropy_and_topk_by_hand",
+        "tests/test_training_mutants.py"],
+    "cnn_jax/training/optim.py": [
+        "tests/test_training_mutants.py::test_schedule_checks_and_keys_by_hand",
+        "tests/test_training_mutants.py::test_optimizer_wrappers_by_hand",
+        "tests/test_training_mutants.py::test_optimizer_updates_by_hand_at_default_settings",
+        "tests/test_schedules.py", "tests/test_training.py::test_schedules_by_value",
+        "tests/test_training.py::test_sgd_weight_decay_is_l2_on_kernels_only",
+        "tests/test_training.py::test_accumulation_schedule_counts_updates_not_micro_steps",
+        "tests/test_training.py::test_every_optimizer_reduces_a_quadratic"],
 }
 
 # One replacement per operator, as mutmut: a + b -> a - b, a < b -> a <= b, n -> n +/- 1,
