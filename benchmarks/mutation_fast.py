@@ -121,7 +121,8 @@ def _worker(copy: str, module: str, pytest_args: list[str], canary: int, jobs, r
 
 
 def run(module: str, tests: list[str], out_dir: Path, workdir: Path | None, timeout: float | None,
-        canary: int, recycle: int, recheck: bool = False) -> dict:
+        canary: int, recycle: int, recheck: bool = False,
+        max_seconds: float | None = None) -> dict:
   """Mutation-test `module`; writes and returns mutation.py's summary format. `recheck`:
   only the survivors of the module's last JSON (as mutation.py --recheck)."""
   from cosmic_ray.work_db import WorkDB, use_db
@@ -167,7 +168,9 @@ def run(module: str, tests: list[str], out_dir: Path, workdir: Path | None, time
     start = time.perf_counter()
     outcomes: dict[str, tuple[str, str]] = {}
     jobs_left = list(pending)
-    while jobs_left:
+    deadline = start + max_seconds if max_seconds else float("inf")
+    stopped = False
+    while jobs_left and not stopped:
       jobs, results = ctx.Queue(), ctx.Queue()
       batch, jobs_left = jobs_left[:recycle], jobs_left[recycle:]
       for job in batch:
@@ -177,11 +180,18 @@ def run(module: str, tests: list[str], out_dir: Path, workdir: Path | None, time
       proc.start()
       for i, job in enumerate(batch):
         # The first result of a worker also waits for its imports.
+        wait = timeout + (120 if i == 0 else 0)
         try:
-          job_id, outcome, diff = results.get(timeout=timeout + (120 if i == 0 else 0))
+          job_id, outcome, diff = results.get(
+              timeout=max(1.0, min(wait, deadline - time.perf_counter())))
         except queue.Empty:
           proc.kill()
           proc.join()
+          if time.perf_counter() >= deadline:  # --max-seconds: record what finished
+            stopped = True
+            print(f"mutation_fast: stopped after {max_seconds:.0f} s (--max-seconds), "
+                  f"{len(outcomes)}/{len(pending)} mutants run", flush=True)
+            break
           outcomes[job[0]] = ("timeout", "")
           jobs_left = batch[i + 1:] + jobs_left
           print(f"mutation_fast: {job[1]}#{job[2]} timed out", flush=True)
@@ -241,6 +251,8 @@ def run(module: str, tests: list[str], out_dir: Path, workdir: Path | None, time
       "score": round(killed / mutants, 4) if mutants else None,
       "survivors": survivors,
       "rechecked_survivors_of_earlier_run": previous is not None,
+      "complete": not stopped,
+      "not_run": len(pending) - len(outcomes),
       "skipped_by_operator_set": sum(s["why"] == "operator not in KEEP_OPERATORS"
                                      for s in skipped),
       "skipped_by_pragma": sum(s["why"] == "pragma: no mutate" for s in skipped),
@@ -284,6 +296,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--recheck", action="store_true",
                       help="run only the survivors recorded in the module's JSON (after adding "
                            "tests; the module's source must be unchanged)")
+  parser.add_argument("--max-seconds", type=float, help="stop after this long and record "
+                      "the mutants that finished (complete: false in the JSON)")
   parser.add_argument("--recycle", type=int, default=60,
                       help="mutants per worker process before a fresh one starts")
   args = parser.parse_args(argv)
@@ -292,7 +306,7 @@ def main(argv: list[str] | None = None) -> None:
   if not tests:
     parser.error(f"no default tests for {module}: pass --tests tests/test_x.py ...")
   run(module, tests, args.out.resolve(), args.workdir, args.timeout, args.canary, args.recycle,
-      args.recheck)
+      args.recheck, args.max_seconds)
 
 
 if __name__ == "__main__":
