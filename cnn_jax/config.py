@@ -221,6 +221,19 @@ def dataset_dir(env_var: str, name: str) -> str:
       os.path.join(repository, "..", "shared", "datasets", name))
 
 
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  """A config (ConfigDict or its JSON dict) as {"optimizer.learning_rate": ..., ...}; a
+  free-form sub-config (model_kwargs) is one key, as a dict. The one flattening: resume
+  checks, run tables, MLflow params and `cnn-jax config` all compare these keys."""
+  out: dict[str, Any] = {}
+  for k, v in tree.items():
+    if isinstance(v, (dict, ConfigDict)) and k not in FREE_FORM:
+      out.update(flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v.to_dict() if isinstance(v, ConfigDict) else v
+  return out
+
+
 def known_keys(c: Any = None, prefix: str = "") -> list[str]:
   """Every dotted key of the base config ("optimizer.learning_rate"); free-form sub-configs
   (model_kwargs) count as one key."""

@@ -10,8 +10,6 @@ import inspect
 import io
 import re
 import tokenize
-from typing import Any
-
 from ml_collections import ConfigDict
 
 from cnn_jax import config as config_lib
@@ -44,16 +42,6 @@ def key_comments() -> dict[str, str]:
   return comments
 
 
-def _flat(c: Any, prefix: str = "") -> list[tuple[str, Any]]:
-  out = []
-  for key, value in c.items():
-    if isinstance(value, ConfigDict) and key not in config_lib.FREE_FORM:
-      out += _flat(value, f"{prefix}{key}.")
-    else:
-      out.append((f"{prefix}{key}", value.to_dict() if isinstance(value, ConfigDict) else value))
-  return out
-
-
 def describe(config: ConfigDict | None = None, width: int = 44) -> str:
   """One line per key, `key = value  # comment`, in base_config's order.
 
@@ -61,10 +49,10 @@ def describe(config: ConfigDict | None = None, width: int = 44) -> str:
   what an experiment changes stands out among the ~120 keys. (ConfigDict iterates its keys
   sorted; the source order groups them as base_config does.)
   """
-  base = dict(_flat(config_lib.base_config()))
+  base = config_lib.flatten(config_lib.base_config())
   comments = key_comments()
   order = {key: i for i, key in enumerate(comments)}
-  values = sorted(_flat(config if config is not None else config_lib.base_config()),
+  values = sorted(config_lib.flatten(config if config is not None else config_lib.base_config()).items(),
                   key=lambda kv: order.get(kv[0], len(order)))
   lines = []
   for key, value in values:

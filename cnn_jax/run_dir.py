@@ -63,17 +63,6 @@ def _json(path: str) -> Optional[Any]:
     return None
 
 
-def flat(tree: dict, prefix: str = "") -> dict[str, Any]:
-  """config.json flattened as resume.flat_config does (that module imports JAX)."""
-  out: dict[str, Any] = {}
-  for k, v in tree.items():
-    if isinstance(v, dict) and k not in config_lib.FREE_FORM:
-      out.update(flat(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
 def _timestamp(text: Any) -> Optional[float]:
   try:
     return datetime.datetime.strptime(str(text), "%Y-%m-%dT%H:%M:%S%z").timestamp()
@@ -93,7 +82,7 @@ class Run:
     config = _json(os.path.join(path, "config.json"))
     if not isinstance(config, dict) and self.history:
       config = self.history[-1].get("config")
-    self.config: dict[str, Any] = flat(config) if isinstance(config, dict) else {}
+    self.config: dict[str, Any] = config_lib.flatten(config) if isinstance(config, dict) else {}
     results = _json(os.path.join(path, "results.json"))
     self.results: Optional[dict] = results if isinstance(results, dict) else None
     self.record = run_status.read(path)
@@ -104,7 +93,7 @@ class Run:
     if self.has_lock:
       held = self.lock if isinstance(self.lock, dict) else {}
       if held.get("host") == socket.gethostname() and held.get("pid"):
-        return "running" if _alive(int(held["pid"])) else "killed"
+        return "running" if workdir_lib.process_alive(int(held["pid"])) else "killed"
       return "running"  # half-written, or another host's: its process cannot be asked
     if self.record is not None:
       return "killed" if self.record["status"] == "running" else self.record["status"]
@@ -176,16 +165,6 @@ class Run:
       if t < end:
         break
     return done
-
-
-def _alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:  # someone else's live process
-    return True
-  return True
 
 
 def _comparable(v: Any) -> str:

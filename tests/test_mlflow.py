@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from cnn_jax.training import guards, resume, trainer
+from cnn_jax import config as config_lib
+from cnn_jax.training import guards, trainer
 from cnn_jax.training.metric_writers import MetricWriter
 from helpers import random_split, tiny_config
 
@@ -36,7 +37,7 @@ def test_a_real_run_reads_back_as_metrics_jsonl(tracked):
   run = the_run(client, root / "run")
   assert run.info.status == "FINISHED" and run.info.run_name == "run"
   assert run.data.tags["cnn_jax.experiment"] == "cnn_jax"  # pytest's command names no --config
-  flat = resume.flat_config(json.loads(config.to_json_best_effort()))
+  flat = config_lib.flatten(json.loads(config.to_json_best_effort()))
   assert run.data.params == {k: v if isinstance(v, str) else json.dumps(v)
                              for k, v in flat.items()}
   assert run.data.params["optimizer.learning_rate"] == "0.001"

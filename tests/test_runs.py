@@ -17,6 +17,7 @@ import time
 import numpy as np
 import pytest
 
+from cnn_jax import config as config_lib
 from cnn_jax import cli, run_dir, runs
 from cnn_jax.training import guards, resume, run_status, trainer
 from cnn_jax.training import workdir as workdir_lib
@@ -169,7 +170,7 @@ def test_differing_keys_by_hand():
   assert run_dir.differing_keys([a, b, c]) == ["optimizer.learning_rate", "model_kwargs"]
   assert run_dir.differing_keys([a]) == []
   nested = {"seed": 0, "optimizer": {"learning_rate": 0.1}, "model_kwargs": {"width": 2}}
-  assert run_dir.flat(nested) == resume.flat_config(nested) == {
+  assert config_lib.flatten(nested) == {
       "seed": 0, "optimizer.learning_rate": 0.1, "model_kwargs": {"width": 2}}
 
 

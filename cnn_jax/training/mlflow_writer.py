@@ -30,7 +30,8 @@ from typing import Any, Optional
 
 from ml_collections import ConfigDict
 
-from cnn_jax.training import resume, run_status
+from cnn_jax import config as config_lib
+from cnn_jax.training import run_status
 
 log = logging.getLogger("cnn_jax")
 PREFIX = "mlflow:"
@@ -97,7 +98,7 @@ class MLflowWriter:
       self.experiment_id = found.experiment_id
     earlier = self._client.search_runs([self.experiment_id],
                                        f"tags.`{WORKDIR_TAG}` = '{workdir}'", max_results=1)
-    params = {k: _param_value(v) for k, v in resume.flat_config(
+    params = {k: _param_value(v) for k, v in config_lib.flatten(
         json.loads(config.to_json_best_effort())).items()}
     tags = []
     if earlier:

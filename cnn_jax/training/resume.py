@@ -40,18 +40,6 @@ SHAPE_KEYS = ("model", "model_kwargs", "model_input_shape", "dataset.name", "dat
               "skip_nonfinite_steps", "batch_size", "task", "detection.anchors")
 
 
-def flat_config(tree: dict, prefix: str = "") -> dict[str, Any]:
-  """A config as JSON ({"optimizer": {"learning_rate": ...}}) as {"optimizer.learning_rate":
-  ...}; a free-form sub-config (model_kwargs) is one key."""
-  out: dict[str, Any] = {}
-  for k, v in tree.items():
-    if isinstance(v, dict) and k not in config_lib.FREE_FORM:
-      out.update(flat_config(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
 def _as_json(config: Union[ConfigDict, dict]) -> dict:
   return config if isinstance(config, dict) else json.loads(config.to_json_best_effort())
 
@@ -60,7 +48,7 @@ def config_changes(saved: dict, config: Union[ConfigDict, dict]) -> dict[str, tu
   """{dotted key: (saved value, new value)} for every key both configs have and that differs
   (a key one of them lacks, from an older or newer cnn_jax, is no change)."""
   new = _as_json(config)
-  a, b = flat_config(saved), flat_config(new)
+  a, b = config_lib.flatten(saved), config_lib.flatten(new)
   a.setdefault("task", "classification")  # runs saved before tasks existed classify
   # A key neither the saved nor the new optimizer / schedule reads (e.g. a piecewise
   # default changed while the run is cosine) changes nothing.

@@ -85,7 +85,8 @@ def check_free_space(workdir: epath.Path, needed_bytes: int) -> None:
 LOCK_FILE = "run.lock"
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+  """Whether process `pid` on this host is alive (a lock holder, a sweep worker)."""
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
@@ -126,7 +127,7 @@ def lock(workdir: epath.Path, is_main: bool = True) -> Iterator[None]:
       except (OSError, ValueError):  # half-written by a process killed mid-write
         held = {}
       same_host = held.get("host") == me["host"]
-      if not held or (same_host and held.get("pid") and not _alive(int(held["pid"]))):
+      if not held or (same_host and held.get("pid") and not process_alive(int(held["pid"]))):
         log.warning("taking over the lock of a run that is gone (%s): %s", held or "unreadable",
                     path)
         os.remove(path)
