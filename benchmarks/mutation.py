@@ -47,29 +47,31 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "mutation"
 
 # Module -> the pytest arguments of the smallest, fastest set of tests that covers it.
-# Test files listed first run first (with -x, cheap exact tests should come first).
+# Test files listed first run first (with -x, cheap exact tests should come first). -k
+# matches a test's module name too: "test_layers_mutants or ..." keeps that whole file.
 DEFAULT_TESTS: dict[str, list[str]] = {
     "cnn_jax/layers/conv.py": [
         "tests/test_layers_mutants.py", "tests/test_layers.py", "-k",
-        "conv or padding or sharpen or x_kernel or edge or shape_error"],
+        "test_layers_mutants or conv or padding or sharpen or x_kernel or edge or shape_error"],
     "cnn_jax/layers/pooling.py": [
-        "tests/test_layers_mutants.py", "tests/test_layers.py", "-k", "pool or flatten"],
+        "tests/test_layers_mutants.py", "tests/test_layers.py", "-k",
+        "test_layers_mutants or pool or flatten"],
     "cnn_jax/layers/activations.py": [
         "tests/test_layers_mutants.py", "tests/test_layers.py", "-k",
-        "activation or maxout"],
+        "test_layers_mutants or activation or maxout"],
     "cnn_jax/layers/norm.py": [
         "tests/test_layers_mutants.py", "tests/test_layers.py", "-k",
-        "local_response or lrn or dropout or batch_norm"],
+        "test_layers_mutants or local_response or dropout or batch_norm"],
     # The tests of test_augment.py that check image functions exactly.
     "cnn_jax/data/image_ops.py": [
         "tests/test_augment_mutants.py", "tests/test_augment.py", "-k",
-        "pad_crop_reaches or test_flips or translate_is or rotate_by or scale_zooms or "
-        "color_adjustments or cutout or mixup or cutmix or pad_normalize"],
+        "test_augment_mutants or pad_crop_reaches or test_flips or translate_is or rotate_by "
+        "or scale_zooms or color_adjustments or cutout or mixup or cutmix or pad_normalize"],
     # ... and those that check the ops' parsing, draws and preprocessing (not training).
     "cnn_jax/data/augment.py": [
         "tests/test_augment_mutants.py", "tests/test_augment.py", "-k",
-        "not every_op and not soft_cross and not train_step and not training_with and not "
-        "color_adjustments"],
+        "test_augment_mutants or not (every_op or soft_cross or train_step or training_with "
+        "or color_adjustments)"],
     # Detection and training: the exact checks of tests/test_*_mutants.py first, then the
     # module's own cheap test files (no training runs).
     "cnn_jax/detection/mean_ap.py": [
@@ -303,18 +305,20 @@ def run(module: str, tests: list[str], out_dir: Path, recheck: bool, workdir: Pa
           f"(timeout {limit:.0f} s)", flush=True)
     start = time.perf_counter()
     complete = True
-    proc = subprocess.Popen(cr + ["exec", "cosmic-ray.toml", session.name], cwd=copy, env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen(cr + ["exec", "cosmic-ray.toml", session.name], cwd=copy, env=env)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("mutation: terminated"))
     try:
       if proc.wait(timeout=max_seconds):
         raise SystemExit(f"mutation: cosmic-ray exec failed with exit code {proc.returncode}")
     except subprocess.TimeoutExpired:  # --max-seconds: keep what finished, say it is partial
-      for pid in [proc.pid, *_descendants(proc.pid)]:  # the test run has a session of its own
-        with contextlib.suppress(ProcessLookupError):
-          os.kill(pid, signal.SIGKILL)
-      proc.wait()
       complete = False
-      (copy / module).write_text(source)  # the mutant under test when it was stopped
+    finally:  # stopped, or interrupted: no test run left behind (each has a session of its own)
+      if proc.poll() is None:
+        for pid in [proc.pid, *_descendants(proc.pid)]:
+          with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        proc.wait()
+        (copy / module).write_text(source)  # the mutant under test when it was stopped
     elapsed = time.perf_counter() - start
     os.chdir(copy)
     try:

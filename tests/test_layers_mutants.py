@@ -182,7 +182,7 @@ def test_max_pool_tiles_only_where_the_tiles_cover_the_input():
   def prims(module, shape):
     return _prims(lambda x: module.apply({}, x), jnp.zeros(shape))
   assert "reduce_max" in prims(layers.MaxPool((2, 3)), (1, 4, 6, 1))
-  for shape in [(1, 5, 6, 1), (1, 4, 7, 1)]:
+  for shape in [(1, 5, 6, 1), (1, 4, 7, 1), (1, 4, 8, 1)]:
     assert "reduce_window_max" in prims(layers.MaxPool((2, 3)), shape), shape
   assert "reduce_window_max" in prims(layers.MaxPool(2, padding=1), (1, 4, 4, 1))
   assert "reduce_window_max" in prims(layers.MaxPool(2, 1), (1, 4, 4, 1))
@@ -227,6 +227,8 @@ def test_adaptive_avg_pool_windows_by_hand():
     (6, 2, 2, 0, (0, 0)),   # exact fit: nothing added
     (8, 3, 3, 1, (1, 1)),   # ceil(7/3) + 1 = 4, the 4th would start at 9 = 8 + 1: 3 kept
     (7, 2, 3, 0, (0, 1)),   # ceil(5/3) + 1 = 3, the 3rd starts at 6 < 7: kept, 1 pad
+    (6, 3, 2, 1, (1, 2)),   # ceil(5/2) + 1 = 4, the 4th starts at 6 < 7: 2 high pads
+    (5, 4, 1, 2, (2, 2)),   # 6 windows at stride 1, the last starts at 5 < 7
 ])
 def test_ceil_mode_padding_by_hand(size, window, stride, pad, want):
   assert layers.ceil_mode_padding(size, window, stride, pad) == want
