@@ -11,7 +11,9 @@ nothing outside the test is needed):
   attempt (same job id) resumes from the workdir and finishes;
 * "reference": the same command, never interrupted.
 
-Both must end with bit-identical parameters and the same final evaluation. Takes about
+Both must end with bit-identical parameters and the same final evaluation.
+The sweep test: launch/sweep.sbatch as a 2-task job array of `cnn-jax sweep` workers
+sharing one study; a task stopped mid-trial loses no trial (docs/sweeps.md). Takes about
 2-4 minutes on 2 CPU cores; the jobs run one after the other (each takes both CPUs).
 """
 import json

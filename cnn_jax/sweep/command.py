@@ -17,7 +17,7 @@ import math
 import os
 import subprocess
 import sys
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import optuna
 

@@ -22,7 +22,7 @@ import signal
 import socket
 import threading
 import time
-from typing import Any, Optional
+from typing import Optional
 
 import optuna
 
