@@ -125,8 +125,15 @@ def test_sweep_without_validation_split_is_refused(tmp_path):
 
 
 def test_a_study_of_another_sweep_is_refused(tmp_path):
-  config = _experiment(tmp_path)
+  """The same sweep joins its study (a fixed tuple, stored as a JSON list, is the same);
+  another space is refused."""
+  config = _experiment(tmp_path, extra=textwrap.dedent('''
+      def get_sweep(arg=None):
+        return {"space": {"optimizer.learning_rate": "loguniform(1e-3, 1e-1)"},
+                "config": {"dataset.image_size": (28, 28)}}
+      '''))
   _open(tmp_path / "W", config)
+  _open(tmp_path / "W", config)  # a restart, or a second SLURM array task
   with pytest.raises(ValueError, match="sweeps something else: space"):
     _open(tmp_path / "W", config, "--space", "label_smoothing=uniform(0, 0.2)")
 

@@ -26,6 +26,7 @@ import copy
 import dataclasses
 import importlib.util
 import inspect
+import json
 from typing import Any, Mapping, Optional, Sequence
 
 import optuna
@@ -204,9 +205,11 @@ class Spec:
   _base: Optional[ConfigDict] = dataclasses.field(default=None, repr=False, compare=False)
 
   def to_json(self) -> dict[str, Any]:
-    return {"config": self.config_path, "overrides": self.overrides, "fixed": self.fixed,
-            "space": [p.text for p in self.space.values()], "metric": self.metric,
-            "direction": self.direction}
+    """As stored with the study (JSON: a tuple comes back a list, and must compare equal)."""
+    return json.loads(json.dumps(
+        {"config": self.config_path, "overrides": self.overrides, "fixed": self.fixed,
+         "space": [p.text for p in self.space.values()], "metric": self.metric,
+         "direction": self.direction}))
 
   def base_config(self) -> ConfigDict:
     """get_config(arg) with the --config.KEY=VALUE overrides (read as `cnn-jax train` reads
