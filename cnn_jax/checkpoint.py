@@ -27,7 +27,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from ml_collections import ConfigDict
 
-from cnn_jax import library_noise, parallel
+from cnn_jax import library_noise, parallel, unfinished_saves
 from cnn_jax.training import resume
 from cnn_jax.training.train_state import TrainState
 
@@ -135,14 +135,9 @@ class Checkpoints:
 
   def _remove_unfinished(self) -> list[str]:
     """Delete the temporary folders failed saves leave (`<step>.orbax-checkpoint-tmp*`):
-    on a full disk each would hold the space the next save needs."""
-    removed = []
-    for sub in SUBDIRS.values():
-      folder = self.workdir / sub
-      if folder.exists():
-        for path in folder.glob("*.orbax-checkpoint-tmp*"):
-          path.rmtree()
-          removed.append(str(path))
+    on a full disk each would hold the space the next save needs. Their writes still in
+    flight end first (see `unfinished_saves`); never raises."""
+    removed = unfinished_saves.remove([self.workdir / sub for sub in SUBDIRS.values()])
     if removed:  # part of the failed save the caller reports: not a second line
       log.debug("removed %d unfinished save(s): %s", len(removed), ", ".join(removed[:3]))
     return removed
