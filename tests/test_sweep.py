@@ -158,27 +158,51 @@ def _ask(study, storage, worker):
   return trial
 
 
+def _zombie():
+  """A process that has exited but is not reaped yet (its Popen is never waited on)."""
+  proc = subprocess.Popen([sys.executable, "-c", "pass"])
+  while open(f"/proc/{proc.pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+    time.sleep(0.01)
+  return proc
+
+
 def test_dead_workers_trials_are_failed_and_requeued_once(tmp_path):
-  """A trial whose worker process on this host is gone is re-queued at once; one on another
-  host once its heartbeat is older than the grace period; a beating one is left alone."""
+  """A trial whose worker process on this host is gone (or a zombie: killed, not reaped)
+  is re-queued at once; one on another host once its heartbeat is older than the grace
+  period; a beating one is left alone."""
   study, storage = _study(tmp_path, heartbeat=1, grace=1)
   dead = subprocess.Popen([sys.executable, "-c", "pass"])
   dead.wait()
+  zombie = _zombie()
   here = os.uname().nodename
   silent = _ask(study, storage, {"host": "elsewhere", "pid": 1})
   time.sleep(2.5)  # the database's clock counts whole seconds
   gone = _ask(study, storage, {"host": here, "pid": dead.pid})  # its heartbeat is fresh
+  unreaped = _ask(study, storage, {"host": here, "pid": zombie.pid})
   beating = _ask(study, storage, {"host": "elsewhere", "pid": 1})
-  assert sorted(study_lib.fail_dead(study, storage)) == [silent.number, gone.number]
+  failed = study_lib.fail_dead(study, storage)
+  assert sorted(failed) == [silent.number, gone.number, unreaped.number] == [0, 1, 2]
   assert study_lib.fail_dead(study, storage) == []  # once: the copies are not failed again
   trials = study.get_trials()
-  assert [t.state for t in trials[:3]] == [TrialState.FAIL, TrialState.FAIL, TrialState.RUNNING]
-  assert beating.number == 2
-  copies = trials[3:]
-  assert [t.state for t in copies] == [TrialState.WAITING] * 2
-  assert sorted(t.system_attrs["failed_trial"] for t in copies) == [0, 1]
+  assert [t.state for t in trials[:4]] == [TrialState.FAIL] * 3 + [TrialState.RUNNING]
+  assert beating.number == 3
+  copies = trials[4:]
+  assert [t.state for t in copies] == [TrialState.WAITING] * 3
+  assert sorted(t.system_attrs["failed_trial"] for t in copies) == [0, 1, 2]
   for c in copies:
     assert c.params == trials[c.system_attrs["failed_trial"]].params
+  zombie.wait()
+
+
+def test_dead_workers_run_lock_is_cleared_a_live_ones_kept(tmp_path):
+  zombie = _zombie()
+  for holder, cleared in [({"host": "elsewhere", "pid": os.getpid()}, True),
+                          ({"host": os.uname().nodename, "pid": zombie.pid}, True),
+                          ({"host": os.uname().nodename, "pid": os.getpid()}, False)]:
+    (tmp_path / "run.lock").write_text(json.dumps(holder))
+    trial_lib._clear_dead_lock(str(tmp_path), 0)
+    assert (tmp_path / "run.lock").exists() != cleared, holder
+  zombie.wait()
 
 
 def test_worker_loop_counts_each_parameter_set_once(tmp_path):

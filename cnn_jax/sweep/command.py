@@ -17,6 +17,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from typing import Optional, Sequence
 
 import optuna
@@ -156,11 +157,14 @@ def _spawn_workers(argv: Sequence[str], k: int, n_trials: int) -> int:
     log.info("worker %d%s", i, f" on cores {sorted(cpus)}" if cpus else " (unpinned: fewer "
              "cores than workers)")
     procs.append(subprocess.Popen(cmd, preexec_fn=pin))
-  try:
-    codes = [p.wait() for p in procs]
-  except KeyboardInterrupt:  # the workers got the Ctrl-C too: let them re-queue and stop
-    codes = [p.wait() for p in procs]
-  return max(codes, key=abs)
+  while True:  # poll, not wait on one: a dead worker is reaped at once, not left a zombie
+    try:  # (whose PID the other workers would still count as a live trial's)
+      codes = [p.poll() for p in procs]
+      if None not in codes:
+        return max(codes, key=abs)
+      time.sleep(0.5)
+    except KeyboardInterrupt:  # the workers got the Ctrl-C too: they re-queue and stop
+      continue
 
 
 def _run_worker(args: argparse.Namespace, spec: space_lib.Spec, study: optuna.Study,

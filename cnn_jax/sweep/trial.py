@@ -101,18 +101,21 @@ class Watcher(threading.Thread):
     self.join()
 
 
-def _clear_foreign_lock(path: str, number: int) -> None:
-  """A killed trial's run.lock from another host (a SLURM node): the study saw its worker
-  die, and the run's own lock cannot check a PID on another host, so it goes here."""
+def _clear_dead_lock(path: str, number: int) -> None:
+  """The run.lock of a trial's dead worker. The run's own lock takes over a lock whose
+  process is gone from this host, but cannot check a process on another host (a SLURM
+  node) and counts a killed, unreaped process (a zombie) as alive; the study has seen
+  this worker die, so its lock goes here."""
   lock = os.path.join(path, workdir_lib.LOCK_FILE)
   try:
     with open(lock) as f:
       held = json.load(f)
   except (OSError, ValueError):
     return
-  if held.get("host") != socket.gethostname():
-    log.warning("trial %d: removing the lock of its dead worker on host %s (%s)", number,
-                held.get("host"), lock)
+  here = held.get("host") == socket.gethostname()
+  if not here or not study_lib.pid_alive(int(held.get("pid") or 0)):
+    log.warning("trial %d: removing the lock of its dead worker (pid %s on host %s): %s",
+                number, held.get("pid"), held.get("host"), lock)
     os.remove(lock)
 
 
@@ -150,7 +153,7 @@ def run(trial: optuna.Trial, frozen: optuna.trial.FrozenTrial, spec: space_lib.S
   path = trial_dir(workdir, number)
   trial.set_user_attr("workdir", path)
   os.makedirs(path, exist_ok=True)
-  _clear_foreign_lock(path, number)
+  _clear_dead_lock(path, number)
   split, _, name = spec.metric.partition("/")
   evals = max(1, config.num_epochs // max(1, config.eval_every_epochs))
   watcher = Watcher(trial, storage, os.path.join(path, "metrics.jsonl"),
