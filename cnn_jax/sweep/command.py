@@ -199,7 +199,14 @@ def main(argv: Sequence[str]) -> int:
   os.makedirs(args.workdir, exist_ok=True)
   if args.summary:
     url = study_lib.storage_url(args.storage, args.workdir)
-    study = optuna.load_study(study_name=args.study, storage=study_lib.open_storage(url))
+    if not args.storage and not os.path.exists(os.path.join(args.workdir, "study.db")):
+      raise FileNotFoundError(f"no sweep in {args.workdir} (no study.db): start one with "
+                              "--config FILE.py --space ..., or give --storage URL")
+    storage = study_lib.open_storage(url)
+    if args.study not in optuna.get_all_study_names(storage):
+      raise ValueError(f"no study {args.study!r} in {url}; it has: "
+                       f"{', '.join(optuna.get_all_study_names(storage)) or 'none'}")
+    study = optuna.load_study(study_name=args.study, storage=storage)
     print_summary(study, args.workdir, study.user_attrs.get("spec", {}))
     return 0
   if not args.config:
