@@ -140,7 +140,7 @@ def run_worker(cases: list[dict], tmp_path) -> list[dict]:
   out = tmp_path / "bn_sync.json"
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   p = subprocess.run([sys.executable, WORKER, str(out), *map(json.dumps, cases)],
-                     capture_output=True, text=True, env=env, timeout=600)
+                     capture_output=True, text=True, env=env, timeout=1800)
   assert p.returncode == 0, p.stderr[-3000:]
   print(p.stdout)
   results = json.loads(out.read_text())

@@ -3,14 +3,14 @@
 The hand-worked cases are in tests/test_nms.py; these let hypothesis search for the input
 that breaks one of NMS's defining properties: no two kept boxes of a class overlap above
 the threshold, every dropped box is explained by a better kept box of its class, the kept
-boxes come out by score, and relabelling the inputs does not change what is kept. Both
+boxes come out by score, and reordering the inputs does not change what is kept. Both
 `nms_numpy` and `batched_nms` are held to a plain-Python greedy NMS written out here.
 
 Coordinates are quarter pixels on a small grid, so every area, intersection and union is
 exact in float32 and float64 and an IoU differs from any threshold k/64 by far more than
 float32's rounding: the three implementations must agree exactly, not up to a tolerance.
-`batched_nms` runs with one fixed shape (boxes padded with invalid scores) and a few static
-thresholds, so it compiles a handful of times, not once per example.
+`batched_nms` runs with one fixed shape (boxes padded with invalid scores) and two sets of
+static arguments (SETTINGS), so it compiles twice, not once per example.
 """
 from __future__ import annotations
 
