@@ -42,6 +42,11 @@ def test_losses_by_hand_on_a_batch():
                              rtol=1e-6)
   np.testing.assert_allclose(losses.soft_cross_entropy(logits, probs, 0.4),
                              -((0.6 * probs + 0.1) * lp).sum(-1), rtol=1e-6)
+  # Leading axes are kept: (2, 3) positions of 4 classes, the classes on the last axis.
+  z = np.random.default_rng(0).normal(size=(2, 3, 4)).astype(np.float32)
+  y = np.array([[0, 3, 1], [2, 2, 0]])
+  want = -np.take_along_axis(_log_softmax(z), y[..., None], -1)[..., 0]
+  np.testing.assert_allclose(losses.cross_entropy(z, y), want, rtol=1e-6)
   # Top-k per example: the labels rank 1st, 2nd and 3rd.
   assert losses.topk_correct(logits, labels, 1).tolist() == [1.0, 0.0, 0.0]
   assert losses.topk_correct(logits, labels, 2).tolist() == [1.0, 1.0, 0.0]
