@@ -52,7 +52,12 @@ RngsLike = Union[nnx.Rngs, jax.Array, None]
 
 class ZooModule(nnx.Module):
   """A linen model as an NNX module: `self.net` is the `nnx.bridge.ToNNX` that holds its
-  variables; `self.rngs` is the dropout stream of training-mode calls."""
+  variables; `self.rngs` is the dropout stream of training-mode calls.
+
+  A wrapper around ToNNX rather than a subclass: ToNNX hands every attribute of its own
+  (but its `to_nnx__*` ones) to linen as a variable, so the mode attributes that NNX's
+  `.train()` / `.eval()` set cannot live on it.
+  """
 
   def __init__(self, net: bridge.ToNNX, rngs: nnx.Rngs):
     self.net = net
