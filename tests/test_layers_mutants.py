@@ -54,6 +54,8 @@ def test_conv_output_size_defaults_no_padding_stride_1_no_dilation():
   assert layers.conv_output_size(5, 5) == 1     # an exact fit is one output
   with pytest.raises(ValueError, match="effective size 6 .* input of size 5 with padding 0"):
     layers.conv_output_size(5, 6)
+  with pytest.raises(ValueError, match="effective size 5"):  # 2 + 2*1 pads: one short
+    layers.conv_output_size(2, 5, 1)
 
 
 def test_conv_defaults_are_3x3_stride_1_valid_with_a_bias():
@@ -122,6 +124,11 @@ def test_conv_errors_name_the_layer_and_the_spatial_size():
   with pytest.raises(ValueError, match=r"^Conv2D: input of spatial size \(3, 4\) is too "
                                        r"small for a kernel of \(5, 5\)"):
     layers.Conv2D(4, 5).init(jax.random.key(0), jnp.zeros((1, 3, 4, 1)))
+  # One pixel short (4 < 5) is refused; an exact fit gives one output.
+  with pytest.raises(ValueError, match=r"spatial size \(4, 5\) is too small"):
+    layers.Conv2D(4, 5).init(jax.random.key(0), jnp.zeros((1, 4, 5, 1)))
+  assert layers.Conv2D(4, 5).init_with_output(
+      jax.random.key(0), jnp.zeros((1, 5, 5, 1)))[0].shape == (1, 1, 1, 4)
   with pytest.raises(ValueError, match=r"expected an int or a pair, got \(1, 2, 3\)"):
     layers.Conv2D(4, (1, 2, 3)).init(jax.random.key(0), jnp.zeros((1, 3, 4, 1)))
 
