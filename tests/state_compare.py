@@ -45,3 +45,24 @@ def assert_same_arrays(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> No
 def assert_same_state(a: Any, b: Any) -> None:
   """Two TrainStates equal bit for bit (see assert_same_arrays)."""
   assert_same_arrays(state_arrays(a), state_arrays(b))
+
+
+def _name(key: Any) -> str:
+  return str(getattr(key, "key", getattr(key, "idx", getattr(key, "name", key))))
+
+
+def saved_arrays(tree: Any) -> dict[str, np.ndarray]:
+  """A state tree by leaf path, spelled alike for a live state (`checkpoint.state_to_tree`:
+  namedtuples) and one read back from a checkpoint (dicts and lists): "opt_state/0/mu/..."."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  flat = {"/".join(_name(k) for k in path): np.asarray(v) for path, v in leaves}
+  assert len(flat) == len(leaves)
+  return flat
+
+
+def assert_same_saved(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+  """Same leaf paths, and every array of the same dtype, shape and bits."""
+  assert a.keys() == b.keys(), sorted(a.keys() ^ b.keys())
+  differ = {k: describe_difference(a[k], b[k]) for k in a
+            if (a[k].dtype, a[k].shape) != (b[k].dtype, b[k].shape) or not np.array_equal(a[k], b[k])}
+  assert not differ, differ

@@ -264,40 +264,106 @@ def small_disk(tmp_path):
   subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+def full_disk_config(async_save):
+  # mlp state: params + 2 Adam moments, about 1.3 MB a checkpoint; 3 MiB hold two.
+  return tiny_config("mlp", num_epochs=3, checkpoint_every_steps=1, keep_checkpoints=3,
+                     log_every_steps=1, async_checkpointing=async_save)
+
+
+def finished_steps(folder):
+  """The steps orbax committed in a checkpoint folder (it renames a step's tmp folder to <step>)."""
+  return {int(p.name) for p in folder.iterdir() if p.name.isdigit()} if folder.exists() else set()
+
+
+def record_saves(monkeypatch, checkpoints):
+  """Spy on the loop's saves: {step: the state handed to the save} and the steps committed
+  in `checkpoints` before each save (a committed step is deleted only when `keep` newer
+  ones are committed, so none is missed)."""
+  from cnn_jax import checkpoint as ckpt_lib
+  from state_compare import saved_arrays
+  states, committed = {}, set()
+
+  def spy(real):
+    def save(self, state, meta, *args, **kwargs):
+      committed.update(finished_steps(checkpoints))
+      states[meta["step"]] = saved_arrays(ckpt_lib.state_to_tree(state))
+      return real(self, state, meta, *args, **kwargs)
+    return save
+  monkeypatch.setattr(ckpt_lib.Checkpoints, "save", spy(ckpt_lib.Checkpoints.save))
+  monkeypatch.setattr(ckpt_lib.Checkpoints, "save_best", spy(ckpt_lib.Checkpoints.save_best))
+  return states, committed
+
+
+@pytest.fixture(scope="module")
+def roomy_disk_run(tmp_path_factory):
+  """The full-disk test's run on a disk with room, once, when first asked for: its state
+  at every step and at the end."""
+  from cnn_jax import checkpoint as ckpt_lib
+  from cnn_jax.training import trainer
+  from helpers import random_split
+  from state_compare import saved_arrays
+  done = {}
+
+  def run():
+    if not done:
+      workdir = tmp_path_factory.mktemp("roomy") / "run"
+      with pytest.MonkeyPatch.context() as mp:
+        states, _ = record_saves(mp, workdir / "checkpoints")
+        r = trainer.train_and_evaluate(full_disk_config(False), str(workdir), random_split(96),
+                                       random_split(96))
+      done.update(states=states, final=saved_arrays(ckpt_lib.state_to_tree(r["state"])))
+    return done["states"], done["final"]
+  return run
+
+
 @pytest.mark.parametrize("async_save", [False, True])
-def test_a_full_disk_is_survived(small_disk, caplog, async_save):
+def test_a_full_disk_is_survived(small_disk, caplog, monkeypatch, roomy_disk_run, async_save):
   """A full disk used to kill the run (metrics.jsonl raised ENOSPC) and lose its metrics;
   each failed save left a tmp folder eating what space was left. Then the run survived in a
   flood: a line per failed save and per cleanup, orbax's and asyncio's tracebacks, and
   tensorstore's "Event loop is closed" through sys.unraisablehook (197 tracebacks in 4,117
   lines for a CLI run); one line per kind of failure now, and no traceback. (tensorstore's
   "Event loop is closed" arrives from its threads at any later time, in whatever test runs
-  then: counted in test_resume_policy's fresh-process test, not here.)"""
+  then: counted in test_resume_policy's fresh-process test, not here.) Removing a failed
+  save's folder while tensorstore still wrote into it ended 2 of 8 runs ("Directory not
+  empty"). What was saved is whole: every checkpoint left restores, bit for bit, to the
+  state the run had at its step, which a run on a roomy disk had too; none committed is lost."""
   import glob
   import json
   import logging
+  import subprocess
   from cnn_jax import checkpoint as ckpt_lib
   from cnn_jax.training import trainer
   from helpers import random_split
-  train = random_split(96)
-  # mlp state: params + 2 Adam moments, about 1.3 MB a checkpoint; 3 MiB hold two.
-  cfg = tiny_config("mlp", num_epochs=3, checkpoint_every_steps=1, keep_checkpoints=3,
-                    log_every_steps=1, async_checkpointing=async_save)
+  from state_compare import assert_same_saved, saved_arrays
+  train, run = random_split(96), small_disk / "run"
+  states, committed = record_saves(monkeypatch, run / "checkpoints")
   with caplog.at_level(logging.INFO):
-    r = trainer.train_and_evaluate(cfg, str(small_disk / "run"), train, train)
+    r = trainer.train_and_evaluate(full_disk_config(async_save), str(run), train, train)
   assert r["final_step"] == 9  # the run went on to its end
   problems = [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.WARNING]
   failed_saves = [m for m in problems if "checkpoint at step" in m and "failed" in m]
   assert len(failed_saves) == 1 and "more failures of this kind are counted" in failed_saves[0]
   assert len(problems) <= 5, problems  # saves, their summary, TensorBoard, metrics.jsonl twice
   assert [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()] == []
-  assert not glob.glob(f"{small_disk}/run/*/*.orbax-checkpoint-tmp*")  # no half-written saves
-  tree, meta, step = ckpt_lib.load_checkpoint(str(small_disk / "run"), "latest")
-  assert step >= 1 and meta["step"] == step  # the last good checkpoint is whole
-  text = (small_disk / "run" / "metrics.jsonl").read_text()
+  assert not glob.glob(f"{run}/*/*.orbax-checkpoint-tmp*")  # no half-written saves
+  text = (run / "metrics.jsonl").read_text()
   assert text == "" or text.endswith("\n")  # no torn last line
   steps = [json.loads(l)["step"] for l in text.splitlines()]  # every line whole
   assert steps == sorted(steps)
+  # The disk frees up. Nothing committed was lost: the newest `keep` are all there.
+  subprocess.run(["mount", "-o", "remount,size=64m", "tmpfs", str(small_disk)], check=True)
+  left = finished_steps(run / "checkpoints")
+  committed |= left
+  assert left and set(sorted(committed)[-3:]) <= left, (sorted(committed), sorted(left))
+  # Each restores to the state the run had at its step, the roomy run's at that step.
+  roomy, roomy_final = roomy_disk_run()
+  assert_same_saved(saved_arrays(ckpt_lib.state_to_tree(r["state"])), roomy_final)
+  for which, step in [("latest", s) for s in sorted(left)] + [("best", None)]:
+    tree, meta, got = ckpt_lib.load_checkpoint(str(run), which, step)
+    assert meta["step"] == got and int(tree["step"]) == got
+    assert_same_saved(saved_arrays(tree), states[got])
+    assert_same_saved(saved_arrays(tree), roomy[got])
 
 
 def test_a_dead_tensorboard_writer_never_blocks_training(tmp_path, caplog):
