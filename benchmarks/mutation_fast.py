@@ -187,6 +187,7 @@ def run(module: str, tests: list[str], out_dir: Path, workdir: Path | None, time
         except queue.Empty:
           proc.kill()
           proc.join()
+          (copy / module).write_text(source)  # killed inside its mutation: put it back
           if time.perf_counter() >= deadline:  # --max-seconds: record what finished
             stopped = True
             print(f"mutation_fast: stopped after {max_seconds:.0f} s (--max-seconds), "
