@@ -45,15 +45,16 @@ def remove(folders: Iterable[epath.Path], timeout: float = 10.0, attempts: int =
   """Delete every unfinished save in `folders` once nothing writes to it; the paths removed.
 
   Call it only when no save is in flight (after the checkpoint managers' waits): every
-  such folder is then a failed save's. One that cannot be removed in `attempts` tries is
-  logged (debug) and left; the next call removes it.
+  such folder is then a failed save's. One that cannot be removed in `attempts` tries (or
+  `timeout` seconds of waiting in all) is logged (debug) and left; the next call removes it.
   """
+  deadline = time.time() + timeout
   pending = [p for f in folders if f.exists() for p in f.glob(PATTERN)]
   removed: list[str] = []
   for attempt in range(attempts):
     if not pending:
       break
-    wait_for_writes(timeout)
+    wait_for_writes(max(0.0, deadline - time.time()))
     left = []
     for path in pending:
       try:
