@@ -193,6 +193,7 @@ def work(study: optuna.Study, storage: optuna.storages.RDBStorage, n_trials: int
   worker goes on.
   """
   poll_s = poll_s or max(1.0, storage.heartbeat_interval / 2)
+  STOP_AFTER_TRIAL.clear()
   me = {"host": socket.gethostname(), "pid": os.getpid(),
         "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None}
   done = {"complete": 0, "pruned": 0, "failed": 0, "resumed": 0}
