@@ -41,22 +41,6 @@ def _parse_shape(text: str) -> tuple[int, ...]:
     raise argparse.ArgumentTypeError(f"expected a shape like 32x32x1, got {text!r}") from None
 
 
-def _persistent_compilation_cache(path: Optional[str] = None) -> None:
-  """Keep compiled steps across runs (a restart or a second run skips XLA compilation).
-
-  In `path` (config.compilation_cache_dir), else $CNN_JAX_COMPILATION_CACHE, else
-  ~/.cache/cnn_jax/jax_compilation; "" turns it off. Any program that took 0.5 s or more
-  to compile is kept.
-  """
-  import jax
-  if path is None:
-    path = os.environ.get("CNN_JAX_COMPILATION_CACHE", os.path.join(
-        os.path.expanduser("~"), ".cache", "cnn_jax", "jax_compilation"))
-  if path and not jax.config.jax_compilation_cache_dir:
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
-
 TRAIN_USAGE = """cnn-jax train --config EXPERIMENT.py[:VARIANT] --workdir W [--config.KEY=VALUE ...]
 
 Trains the experiment's model and writes checkpoints, metrics.jsonl, TensorBoard logs and
@@ -90,7 +74,7 @@ def _train(argv: Sequence[str]) -> int:
     return 2
   from cnn_jax import distributed
   from cnn_jax.training import guards, setup, trainer
-  _persistent_compilation_cache(config.get("compilation_cache_dir"))
+  setup.use_compilation_cache(config.get("compilation_cache_dir"))
   setup.request_determinism(config)  # XLA reads its flags when the backend starts
   distributed.initialize(config.get("distributed"))  # before anything touches the devices
   try:

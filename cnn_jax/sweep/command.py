@@ -65,18 +65,6 @@ def _default_direction(metric: str) -> str:
   return "minimize" if ("loss" in name or "error" in name) else "maximize"
 
 
-def _persistent_compilation_cache(path: Optional[str]) -> None:
-  """As `cnn-jax train` does (cli._persistent_compilation_cache): compiled steps are kept
-  across trials and workers, so a trial whose shapes an earlier one had skips XLA."""
-  import jax  # noqa: PLC0415 - only in a worker
-  if path is None:
-    path = os.environ.get("CNN_JAX_COMPILATION_CACHE", os.path.join(
-        os.path.expanduser("~"), ".cache", "cnn_jax", "jax_compilation"))
-  if path and not jax.config.jax_compilation_cache_dir:
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
-
 def build_spec(args: argparse.Namespace, overrides: list[str]) -> tuple[space_lib.Spec, dict]:
   """The sweep's Spec from the flags and the experiment's get_sweep (flags win)."""
   declared = space_lib.experiment_sweep(args.config)
@@ -172,7 +160,7 @@ def _run_worker(args: argparse.Namespace, spec: space_lib.Spec, study: optuna.St
   from cnn_jax.sweep import trial as trial_lib  # noqa: PLC0415 - jax: only where trials run
   from cnn_jax.training import setup  # noqa: PLC0415
   base = spec.base_config()
-  _persistent_compilation_cache(base.get("compilation_cache_dir"))
+  setup.use_compilation_cache(base.get("compilation_cache_dir"))
   setup.request_determinism(base)  # XLA reads its flags when the backend starts
   return study_lib.work(study, storage, n_trials, lambda trial, frozen: trial_lib.run(
       trial, frozen, spec, storage, args.workdir))

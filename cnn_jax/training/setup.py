@@ -215,6 +215,21 @@ def check_determinism(config: ConfigDict) -> None:
         "reductions may differ from run to run.")
 
 
+def use_compilation_cache(path: Optional[str] = None) -> None:
+  """Keep compiled steps across runs (a restart or a second run skips XLA compilation).
+
+  In `path` (config.compilation_cache_dir), else $CNN_JAX_COMPILATION_CACHE, else
+  ~/.cache/cnn_jax/jax_compilation; "" turns it off. Any program that took 0.5 s or more
+  to compile is kept.
+  """
+  if path is None:
+    path = os.environ.get("CNN_JAX_COMPILATION_CACHE", os.path.join(
+        os.path.expanduser("~"), ".cache", "cnn_jax", "jax_compilation"))
+  if path and not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def load_splits(config: ConfigDict, for_training: bool = True) -> dict[str, Any]:
   """The whole train split (if for_training: each process reads its part of every global
   batch, input_pipeline.TrainBatch) and this process's share of validation and test."""
