@@ -221,6 +221,9 @@ def test_adaptive_avg_pool_windows_by_hand():
   y = layers.adaptive_avg_pool(x, 5)  # an int: both sides; rows unchanged
   np.testing.assert_allclose(y[0, 0, :, 1], [0.5, 1.5, 2.5, 3.5, 4.5])
   np.testing.assert_allclose(y[0, :, 0, 0], [0, 1, 2, 3, 4])
+  # More outputs than inputs (torch allows it): 2 rows -> 3, windows [0, 1), [0, 2), [1, 2).
+  y = layers.adaptive_avg_pool(x[:, :2, :2], (3, 2))
+  np.testing.assert_allclose(y[0, :, 0, 0], [0.0, 0.5, 1.0])
   # Default output size 1: the global mean of each channel.
   np.testing.assert_allclose(layers.AdaptiveAvgPool().apply({}, x)[0, 0, 0], [2.0, 2.5])
   np.testing.assert_allclose(layers.AdaptiveAvgPool((2, 1)).apply({}, x)[0, :, 0, 0],
