@@ -114,7 +114,7 @@ def main() -> None:
       for fn in sides.values():  # compile / warm up
         fn(x)
         fn(x)
-      reps = 10 if batch == 1 else 3
+      reps = 10 if batch == 1 else 2
       per = {k: [] for k in sides}
       for _ in range(args.rounds):
         for k, fn in sides.items():
