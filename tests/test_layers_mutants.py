@@ -297,6 +297,13 @@ def test_dropout_masks_do_not_depend_on_the_device_split():
     np.testing.assert_array_equal(split.reshape(8, 50), whole)
   kept = np.asarray(whole) != 0
   np.testing.assert_allclose(np.asarray(whole)[kept], np.asarray(x)[kept] * 2, rtol=1e-6)
+  # Fewer features (3) than examples per shard (4): the global mask has 8 rows, not 2 x 3.
+  x3 = x[:, :3]
+  whole = layers.Dropout(0.5).apply({}, x3, deterministic=False, rngs={"dropout": key})
+  split = jax.jit(jax.vmap(
+      lambda xs: shard.apply({}, xs, deterministic=False, rngs={"dropout": key}),
+      axis_name="d"))(x3.reshape(2, 4, 3))
+  np.testing.assert_array_equal(split.reshape(8, 3), whole)
 
 
 def test_batch_norm_epsilon_is_1e_5():
