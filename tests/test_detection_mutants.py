@@ -92,10 +92,11 @@ def _init_apply(model, x, train=False):
 def test_localizer_heads_by_hand(pooling):
   """Logits and boxes recomputed in numpy from the initialised weights: average pooling
   over (H, W) or flattening, the optional relu hidden layer, sigmoid boxes."""
-  x = np.random.default_rng(0).normal(size=(2, 2, 3, 2)).astype(np.float32)
+  x = np.random.default_rng(0).normal(size=(3, 2, 3, 2)).astype(np.float32)  # N != C
   model = Localizer(_Probe(), num_classes=3, box_format="xyxy", pooling=pooling, hidden=5)
   v, (logits, boxes) = _init_apply(model, x)
-  f = x.astype(np.float64).mean(axis=(1, 2)) if pooling == "avg" else x.reshape(2, -1)
+  assert logits.shape == (3, 3) and boxes.shape == (3, 4)
+  f = x.astype(np.float64).mean(axis=(1, 2)) if pooling == "avg" else x.reshape(3, -1)
   p = v["params"]
   h = np.maximum(_dense(p["hidden"], f), 0)
   np.testing.assert_allclose(logits, _dense(p["head"], h), rtol=1e-5, atol=1e-6)
@@ -117,6 +118,12 @@ def test_localizer_backbone_mode_and_bad_settings():
     logits, _ = model.apply(v, x, train=train)
     np.testing.assert_allclose(logits, _dense(v["params"]["head"], sign * x.reshape(1, 2)),
                                rtol=1e-6, atol=1e-6)
+  # Defaults: not frozen, and apply without `train` is inference.
+  model = Localizer(_Probe(), num_classes=2)
+  for kw, sign in (({}, 1), ({"train": True}, -1)):
+    np.testing.assert_allclose(model.apply(v, x, **kw)[0],
+                               _dense(v["params"]["head"], sign * x.reshape(1, 2)), rtol=1e-6,
+                               atol=1e-6)
   with pytest.raises(ValueError, match="box_format"):
     Localizer(_Probe(), num_classes=2, box_format="xywh").init(jax.random.key(0), x)
   with pytest.raises(ValueError, match="pooling"):
