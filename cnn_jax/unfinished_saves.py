@@ -31,7 +31,10 @@ def wait_for_writes(timeout: float) -> None:
   for t in threading.enumerate():
     if (t is not threading.current_thread() and type(t).__name__ == "_SignalingThread"
         and type(t).__module__.startswith("orbax")):
-      t.join(max(0.0, deadline - time.time()))
+      try:
+        t.join(max(0.0, deadline - time.time()))
+      except Exception:  # noqa: BLE001 - orbax's join re-raises the thread's error: the failed save's
+        pass
   for o in gc.get_objects():
     if type(o).__name__ == "Future" and type(o).__module__.startswith("tensorstore"):
       try:

@@ -256,17 +256,25 @@ def test_a_failed_saves_writes_end_before_its_folder_is_removed(tmp_path):
   """orbax reports a failed save at its first failed write while tensorstore goes on with
   the save's other writes, creating the directories they need: removing the save's folder
   under them raised "Directory not empty: 'state.orbax-checkpoint-tmp'" (2 of 8 full-disk
-  runs) or let them make it again. Here 200 such writes are in flight."""
+  runs) or let them make it again. Here 200 such writes are in flight, and a commit thread
+  that writes once more 0.3 s later, then fails (its join re-raises that: not ours to raise)."""
   import tensorstore as ts
+  from orbax.checkpoint._src.futures import future as orbax_future
   item = tmp_path / "checkpoints" / "5.orbax-checkpoint-tmp" / "state.orbax-checkpoint-tmp"
   item.mkdir(parents=True)  # what the failed save had made
   ckpts = ckpt_lib.Checkpoints(tmp_path, keep=1, best_metric=None, async_save=False)
   store = ts.KvStore.open({"driver": "file", "path": f"{item}/"}).result()
   writes = [store.write(f"d/{i}", b"x" * 1024) for i in range(200)]
+
+  async def late_writer():  # an orbax commit thread still writing, then failing
+    time.sleep(0.3)
+    (item / "_sharding").write_text("{}")
+    raise OSError(errno.ENOSPC, "No space left on device")
+  thread = orbax_future.CommitFuture(late_writer(), name="late_writer")
   try:
     error = ckpts.wait()  # what the loop calls after a failed save
   finally:
-    for w in writes:
+    for w in [*writes, thread]:
       try:
         w.result()
       except Exception:  # noqa: BLE001 - a write the removal broke (before the fix)
