@@ -56,9 +56,15 @@ def test_probs_top_k_and_flip_by_hand(tmp_path):
     np.testing.assert_allclose(p.probs(pixels[None, :, :, None])[0], want, rtol=1e-5)
     top, seconds = p.top_k(str(tmp_path / "x.png"), k=3)
     order = np.argsort(-want)[:3]
-    assert [c for c, _ in top] == order.tolist() and seconds >= 0
+    assert [c for c, _ in top] == order.tolist() and 0 <= seconds < 60
     np.testing.assert_allclose([q for _, q in top], want[order], rtol=1e-5)
   assert len(p.top_k(str(tmp_path / "x.png"), k=1)[0]) == 1
+  assert len(p.top_k(str(tmp_path / "x.png"))[0]) == 4  # default k = 5, of 4 classes
+  w6 = np.concatenate([w, w[:, :2]], 1)
+  plain = predict.Predictor(_Linear(), {"w": w6}, pre, (2, 3, 1))  # default: no flip
+  assert len(plain.top_k(str(tmp_path / "x.png"))[0]) == 5
+  np.testing.assert_allclose(plain.probs(pixels[None, :, :, None])[0],
+                             _softmax(x.reshape(1, 6) @ w6)[0], rtol=1e-5)
   for k in (0, -1, 2.0, "3"):
     with pytest.raises(ValueError, match="top k must be a positive integer"):
       p.top_k(str(tmp_path / "x.png"), k=k)
@@ -91,6 +97,13 @@ def test_load_image_converts_resizes_and_says_so(tmp_path):
   got = cropped.load_image(str(tmp_path / "grey.png"), notes)
   np.testing.assert_array_equal(got[..., 0], rgb[1:4, 1:3, 0])
   assert notes == ["4x5 brought to 2x3 (the run's eval pp 'central_crop((3, 2))')"]
+  got = Predictor_for((3, 2, 3), host_pp="central_crop((3, 2))").load_image(
+      str(tmp_path / "rgb.png"))
+  np.testing.assert_array_equal(got, rgb[1:4, 1:3])
+  # An (H, W, 1) array is a grey image, as a file would be.
+  got = grey.prepare_array(rgb[..., :1], notes := [])
+  np.testing.assert_array_equal(got, rgb[..., :1])
+  assert notes == []
 
 
 def Predictor_for(shape, **kw):  # noqa: N802 - reads as the class it builds
