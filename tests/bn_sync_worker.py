@@ -3,8 +3,9 @@
   python bn_sync_worker.py OUT.json CASE_JSON [CASE_JSON ...]
 
 Each CASE_JSON is {"name": registered model, "kwargs": model_kwargs, "shape": [H, W, C]}.
-Writes, per case and per pair of runs, the largest difference over every parameter and batch
-statistic and the assert_allclose failure message (None when every leaf agrees). Its own
+Writes, per case and per pair of runs ("pmap_vs_sharded", "one_vs_sharded", "one_vs_pmap"),
+the largest difference over every parameter and batch statistic and the assert_allclose
+failure message (None when every leaf agrees). Its own
 process: the simulated device count is fixed when JAX starts. The 1-device run is the
 "sharded" path over a mesh of this process's first device only: the program a 1-device
 process compiles, at no second process's start-up and import cost.
@@ -107,22 +108,22 @@ def compare(case: dict) -> dict:
                                    c.put_batch(batch))[0])
   assert out["one"].keys() == out["sharded"].keys() == out["pmap"].keys()
   assert any(k.startswith("batch_stats/") for k in out["one"]), f"{case['name']}: no batch norm"
-  result = {**case, "error": None}
+  result = dict(case)
   for x, y in PAIRS:
     a, b = out[y], out[x]
     diffs = {k: float(np.max(np.abs(a[k] - b[k]))) for k in a}
     worst = max(diffs, key=lambda k: diffs[k] if np.isfinite(diffs[k]) else np.inf)
     usage = max(float(np.max(np.abs(a[k] - b[k]) / (ATOL + RTOL * np.abs(a[k])))) for k in a)
+    error = None
     for k in a:
       try:
         np.testing.assert_allclose(b[k], a[k], rtol=RTOL, atol=ATOL)
       except AssertionError:
-        result["error"] = result["error"] or (
-            f"{case['name']} {case['kwargs']}: {k} max |{x} - {y}| {diffs[k]:.2e} "
-            f"(rtol {RTOL}, atol {ATOL})")
+        error = (f"{case['name']} {case['kwargs']}: {k} max |{x} - {y}| {diffs[k]:.2e} "
+                 f"(rtol {RTOL}, atol {ATOL})")
         break
     result[f"{x}_vs_{y}"] = {"max_abs_diff": diffs[worst], "worst_leaf": worst,
-                             "of_tolerance": usage}
+                             "of_tolerance": usage, "error": error}
     print(f"{case['name']} {x} vs {y}: max |diff| {diffs[worst]:.2e} ({worst}), "
           f"{usage:.2f} of the tolerance", flush=True)
   print(f"{case['name']}: {time.time() - t0:.1f} s", flush=True)
