@@ -252,8 +252,9 @@ def run(module: str, tests: list[str], out_dir: Path, workdir: Path | None, time
       "score": round(killed / mutants, 4) if mutants else None,
       "survivors": survivors,
       "rechecked_survivors_of_earlier_run": previous is not None,
-      "complete": not stopped,
-      "not_run": len(pending) - len(outcomes),
+      # A recheck runs only the earlier survivors: an earlier partial run stays partial.
+      "complete": not stopped and (previous or {}).get("complete", True),
+      "not_run": len(pending) - len(outcomes) + (previous or {}).get("not_run", 0),
       "skipped_by_operator_set": sum(s["why"] == "operator not in KEEP_OPERATORS"
                                      for s in skipped),
       "skipped_by_pragma": sum(s["why"] == "pragma: no mutate" for s in skipped),
