@@ -139,7 +139,7 @@ def main() -> None:
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as f:
     json.dump(info, f, indent=2)
-  print(f"| model | batch | onnxruntime img/s | cnn_jax img/s | PyTorch img/s |")
+  print("| model | batch | onnxruntime img/s | cnn_jax img/s | PyTorch img/s |")
   print("|---|---|---|---|---|")
   for r in rows:
     print(f"| {r['model']} | {r['batch']} | {r['onnxruntime_img_s']} | {r['cnn_jax_img_s']} "

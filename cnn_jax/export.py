@@ -7,8 +7,9 @@ What the file computes is the run's evaluation forward pass (`steps.eval_logits`
 preprocessing, `eval_flip`, the model in eval mode): uint8 NHWC images of the shape the data
 set stores in, class probabilities out; with `--raw`, float32 model inputs (already
 preprocessed) in, logits out. It computes in float32 (a bfloat16 run's float32 weights);
-every batch norm is folded into the convolution before it (kernel scaled, one bias added),
-so the file holds no running statistics. The weights are constants of the file.
+every batch norm that directly follows a convolution is folded into it (kernel scaled, one
+bias added), so the file holds no running statistics for it. The weights are constants of
+the file.
 
 The run is read by `inference.load_run` and its eval preprocessing, flip and class names
 come from `predict.from_run`, the same objects `cnn-jax predict` uses (`_load` is the one
