@@ -409,6 +409,10 @@ def test_schedule_checks_and_keys_by_hand():
   with pytest.raises(ValueError, match="decay_rate must be > 0"):
     optim.make_schedule(ConfigDict({**base, "schedule": "exponential", "decay_rate": "0.5"}),
                         10, 8)
+  # decay_rate defaults to 0.95 per epoch; piecewise keys are checked only for piecewise.
+  s = optim.make_schedule(ConfigDict({**base, "schedule": "exponential"}), 10, 8)
+  assert float(s(10)) == pytest.approx(0.095, rel=1e-6)
+  optim.make_schedule(ConfigDict({**base, "schedule": "cosine", "decay_epochs": (5, 3)}), 10, 8)
   # A run shorter than one update still has one step to decay over.
   s = optim.make_schedule(ConfigDict({**base, "schedule": "cosine"}), 0.25, 1)
   assert float(s(0)) == pytest.approx(0.1) and float(s(1)) == pytest.approx(0.0, abs=1e-9)
