@@ -11,9 +11,8 @@ every batch norm that directly follows a convolution is folded into it (kernel s
 bias added), so the file holds no running statistics for it. The weights are constants of
 the file.
 
-The run is read by `inference.load_run` and its eval preprocessing, flip and class names
-come from `predict.from_run`, the same objects `cnn-jax predict` uses (`_load` is the one
-place this module depends on them). Host-side eval ops (`dataset.pp_eval`, e.g. a resize
+The run is read by `cnn_jax.load`, whose predictor (eval preprocessing, flip, class names)
+is the one `cnn-jax predict` uses (`_load` is the one place this module depends on it). Host-side eval ops (`dataset.pp_eval`, e.g. a resize
 and centre crop of full-size photos) run before the model in cnn_jax too and are not in the
 file; they are named in its metadata.
 
@@ -135,17 +134,17 @@ def fold_batch_norm(model: nn.Module, variables: Any, input_shape: tuple[int, ..
 
 # ------------------------------------------------------------------ what is exported
 def _load(workdir: str, which: str) -> tuple[predict.Predictor, Any, dict[str, Any]]:
-  """(predictor, config, meta) of a classification run: the one place this module reads
-  a run (`inference.load_run`) and builds its eval preprocessing (`predict.from_run`)."""
+  """(predictor, config, meta) of a classification run, read by `cnn_jax.load` (its
+  predictor is what `cnn-jax predict` uses: eval preprocessing, flip, class names)."""
   try:
-    model, variables, config, meta = inference.load_run(workdir, which, task="classification")
+    run = inference.load(workdir, which, task="classification")
   except ValueError as e:  # "the run in W is a detection run, not a classification one: ..."
     other = re.match(r"the run in .* is an? (\w+) run, not a classification one", str(e))
     if other is None:
       raise
     raise ValueError(f"the run in {workdir} is a {other[1]} run: exporting {other[1]} models "
                      "is not supported yet (cnn-jax export takes classification runs)") from None
-  return predict.from_run(model, variables, config, meta), config, meta
+  return run.predictor, run.config, run.meta
 
 
 def from_predictor(p: predict.Predictor, raw: bool = False,
