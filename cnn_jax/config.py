@@ -47,8 +47,8 @@ def base_config() -> ConfigDict:
   c.dataset.annotation_dir = placeholder(str)  # None: the first of annotations/Annotations/annots/xml
   # Class names in label order. voc: the classes (None: the sorted object names of all the
   # XML files). folder: what predictions and pictures call each class folder, in sorted
-  # folder order (None: DIR/classes.txt or DIR/labels.txt, `folder name` lines, if present;
-  # else the folder names).
+  # folder order, or as (folder, name) pairs (None: DIR/classes.txt or DIR/labels.txt,
+  # `folder name` lines, if present; else the folder names).
   c.dataset.class_names = placeholder(tuple)
   c.dataset.split_seed = 0
   c.dataset.data_dir = placeholder(str)              # tfds data_dir (env CNN_JAX_DATA_DIR / TFDS_DATA_DIR)

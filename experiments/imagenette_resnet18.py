@@ -17,9 +17,12 @@ tensorflow-datasets: --config.dataset.name=imagenette/320px-v2 --config.dataset.
 from cnn_jax.config import base_config, dataset_dir, parse_arg, smoke_variant
 from cnn_jax.data.input_pipeline import IMAGENET_MEAN_STD
 
-# The ten WordNet ids' names, in the sorted folder order (n01440764 ... n03888257).
-IMAGENETTE_NAMES = ("tench", "English springer", "cassette player", "chain saw", "church",
-                    "French horn", "garbage truck", "gas pump", "golf ball", "parachute")
+# The ten WordNet ids and their names (a copy with other folders keeps its folder names).
+IMAGENETTE_NAMES = (("n01440764", "tench"), ("n02102040", "English springer"),
+                    ("n02979186", "cassette player"), ("n03000684", "chain saw"),
+                    ("n03028079", "church"), ("n03394916", "French horn"),
+                    ("n03417042", "garbage truck"), ("n03425413", "gas pump"),
+                    ("n03445777", "golf ball"), ("n03888257", "parachute"))
 
 
 def get_config(arg=None):

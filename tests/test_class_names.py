@@ -51,3 +51,10 @@ def test_configured_names_win_and_their_count_is_checked(tmp_path):
 def test_without_names_the_folder_names_are_shown(tmp_path):
   _folder(tmp_path)
   assert sources.load_source(_ds(tmp_path, cache=False), "val").class_names == ["n01", "n02"]
+
+
+def test_configured_pairs_name_the_folders_they_list(tmp_path):
+  _folder(tmp_path, classes=("n01", "n02", "other"))
+  source = sources.load_source(_ds(tmp_path, class_names=(("n02", "springer"), ("n01", "tench"),
+                                                         ("n99", "unused"))), "train")
+  assert source.class_names == ["tench", "springer", "other"]

@@ -79,7 +79,8 @@ def test_prepare_mnist_and_fashion_mnist_offline_into_one_data_dir(tmp_path):
 def test_in_memory_splits_are_shared_out_per_process(monkeypatch):
   """Suspected and confirmed: splits passed to train_and_evaluate were used whole by every
   process (setup: "used as they are"), so P processes each read every example and
-  evaluation counted each one P times. Now each process takes its share, as for files."""
+  evaluation counted each one P times. Now each process evaluates its share, as for files,
+  and reads its own part of each global training batch."""
   from cnn_jax import parallel
   from cnn_jax.data import sources
   from cnn_jax.training import setup as setup_lib
@@ -106,6 +107,8 @@ def test_in_memory_splits_are_shared_out_per_process(monkeypatch):
   cfg = tiny_config("mlp", model_input_shape=(28, 28, 1), batch_size=4, eval_batch_size=4)
   s = setup_lib.setup(cfg, train, None, test)
   assert seen == [(0, 1)]
-  np.testing.assert_array_equal(s.train_data.images, train.images[5:])
+  # The train split stays whole: each process reads its part of every global batch
+  # (input_pipeline.TrainBatch), so the batches do not depend on the process count.
+  assert s.train_data is train
   np.testing.assert_array_equal(s.test_data.images, test.images[3:])
-  assert s.steps_per_epoch == 5 // 4
+  assert s.steps_per_epoch == 10 // 4

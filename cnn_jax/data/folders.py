@@ -139,11 +139,15 @@ def display_names(root: str, folder_names: Sequence[str],
   """What to call each class (label i is folder_names[i]) in predictions and pictures.
 
   Folders are often named by id (ImageNet's `n03000684`); a person wants "chain saw".
-  In order: `configured` (dataset.class_names, one name per class in label order); else a
+  In order: `configured` (dataset.class_names: one name per class in label order, or
+  (folder name, name) pairs, which name the folders they list and leave the others); else a
   names file in `root` (classes.txt or labels.txt, one `folder_name display name` per
   line, as ImageNet's LOC_synset_mapping.txt); else the folder names themselves.
   """
   folder_names = list(folder_names)
+  if configured and all(isinstance(c, (tuple, list)) and len(c) == 2 for c in configured):
+    mapping = {str(k): str(v) for k, v in configured}  # ((folder, name), ...): by folder name
+    return [mapping.get(f, f) for f in folder_names]
   if configured:
     if len(configured) != len(folder_names):
       raise ValueError(f"dataset.class_names has {len(configured)} names but {root} has "
