@@ -56,6 +56,7 @@ def test_cli_train_reports_missing_data(tmp_path, capsys, monkeypatch):
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets")
 
 
+@pytest.mark.slow  # 45 s: preparing both data sets from the original files
 @pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "fashion_mnist")),
                     reason="original MNIST / Fashion-MNIST files not in ../shared/datasets")
 def test_prepare_mnist_and_fashion_mnist_offline_into_one_data_dir(tmp_path):

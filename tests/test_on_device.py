@@ -23,6 +23,7 @@ def test_index_batches_are_the_host_readers_batches():
     np.testing.assert_array_equal(data.labels[b["index"]], host(step)["label"])
 
 
+@pytest.mark.slow  # 20 s: two trainings and a resume; the batches' equality is checked above
 def test_on_device_equals_host_reader_and_resumes(tmp_path, caplog):
   train, val = random_split(256), random_split(64, seed=1)
   common = dict(augment="pad_crop(2)|flip_lr", num_epochs=2)
