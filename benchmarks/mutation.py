@@ -364,18 +364,9 @@ def run(module: str, tests: list[str], out_dir: Path, recheck: bool, workdir: Pa
       "sampled_every": sample,
       "not_in_sample": sum(s["why"].startswith("not in the sample") for s in skipped
                            if s["why"]),
-      "skipped_by_operator_set": sum(s["why"] == "operator not in KEEP_OPERATORS"
-                                     for s in skipped),
-      "skipped_by_pragma": sum(s["why"] == "pragma: no mutate" for s in skipped),
-      "tests_seconds_unmutated": round(baseline, 1),
-      "timeout_seconds": round(limit),
-      "run_seconds": round(elapsed),
-      "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-      "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, Python "
-                 f"{platform.python_version()}",
+      **run_facts(skipped, baseline, limit, elapsed),
   }
-  out_dir.mkdir(parents=True, exist_ok=True)
-  out_path.write_text(json.dumps(summary, indent=1) + "\n")
+  write_summary(summary, out_path)
   partial = "" if summary["complete"] else f" PARTIAL (stopped after {max_seconds:.0f} s)"
   score = "no mutant finished" if summary["score"] is None else f"{summary['score']:.1%}"
   sampled = f", every {sample}th mutant" if sample > 1 else ""
@@ -383,6 +374,26 @@ def run(module: str, tests: list[str], out_dir: Path, recheck: bool, workdir: Pa
         f"{len(survivors)} survived, {summary['timeouts']} timeouts) in {elapsed:.0f} s -> "
         f"{out_path.relative_to(REPO) if out_path.is_relative_to(REPO) else out_path}")
   return summary
+
+
+def run_facts(skipped: list[dict], baseline: float, timeout: float, elapsed: float) -> dict:
+  """What every result JSON says of how its run went (both runners write this format)."""
+  return {
+      "skipped_by_operator_set": sum(s["why"] == "operator not in KEEP_OPERATORS"
+                                     for s in skipped),
+      "skipped_by_pragma": sum(s["why"] == "pragma: no mutate" for s in skipped),
+      "tests_seconds_unmutated": round(baseline, 1),
+      "timeout_seconds": round(timeout),
+      "run_seconds": round(elapsed),
+      "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+      "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, Python "
+                 f"{platform.python_version()}",
+  }
+
+
+def write_summary(summary: dict, out_path: Path) -> None:
+  out_path.parent.mkdir(parents=True, exist_ok=True)
+  out_path.write_text(json.dumps(summary, indent=1) + "\n")
 
 
 def _version(dist: str) -> str:

@@ -29,14 +29,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import hashlib
 import importlib
 import io
 import json
 import multiprocessing as mp
 import os
-import platform
 import queue
 import shlex
 import shutil
@@ -255,18 +253,9 @@ def run(module: str, tests: list[str], out_dir: Path, workdir: Path | None, time
       # A recheck runs only the earlier survivors: an earlier partial run stays partial.
       "complete": not stopped and (previous or {}).get("complete", True),
       "not_run": len(pending) - len(outcomes) + (previous or {}).get("not_run", 0),
-      "skipped_by_operator_set": sum(s["why"] == "operator not in KEEP_OPERATORS"
-                                     for s in skipped),
-      "skipped_by_pragma": sum(s["why"] == "pragma: no mutate" for s in skipped),
-      "tests_seconds_unmutated": round(baseline, 1),
-      "timeout_seconds": round(timeout),
-      "run_seconds": round(elapsed),
-      "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-      "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, Python "
-                 f"{platform.python_version()}",
+      **mutation.run_facts(skipped, baseline, timeout, elapsed),
   }
-  out_dir.mkdir(parents=True, exist_ok=True)
-  out_path.write_text(json.dumps(summary, indent=1) + "\n")
+  mutation.write_summary(summary, out_path)
   print(f"mutation_fast: {module}: {summary['score']:.1%} ({killed}/{mutants} killed, "
         f"{len(survivors)} survived, {summary['timeouts']} timeouts) in {elapsed:.0f} s -> "
         f"{out_path}")
