@@ -9,7 +9,8 @@ reads them). Nothing is loaded or compiled (no JAX: it takes a fraction of a sec
                config.json: optimizer.learning_rate, ...);
   status       running (a live process holds its run.lock; a lock of another host is
                believed), finished, preempted (stopped by a signal after a checkpoint; the
-               same command resumes it), failed (status.json says why), killed (its
+               same command resumes it), pruned (a sweep's trial its pruner stopped),
+               failed (status.json says why), killed (its
                process died without a word: SIGKILL, out of memory, a lost node), unknown
                (a run older than status.json that did not finish);
   epochs       trained (the last logged step over the steps of an epoch) / configured;
@@ -71,7 +72,7 @@ def summarize(run: Run) -> dict[str, Any]:
       "wall_s": run.wall_seconds(time.time() if status == "running" else None),
       "images_per_sec": ips,
       "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(starts[0])) if starts else None,
-      "error": (run.record or {}).get("error") if status in ("failed", "preempted") else None}
+      "error": (run.record or {}).get("error") if status in ("failed", "preempted", "pruned") else None}
 
 
 # ------------------------------------------------------------------- choosing, sorting

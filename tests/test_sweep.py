@@ -13,6 +13,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from cnn_jax import run_dir, runs
 from cnn_jax.sweep import command, space, study as study_lib, summary, trial as trial_lib
 from cnn_jax.training import trainer
 
@@ -366,3 +367,7 @@ def test_pruned_trial_stops_at_the_pruners_word(tmp_path, data):
   assert max(steps) < 4 * 3  # stopped before its 4 epochs of 3 steps
   assert set(t.intermediate_values) <= {1, 2, 3} and 1 in t.intermediate_values
   assert not (run / "results.json").exists()
+  # `cnn-jax runs` calls it pruned (not "preempted": resuming it is not wanted), says why
+  row = runs.summarize(run_dir.Run(str(run)))
+  assert row["status"] == "pruned" and "pruned by the sweep's pruner after validation" in \
+      row["error"]

@@ -28,7 +28,7 @@ import optuna
 
 from cnn_jax.sweep import space as space_lib
 from cnn_jax.sweep import study as study_lib
-from cnn_jax.training import guards, trainer
+from cnn_jax.training import guards, run_status, trainer
 from cnn_jax.training import workdir as workdir_lib
 
 log = logging.getLogger("cnn_jax")
@@ -165,6 +165,8 @@ def run(trial: optuna.Trial, frozen: optuna.trial.FrozenTrial, spec: space_lib.S
       result = trainer.train_and_evaluate(config, path, *(data or ()))
     except guards.Preempted as e:
       if watcher.pruned:
+        run_status.relabel(path, "pruned", f"pruned by the sweep's pruner after validation "
+                           f"{watcher.reported} ({spec.metric})")
         raise optuna.TrialPruned(str(e)) from None
       raise study_lib.Requeue(e, e.exit_code) from e
     finally:

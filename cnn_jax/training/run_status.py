@@ -9,6 +9,9 @@ run.lock. So the trainer's metric writer (process 0) records each start and each
   {... "status": "finished" | "preempted" | "failed", "ended": ..., "step": 800,
        "error": "NonFiniteLossError: loss is nan at step 5 ..."}
 
+A sweep relabels a run its pruner stopped "pruned" (`relabel`): it stopped like a
+preempted run, but resuming it is not wanted.
+
 A record that still says "running" while no live process holds the work directory's lock
 is a run killed without a word (SIGKILL, out of memory, a lost node): `cnn-jax runs` calls
 it "killed". A start replaces the previous record. This module imports no JAX: the
@@ -28,7 +31,7 @@ from cnn_jax.training import workdir as workdir_lib
 
 log = logging.getLogger("cnn_jax")
 STATUS_FILE = "status.json"
-STATUSES = ("running", "finished", "preempted", "failed", "killed", "unknown")
+STATUSES = ("running", "finished", "preempted", "pruned", "failed", "killed", "unknown")
 
 
 def experiment_name(argv: Optional[Sequence[str]] = None) -> Optional[str]:
@@ -82,6 +85,14 @@ def ended(workdir: str, record: dict[str, Any], status: str, step: Optional[int]
   """Record how the run that `started` returned `record` ended."""
   _write(workdir, {**record, "status": status, "ended": time.time(), "step": step,
                    "error": error})
+
+
+def relabel(workdir: str, status: str, note: str) -> None:
+  """Change how the recorded end is called (a sweep's "pruned" for the trainer's
+  "preempted"), keeping the rest of the record; `note` says why."""
+  record = read(workdir)
+  if record is not None:
+    _write(workdir, {**record, "status": status, "error": note})
 
 
 def read(workdir: str) -> Optional[dict[str, Any]]:
