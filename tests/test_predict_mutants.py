@@ -106,6 +106,24 @@ def test_load_image_converts_resizes_and_says_so(tmp_path):
   assert notes == []
 
 
+def test_prepare_array_keeps_channels_and_applies_host_pp_as_training_does():
+  """An RGB array keeps its three channels (only an (H, W, 1) one is read as grey); the
+  run's host eval pp sees an HWC image of either kind, exactly as the data pipeline gives
+  it (ops.parse on the HWC array is the reference); the compiled function stays out of
+  the predictor's repr (it is logged)."""
+  from cnn_jax.data import ops
+  rgb = np.random.default_rng(2).integers(0, 256, (8, 6, 3), dtype=np.uint8)
+  np.testing.assert_array_equal(Predictor_for((8, 6, 3)).prepare_array(rgb), rgb)
+  grey = np.asarray(Image.fromarray(rgb).convert("L"))[..., None]
+  for image, c in ((rgb, 3), (grey, 1)):
+    want = ops.parse("pad(1)|resize_small(4)")(image, np.random.default_rng(0))
+    assert want.shape == (5, 4, c)
+    p = Predictor_for((5, 4, c), host_pp="pad(1)|resize_small(4)")
+    np.testing.assert_array_equal(p.prepare_array(image), want, err_msg=f"{c} channels")
+    np.testing.assert_array_equal(p.prepare_array(image[..., 0] if c == 1 else image), want)
+  assert "probs_fn" not in repr(Predictor_for((5, 4, 1)))
+
+
 def Predictor_for(shape, **kw):  # noqa: N802 - reads as the class it builds
   return predict.Predictor(_Linear(), {"w": np.zeros((1, 1), np.float32)},
                            lambda x, key, train: x, shape, **kw)

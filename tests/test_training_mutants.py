@@ -396,6 +396,34 @@ def test_optimizer_wrappers_by_hand():
   assert lr(0) == pytest.approx(0.1)
 
 
+def test_accumulation_and_nonfinite_defaults_by_hand():
+  """accumulate_steps k: one sgd update every k micro-batches, of their mean gradient, zero
+  updates between (k = 2 and 3); k = 1 (or the key absent) is the plain optimizer, whose
+  state a checkpoint of a run without accumulation holds (no MultiSteps wrapper). Without
+  skip_nonfinite a NaN gradient is applied, not silently dropped."""
+  from cnn_jax.training import optim
+  base = {"name": "sgd", "learning_rate": 0.1, "schedule": "constant"}
+  for k in (2, 3):
+    tx, lr = optim.make_optimizer(ConfigDict({**base, "accumulate_steps": k}), 12, 1)
+    update, state = jax.jit(tx.update), tx.init(P0)
+    grads = [G1, G2, jax.tree_util.tree_map(lambda g: 2 * g, G1)][:k]
+    for i, g in enumerate(grads):
+      u, state = update(g, state, P0)
+      if i < k - 1:
+        np.testing.assert_array_equal(u["kernel"], 0.0, err_msg=f"k={k} micro-step {i}")
+    mean = sum(g["kernel"].astype(np.float64) for g in grads) / k
+    np.testing.assert_allclose(u["kernel"], -0.1 * mean, rtol=1e-5, err_msg=f"k={k}")
+    assert lr(k - 1) == pytest.approx(0.1)
+  for cfg in (base, {**base, "accumulate_steps": 1}):
+    tx, _ = optim.make_optimizer(ConfigDict(cfg), 12, 1)
+    plain = optax.sgd(lambda step: 0.1).init(P0)  # a schedule, as the config builds
+    assert jax.tree_util.tree_structure(tx.init(P0)) == jax.tree_util.tree_structure(plain)
+  tx, _ = optim.make_optimizer(ConfigDict(base), 12, 1)
+  bad = jax.tree_util.tree_map(lambda g: np.full_like(g, np.nan), G1)
+  u, _ = jax.jit(tx.update)(bad, tx.init(P0), P0)
+  assert np.isnan(np.asarray(u["kernel"])).all()
+
+
 def test_schedule_checks_and_keys_by_hand():
   from cnn_jax.training import optim
   base = {"learning_rate": 0.1}
