@@ -280,6 +280,90 @@ def test_restore_weights_checks_every_variable():
   assert kept.batch_stats is state.batch_stats and kept.params is good["params"]
 
 
+def _head_state(head_kernel=(1, 1, 4, 10)):
+  from cnn_jax.training.train_state import TrainState
+  params = {"body": {"kernel": jnp.zeros((3, 3, 1, 4))},
+            "head": {"kernel": jnp.full(head_kernel, 7.0), "bias": jnp.full((10,), 7.0)}}
+  return TrainState.create(apply_fn=None, params=params, tx=optax.sgd(0.1),
+                           batch_stats={"bn": {"mean": jnp.zeros(4)}}, rng=jax.random.key(0))
+
+
+def _source(**shapes):
+  """Ones in the shapes of _head_state's variables, some replaced by `shapes`
+  ("params/head/bias": (5,)); a shape of None drops the variable, new paths are added."""
+  from flax import traverse_util
+  flat = {"params/body/kernel": (3, 3, 1, 4), "params/head/kernel": (1, 1, 4, 10),
+          "params/head/bias": (10,), "batch_stats/bn/mean": (4,)}
+  flat.update(shapes)
+  return traverse_util.unflatten_dict({k: np.ones(v) for k, v in flat.items() if v},
+                                      sep="/")
+
+
+def test_restore_weights_replaces_only_a_classifier_head(caplog):
+  """A source of another class count: every variable restored but the head's, which keeps
+  its fresh init, and the log says so. Anything more than the head's output width (a body
+  shape, an inner head axis, a rank, a batch statistic, a missing or extra variable) is
+  refused with the list of what differs."""
+  from cnn_jax.training import evaluation
+  s = _stub_setup()
+  s.config.model = "m"
+  state = _head_state()
+  with caplog.at_level("INFO", logger="cnn_jax"):
+    new = evaluation.restore_weights(
+        s, state, _source(**{"params/head/kernel": (1, 1, 4, 5), "params/head/bias": (5,)}),
+        source="/runs/x")
+  np.testing.assert_array_equal(new.params["body"]["kernel"], 1.0)
+  np.testing.assert_array_equal(new.batch_stats["bn"]["mean"], 1.0)
+  np.testing.assert_array_equal(new.params["head"]["kernel"], 7.0)
+  np.testing.assert_array_equal(new.params["head"]["bias"], 7.0)
+  assert new.params["head"]["kernel"].shape == (1, 1, 4, 10)
+  assert ("restore_from /runs/x: head 'head' keeps its fresh init (params/head/kernel "
+          "(1, 1, 4, 5) -> (1, 1, 4, 10), params/head/bias (5,) -> (10,)); every other "
+          "variable restored") in caplog.text
+  head = {"params/head/kernel": (1, 1, 4, 5), "params/head/bias": (5,)}
+  refused = {
+      "other shapes: params/body/kernel (3, 3, 1, 8) -> (3, 3, 1, 4), params/head/kernel":
+          {**head, "params/body/kernel": (3, 3, 1, 8)},
+      "other shapes: params/head/kernel (1, 1, 8, 5) -> (1, 1, 4, 10)":
+          {**head, "params/head/kernel": (1, 1, 8, 5)},
+      "other shapes: params/head/kernel (4, 5) -> (1, 1, 4, 10)":
+          {**head, "params/head/kernel": (4, 5)},
+      "batch_stats/bn/mean (5,) -> (4,)": {**head, "batch_stats/bn/mean": (5,)},
+      "missing there: params/body/kernel; other shapes": {**head, "params/body/kernel": None},
+      "(not in this model: params/extra/w; other shapes": {**head, "params/extra/w": (2,)},
+  }
+  for message, shapes in refused.items():
+    with pytest.raises(ValueError, match="do not fit model 'm'") as e:
+      evaluation.restore_weights(s, state, _source(**shapes))
+    assert message in str(e.value), (message, str(e.value))
+  # At most three names per kind, then " ...": three missing show all three, four show three.
+  with pytest.raises(ValueError) as e:
+    evaluation.restore_weights(s, state, {"params": {}, "batch_stats": {"bn": {"mean": np.ones(4)}}})
+  assert "(missing there: params/body/kernel, params/head/kernel, params/head/bias). " in \
+      str(e.value)
+  with pytest.raises(ValueError) as e:
+    evaluation.restore_weights(s, state, {"params": {}})
+  assert "(missing there: params/body/kernel, params/head/kernel, params/head/bias ...). " in \
+      str(e.value)
+
+
+def test_restore_source_reads_weight_files_and_checkpoints(monkeypatch):
+  from cnn_jax import checkpoint
+  from cnn_jax.training import evaluation
+  from cnn_jax.weights import files
+  monkeypatch.setattr(files, "load_weights_file", lambda path, model: {"file": (path, model)})
+  monkeypatch.setattr(checkpoint, "load_checkpoint", lambda path: (
+      {"params": {"w": path}}, {"config": {"model": "resnet18"}}, None))
+  config = ConfigDict({"restore_from": "/w/resnet18-f37072fd.pth", "model": "resnet18"})
+  assert evaluation.restore_source(config) == (
+      {"file": ("/w/resnet18-f37072fd.pth", "resnet18")},
+      "/w/resnet18-f37072fd.pth (weights file)")
+  config.restore_from = "/runs/a/checkpoints/7"
+  variables, what = evaluation.restore_source(config)
+  assert variables["params"] == {"w": "/runs/a/checkpoints/7"}
+  assert what == "/runs/a/checkpoints/7 (model 'resnet18')"
+
+
 def test_best_state_and_test_report(monkeypatch, caplog):
   import types
   from cnn_jax import checkpoint
