@@ -255,6 +255,58 @@ def test_yolo_v2_loss_terms_by_hand():
   assert float(m["noobj_loss"]) == pytest.approx(noobj / 2, rel=1e-5)
 
 
+def _shape_iou(w, h, aw, ah):
+  """IoU of a w x h box and an aw x ah anchor sharing a centre."""
+  inter = min(w, aw) * min(h, ah)
+  return inter / (w * h + aw * ah - inter)
+
+
+def test_yolo_v2_anchor_choice_by_shape_iou_with_unequal_anchors():
+  """Each object goes to the anchor of highest shape IoU, with w and h read as (w, h):
+  three non-square anchors and boxes whose best anchor (worked out above in plain Python)
+  would change if the box's area were w / h or an anchor's sides swapped; `twh` is then
+  log of the box's sides over that anchor's."""
+  anchors = ((0.1, 0.3), (0.5, 0.2), (0.25, 0.25))
+  sizes = [(0.12, 0.35), (0.45, 0.15), (0.2, 0.3), (0.6, 0.3), (0.05, 0.05), (0.3, 0.6),
+           (0.15, 0.4)]
+  boxes = np.array([[[0.5 - w / 2, 0.5 - h / 2, 0.5 + w / 2, 0.5 + h / 2] for w, h in sizes]],
+                   np.float32)
+  want = [int(np.argmax([_shape_iou(w, h, aw, ah) for aw, ah in anchors])) for w, h in sizes]
+  # Each box alone (one per call: several share the single cell).
+  for i, ((w, h), best) in enumerate(zip(sizes, want)):
+    t = _yolo("encode_yolo_v2_targets", "anchors", "grid_shape")(
+        jnp.asarray(boxes[:, i:i + 1]), jnp.zeros((1, 1), jnp.int32), jnp.ones((1, 1), bool),
+        anchors=anchors, grid_shape=(1, 1))
+    assert np.asarray(t["has_obj"][0, 0, 0]).tolist() == [float(a == best) for a in range(3)], (
+        (w, h), best)
+    aw, ah = anchors[best]
+    np.testing.assert_allclose(t["twh"][0, 0, 0, best], [np.log(w / aw), np.log(h / ah)],
+                               rtol=1e-4, atol=1e-5)
+    assert float(t["scale"][0, 0, 0, best]) == pytest.approx(2.0 - w * h, rel=1e-5)
+  assert want == [0, 1, 2, 1, 0, 2, 0]  # every anchor chosen
+
+
+def test_yolo_v2_head_starts_at_the_objectness_prior():
+  """The prediction layer's bias: logit(obj_prior) on each anchor's objectness channel
+  (index 4 of its 5 + C), zero elsewhere, so every cell starts at P(object) = obj_prior."""
+  from cnn_jax.detection import yolo_v2
+
+  class Identity(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+      return x
+  anchors = ((0.2, 0.6), (0.6, 0.2))
+  head = yolo_v2.YOLOv2Head(backbone=Identity(), anchors=anchors, num_classes=3, hidden=0,
+                            obj_prior=0.05)
+  variables = head.init(jax.random.key(0), jnp.zeros((1, 2, 2, 4)))
+  bias = np.asarray(variables["params"]["pred"]["bias"]).reshape(2, 8)
+  want = np.zeros((2, 8), np.float32)
+  want[:, 4] = np.log(0.05 / 0.95)
+  np.testing.assert_allclose(bias, want, rtol=1e-6, atol=1e-7)
+  out = head.apply(variables, jnp.zeros((1, 2, 2, 4)))
+  np.testing.assert_allclose(jax.nn.sigmoid(out["objectness"]), 0.05, rtol=1e-5)
+
+
 def test_yolo_v2_encode_edges_and_decode_clips():
   """A centre on the image's right / bottom edge goes to the last cell; a valid zero-width
   box gets a finite log-scale; decoding clips twh to TWH_CLIP = (-10, 4) and the flattened
