@@ -212,20 +212,27 @@ def _stub_setup(task="classification", test_data=None):
                                                               put_batch=lambda b: b))
 
 
-def test_evaluate_means_over_every_example_by_hand():
+def test_evaluate_means_over_every_example_by_hand(monkeypatch):
   """10 examples in batches of 4 (3 batches, the last with 2 real rows): the means are
-  over exactly the 10; one example divides by 1; localization gets its own means."""
+  over exactly the 10; one example divides by 1; localization gets its own means. The
+  batch count a process proposes to the others (all run the largest) is ceil(10 / 4)."""
+  from cnn_jax import parallel
   from cnn_jax.training import evaluation
   from helpers import random_split
+  proposed = []
+  monkeypatch.setattr(parallel, "agree", lambda value, reduce: proposed.append(value) or value)
   data = random_split(10, shape=(2, 2, 1))
   y = data.labels.astype(np.float64)
   got = evaluation.evaluate(_stub_setup(), None, data)
+  assert proposed == [3] and isinstance(proposed[0], int)
   assert got == pytest.approx({"loss": y.mean(), "accuracy": (y % 2 == 0).mean(),
                                "top5_accuracy": (y < 5).mean(), "num_examples": 10.0})
   one = random_split(1, shape=(2, 2, 1), seed=5)
   assert one.labels[0] > 0
   got = evaluation.evaluate(_stub_setup(), None, one)
   assert got["loss"] == float(one.labels[0]) and got["num_examples"] == 1.0
+  with pytest.raises(ValueError, match="nothing to evaluate: the split has 0 examples"):
+    evaluation.evaluate(_stub_setup(), None, random_split(0, shape=(2, 2, 1)))
   got = evaluation.evaluate(_stub_setup("localization"), None, data)
   assert got["loss"] == pytest.approx(y.mean()) and got["mean_iou"] == pytest.approx(0.5)
   assert got["num_without_object"] == 3.0  # one per batch from the stub

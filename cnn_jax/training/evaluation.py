@@ -41,10 +41,13 @@ def evaluate(s: Setup, state: TrainState, data: Any) -> dict[str, float]:
     sums = jax.device_get(s.compiled.eval_step(state, s.compiled.put_batch(batch)))
     for k, v in sums.items():
       totals[k] = totals.get(k, 0.0) + float(v)
+  if not totals:  # the agreed batch count is 0: no process has an example
+    raise ValueError("nothing to evaluate: the split has 0 examples; check config.dataset's "
+                     "val_split / test_split (e.g. 'train[90%:]', 'test')")
   if task == "localization":
     from cnn_jax.detection import localization_task  # noqa: PLC0415
     return localization_task.metrics(totals)
-  n = max(totals.get("count", 0.0), 1.0)
+  n = totals["count"]  # > 0: the sums are over the global batch, and some example is real
   return {"loss": totals["loss"] / n, "accuracy": totals["correct"] / n,
           "top5_accuracy": totals["top5_correct"] / n, "num_examples": totals["count"]}
 
