@@ -112,6 +112,7 @@ def test_one_run_per_work_directory(tmp_path, caplog):
   import socket
   import subprocess
   import sys
+  import time
   from cnn_jax.training import trainer, workdir as workdir_lib
   from helpers import random_split
   train = random_split(64)
@@ -125,10 +126,19 @@ def test_one_run_per_work_directory(tmp_path, caplog):
       trainer.train_and_evaluate(tiny_config("mlp"), str(wd), train, train)
     assert not (wd / "checkpoints").exists()  # refused before anything was written
   finally:
-    sleeper.kill()
+    sleeper.kill()  # not reaped yet: a zombie, as under a shell or a sweep that has not waited
+  try:
+    def state():
+      with open(f"/proc/{sleeper.pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+    deadline = time.monotonic() + 30
+    while state() != "Z" and time.monotonic() < deadline:  # dead, still in the table
+      time.sleep(0.01)
+    assert state() == "Z"
+    with caplog.at_level(logging.WARNING, logger="cnn_jax"):  # its process is gone now
+      trainer.train_and_evaluate(tiny_config("mlp"), str(wd), train, train)
+  finally:
     sleeper.wait()
-  with caplog.at_level(logging.WARNING, logger="cnn_jax"):  # its process is gone now
-    trainer.train_and_evaluate(tiny_config("mlp"), str(wd), train, train)
   assert "taking over the lock of a run that is gone" in caplog.text
   assert not lock.exists()  # released at the end
   lock.write_text(json.dumps({"host": "another-host", "pid": os.getpid(), "started": 0}))

@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cnn_jax.training import workdir as workdir_lib
+
 pytestmark = pytest.mark.slurm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -248,7 +250,6 @@ def test_sweep_array_two_tasks_share_a_study_killed_task_loses_no_trial(env_and_
   checkpoint, no word to the database: task 0 sees the trial's process gone). Task 0 runs
   the trial's parameters again, resuming from its last checkpoint, and the third trial.
   Each parameter set ends COMPLETE exactly once."""
-  import optuna
   from optuna.trial import TrialState
   env, data_dir = env_and_data
   workdir = tmp_path / "W"
@@ -281,7 +282,7 @@ def test_sweep_array_two_tasks_share_a_study_killed_task_loses_no_trial(env_and_
     subprocess.run(["scancel", f"{job_id}_1"], check=True, timeout=30)
   else:
     os.kill(task1[0].user_attrs["worker"]["pid"], signal.SIGKILL)
-  dead = _wait_for(lambda: [t for t in running if not _pid_alive(t.user_attrs["worker"]["pid"])],
+  dead = _wait_for(lambda: [t for t in running if not workdir_lib.process_alive(t.user_attrs["worker"]["pid"])],
                    "the killed task's worker to be gone", timeout=60)
   assert [t.number for t in dead] == [task1[0].number]
   killed = dead[0]
@@ -324,11 +325,3 @@ def _in_job(pid: int, *job_ids: str) -> bool:
     env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
   task = f"{env.get(b'SLURM_ARRAY_JOB_ID', b'').decode()}_{env.get(b'SLURM_ARRAY_TASK_ID', b'').decode()}"
   return task in job_ids
-
-
-def _pid_alive(pid: int) -> bool:
-  try:
-    with open(f"/proc/{pid}/stat") as f:
-      return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is gone too
-  except FileNotFoundError:
-    return False

@@ -35,6 +35,8 @@ from typing import Any, Callable, Optional
 import optuna
 from optuna.trial import TrialState
 
+from cnn_jax.training import workdir as workdir_lib
+
 log = logging.getLogger("cnn_jax")
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "none")
@@ -119,24 +121,6 @@ def slots(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTri
   return [t for t in trials if not is_retry(t) and not t.user_attrs.get("surplus")]
 
 
-def pid_alive(pid: int) -> bool:
-  """Whether process `pid` of this host still runs. A zombie (killed, not yet reaped by its
-  parent, e.g. a local worker while the sweep waits on another) is gone."""
-  try:
-    with open(f"/proc/{pid}/stat") as f:
-      return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-  except FileNotFoundError:
-    return False
-  except OSError:  # no /proc (macOS): ask the kernel
-    try:
-      os.kill(pid, 0)
-    except ProcessLookupError:
-      return False
-    except PermissionError:
-      return True
-    return True
-
-
 def requeue(study: optuna.Study, storage: optuna.storages.RDBStorage, trial_id: int) -> None:
   """A FAILed trial's parameters back in the queue (the storage's RETRY callback)."""
   storage.heartbeat_stale_trial_callback(study, storage.get_trial(trial_id))
@@ -148,7 +132,7 @@ def fail_dead(study: optuna.Study, storage: optuna.storages.RDBStorage) -> list[
   host, failed = socket.gethostname(), []
   for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
     worker = t.user_attrs.get("worker") or {}
-    if worker.get("host") == host and worker.get("pid") and not pid_alive(int(worker["pid"])):
+    if worker.get("host") == host and worker.get("pid") and not workdir_lib.process_alive(int(worker["pid"])):
       try:  # FAIL first: of two workers that both see it, only one re-queues it
         if storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
           requeue(study, storage, t._trial_id)

@@ -113,7 +113,7 @@ def _clear_dead_lock(path: str, number: int) -> None:
   except (OSError, ValueError):
     return
   here = held.get("host") == socket.gethostname()
-  if not here or not study_lib.pid_alive(int(held.get("pid") or 0)):
+  if not here or not workdir_lib.process_alive(int(held.get("pid") or 0)):
     log.warning("trial %d: removing the lock of its dead worker (pid %s on host %s): %s",
                 number, held.get("pid"), held.get("host"), lock)
     os.remove(lock)

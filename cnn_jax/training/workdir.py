@@ -86,14 +86,22 @@ LOCK_FILE = "run.lock"
 
 
 def process_alive(pid: int) -> bool:
-  """Whether process `pid` on this host is alive (a lock holder, a sweep worker)."""
+  """Whether process `pid` on this host is alive (a lock holder, a sweep worker). A zombie
+  (killed, not yet reaped by its parent: a sweep's local worker while the sweep waits on
+  another, a run killed under a shell that has not waited) is gone: it holds nothing."""
   try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+  except FileNotFoundError:
     return False
-  except PermissionError:  # someone else's live process
+  except OSError:  # no /proc (macOS): ask the kernel
+    try:
+      os.kill(pid, 0)
+    except ProcessLookupError:
+      return False
+    except PermissionError:  # someone else's live process
+      return True
     return True
-  return True
 
 
 @contextlib.contextmanager
