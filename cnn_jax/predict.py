@@ -29,8 +29,8 @@ from cnn_jax.training import steps
 from cnn_jax.weights import check_variables, torch_import
 
 
-def _jit_probs(model: Any, preprocess: PreprocessFn, flip: bool = False,
-               matmul_precision: str = "default") -> Callable[[Any, jax.Array], jax.Array]:
+def _jit_probs(model: Any, preprocess: PreprocessFn, flip: bool,
+               matmul_precision: str) -> Callable[[Any, jax.Array], jax.Array]:
   """jit of (variables, uint8 images) -> class probabilities.
 
   The logits are evaluation's own (`steps.eval_logits`: the run's preprocessing, matmul
