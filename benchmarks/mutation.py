@@ -85,6 +85,7 @@ DEFAULT_TESTS: dict[str, list[str]] = {
         "tests/test_detection_mutants.py::test_nms_default_candidates_and_thresholds",
         "tests/test_nms.py"],
     "cnn_jax/detection/localization.py": ["tests/test_detection_mutants.py", "-k", "localiz"],
+    "cnn_jax/detection/localization_task.py": ["tests/test_detection_mutants.py", "-k", "localiz"],
     "cnn_jax/detection/yolo_v2.py": [
         "tests/test_detection_mutants.py", "tests/test_yolo_v2.py", "-k", "yolo and not overfit"],
     "cnn_jax/training/losses.py": [

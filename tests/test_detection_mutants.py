@@ -39,6 +39,7 @@ def test_localization_loss_default_weights_by_hand():
   assert float(m["box_loss"]) == pytest.approx(reg, rel=1e-6)
   assert float(loss) == float(m["loss"]) == pytest.approx(0.8 * ce + 0.2 * reg, rel=1e-6)
   assert float(m["accuracy"]) == 0.5  # example 0 right (argmax 0), example 1 wrong (1 vs 2)
+  assert float(localization_loss(logits, boxes, jnp.array([0, 1]), truth)[1]["accuracy"]) == 1.0
   # The MSE variant: squared errors summed over the box, 0.09 + 2.25 = 2.34 on box 0.
   loss, m = localization_loss(logits, boxes, labels, truth, box_loss="mse")
   assert float(m["box_loss"]) == pytest.approx(2.34 / 2, rel=1e-6)
@@ -63,6 +64,117 @@ def test_localization_metrics_of_totals():
                                    "count": 4.0, "no_object": 1.0})
   assert out["loss"] == 0.75 and out["accuracy"] == 0.5 and out["mean_iou"] == 0.375
   assert out["iou50"] == 0.25
+
+
+def _loc_config(parallel="sharded"):
+  from cnn_jax.config import base_config
+  c = base_config()
+  c.task, c.parallel = "localization", parallel
+  return c
+
+
+def _loc_by_hand(logits, boxes, labels, truth):
+  """Per example: 0.8 x cross entropy + 0.2 x smooth L1 (delta 1) summed over the box; IoU."""
+  z = logits - logits.max(-1, keepdims=True)
+  ce = -(z - np.log(np.exp(z).sum(-1, keepdims=True)))[np.arange(len(labels)), labels]
+  d = np.abs(boxes - truth)
+  reg = np.where(d < 1, 0.5 * d ** 2, d - 0.5).sum(-1)
+  lo, hi = np.maximum(boxes[:, :2], truth[:, :2]), np.minimum(boxes[:, 2:], truth[:, 2:])
+  inter = np.clip(hi - lo, 0, None).prod(-1)
+  area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])  # noqa: E731
+  with np.errstate(invalid="ignore"):
+    iou = inter / (area(boxes) + area(truth) - inter)
+  return 0.8 * ce + 0.2 * reg, ce, reg, iou
+
+
+# Four examples; slot 0 of each target is the object, slot 1 a decoy that differs in every
+# field. Example 2 has no object (its empty predicted and true boxes give a NaN IoU).
+LOGITS = np.array([[2.0, 0.0], [0.0, 1.0], [0.5, 0.2], [0.3, 0.9]], np.float32)
+PRED = np.array([[0.1, 0.1, 0.5, 0.5], [0.0, 0.0, 0.4, 0.8], [0.0, 0.0, 0.0, 0.0],
+                 [0.0, 0.0, 0.5, 0.5]], np.float32)
+TRUTH = np.array([[0.1, 0.1, 0.5, 0.5], [0.0, 0.0, 0.4, 0.4], [0.0, 0.0, 0.0, 0.0],
+                  [0.0, 0.0, 0.5, 0.25]], np.float32)  # IoU exactly 0.5 with its prediction
+LABELS = np.array([0, 1, 0, 0])
+VALID = np.array([1.0, 1.0, 0.0, 1.0], np.float32)
+
+
+def _loc_batch():
+  decoy = lambda a, other: np.stack([a, other], axis=1)  # noqa: E731
+  return {"boxes": jnp.asarray(decoy(TRUTH, TRUTH[::-1] + 0.05)),
+          "labels": jnp.asarray(decoy(LABELS, 1 - LABELS)),
+          "valid": jnp.asarray(decoy(VALID, 1.0 - VALID))}
+
+
+def test_localization_loss_fn_means_over_examples_with_an_object():
+  """The training loss and metrics are means over the examples whose slot 0 holds an
+  object, worked out in numpy; an example without one (whose IoU is NaN) adds nothing.
+  Under pmap each replica divides by the replicas' mean valid count, so the mean of the
+  replicas' values is the global mean even when their counts differ (3 and 0 of 2+2)."""
+  loss, ce, reg, iou = _loc_by_hand(LOGITS, PRED, LABELS, TRUTH)
+  v = VALID > 0
+  assert iou[0] == 1.0 and np.isnan(iou[2])
+  want = {"loss": loss[v].mean(), "cls_loss": ce[v].mean(), "box_loss": reg[v].mean(),
+          "accuracy": (LOGITS.argmax(-1) == LABELS)[v].mean(), "mean_iou": iou[v].mean()}
+  assert want["accuracy"] == pytest.approx(2 / 3)
+  fn = localization_task.loss_fn(_loc_config())
+  value, m = fn((jnp.asarray(LOGITS), jnp.asarray(PRED)), _loc_batch())
+  assert float(value) == pytest.approx(want["loss"], rel=1e-5)
+  for k, w in want.items():
+    assert float(m[k]) == pytest.approx(w, rel=1e-5), k
+  # pmap, 2 replicas of 2: rows [2, 0 | 1, 3] with example 0's object removed, so
+  # replica 0 has no object and replica 1 two.
+  order = [2, 0, 1, 3]
+  batch = {k: v[np.array(order)] for k, v in _loc_batch().items()}
+  batch["valid"] = batch["valid"].at[1, 0].set(0.0)
+  keep = np.array([False, False, True, True])
+  glob = {"loss": loss[order][keep].mean(), "mean_iou": iou[order][keep].mean()}
+  pm = localization_task.loss_fn(_loc_config("pmap"))
+  split = lambda a: a.reshape((2, 2) + a.shape[1:])  # noqa: E731
+  values, ms = jax.vmap(pm, axis_name="batch")(
+      (split(jnp.asarray(LOGITS[order])), split(jnp.asarray(PRED[order]))),
+      {k: split(v) for k, v in batch.items()})
+  assert float(values.mean()) == pytest.approx(glob["loss"], rel=1e-5)
+  assert float(ms["mean_iou"].mean()) == pytest.approx(glob["mean_iou"], rel=1e-5)
+  assert float(values[0]) == 0.0  # a replica without objects adds nothing, not NaN
+  # One object in 4 examples over 2 replicas: the mean count 0.5 divides, not 1.
+  one = {k: v for k, v in batch.items()}
+  one["valid"] = batch["valid"].at[3, 0].set(0.0)
+  values, _ = jax.vmap(pm, axis_name="batch")(
+      (split(jnp.asarray(LOGITS[order])), split(jnp.asarray(PRED[order]))),
+      {k: split(v) for k, v in one.items()})
+  assert float(values.mean()) == pytest.approx(loss[order][2], rel=1e-5)
+
+
+def test_localization_eval_step_sums_by_hand():
+  """Sums over the real examples (mask) with an object (valid slot 0): loss, correct,
+  IoU, IoU > 0.5 (an IoU of exactly 0.5 is not counted); the real examples without one
+  counted apart; the model and preprocessing run in inference mode."""
+  import types
+  seen = []
+
+  def preprocess(images, key, train):
+    seen.append(("pp", train, np.asarray(jax.random.key_data(key)).tolist()))
+    return images
+
+  def apply_fn(variables, images, train):
+    seen.append(("model", train))
+    return jnp.asarray(LOGITS), jnp.asarray(PRED)
+  state = types.SimpleNamespace(apply_fn=apply_fn, params={}, batch_stats={})
+  batch = {**_loc_batch(), "image": jnp.zeros((4, 2, 2, 1), jnp.uint8),
+           "mask": jnp.array([1.0, 0.0, 1.0, 1.0])}  # example 1: padding (with an object)
+  sums = localization_task.eval_step(state, batch, config=_loc_config(), preprocess=preprocess)
+  loss, _, _, iou = _loc_by_hand(LOGITS, PRED, LABELS, TRUTH)
+  assert iou[3] == pytest.approx(0.5)  # on the boundary: not an IoU > 0.5
+  scored = np.array([True, False, False, True])  # real and with an object: examples 0 and 3
+  want = {"loss": loss[scored].sum(), "correct": 1.0, "iou": iou[scored].sum(),
+          "iou50": 1.0, "count": 2.0, "no_object": 1.0}
+  for k, w in want.items():
+    assert float(sums[k]) == pytest.approx(w, rel=1e-5), k
+  assert seen == [("pp", False, np.asarray(jax.random.key_data(jax.random.key(0))).tolist()),
+                  ("model", False)]
+  with pytest.raises(ValueError, match="eval_flip is for classifiers"):
+    localization_task.eval_step(state, batch, config=_loc_config(), preprocess=preprocess,
+                                flip=True)
 
 
 # ------------------------------------------------------------------- Localizer

@@ -71,9 +71,8 @@ def loss_fn(config: ConfigDict):
     (logits, boxes), truth, labels = outputs, batch["boxes"][:, 0], batch["labels"][:, 0]
     valid = batch["valid"][:, 0].astype(jnp.float32)
     n = jnp.sum(valid)
-    if axis is not None:
-      total = lax.psum(n, axis)
-      n = jnp.where(total > 0, total / lax.psum(1.0, axis), 0.0)
+    if axis is not None:  # 0 when no replica has an object: `_mean` then divides by 1
+      n = lax.psum(n, axis) / lax.psum(1.0, axis)
     value, ce, reg = per_example_loss(config, logits, boxes, labels, truth)
     correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
     value = _mean(value, valid, n)
@@ -110,7 +109,7 @@ def eval_step(state: Any, batch: dict, *, config: ConfigDict, preprocess: Any,
 
 def metrics(totals: dict[str, float]) -> dict[str, float]:
   """Sums over a split -> means over the examples with an object."""
-  n = max(totals.get("count", 0.0), 1.0)
+  n = max(totals["count"], 1.0)  # 0 when no example had an object: the sums are 0 too
   return {"loss": totals["loss"] / n, "accuracy": totals["correct"] / n,
           "mean_iou": totals["iou"] / n, "iou50": totals["iou50"] / n,
           "num_examples": totals["count"], "num_without_object": totals.get("no_object", 0.0)}
