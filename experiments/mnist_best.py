@@ -1,10 +1,12 @@
-"""MNIST to 99.5% test accuracy within 5 minutes on a 2-core CPU (issue 13's target).
+"""MNIST to 99.5% test accuracy within 5 minutes on a 2-core CPU.
 
 The recipe: `small_convnet` (Keras' conv32-pool-conv64-pool-conv128 net, 3.1 M
-multiply-adds per image) with batch norm, Adam with a one-cycle schedule to 3e-3, label
-smoothing 0.1, 7 epochs on all 60,000 training images with random 2-pixel shifts on the
+multiply-adds per image) with batch norm, Adam with a one-cycle schedule to 9.7e-3, label
+smoothing 0.16, 7 epochs on all 60,000 training images with random 2-pixel shifts on the
 device (the split kept on the device), no validation split (the final model is tested
-once). Without label smoothing 8 epochs gave 99.49%; with it 7 epochs give 99.55%.
+once): 99.60% in 256 s. The learning rate and smoothing are the choice of this file's
+sweep (`get_sweep`, docs/sweeps.md), made on a held-out tenth of train; before it, 3e-3
+and 0.1 gave 99.55% (without label smoothing, 8 epochs: 99.49%).
 
   cnn-jax train --config experiments/mnist_best.py --workdir workdirs/mnist_best
 """
@@ -23,8 +25,8 @@ def get_config(arg=None):
   c.model = "small_convnet"
   c.model_kwargs.batch_norm = True
   c.num_epochs = 7
-  c.optimizer.learning_rate = 3e-3
-  c.label_smoothing = 0.1
+  c.optimizer.learning_rate = 0.009704  # the sweep's choice (trial 12)
+  c.label_smoothing = 0.1609
   if args.smoke:
     smoke_variant(c)
   return c

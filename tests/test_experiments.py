@@ -47,8 +47,10 @@ def _image_folder(root, split, n_per_class, size, classes=("a", "b", "c")):
       Image.fromarray(img).save(os.path.join(root, split, c, f"{i}.png"))
 
 
-@pytest.mark.parametrize("name,size,test_split", [("cifar10_fast", (32, 32), "test"),
-                                                  ("imagenette_resnet18", (150, 170), "val")])
+@pytest.mark.parametrize("name,size,test_split", [
+    ("cifar10_fast", (32, 32), "test"),
+    # 16 s (a ResNet-18 at 128 px): the slow run; the folder loader is the CIFAR case's.
+    pytest.param("imagenette_resnet18", (150, 170), "val", marks=pytest.mark.slow)])
 def test_image_folder_experiment_smoke_trains(tmp_path, name, size, test_split):
   """The CIFAR / Imagenette smoke configs end to end on a generated folder of their layout."""
   _image_folder(tmp_path, "train", 12, size)

@@ -25,6 +25,8 @@ def free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow  # 25 s; the default run keeps tests/test_multiprocess.py (two real processes'
+# reductions and SGD step against one process) and tests/test_faults.py's process agreement
 def test_two_processes_train_together(tmp_path):
   data_dir = str(tmp_path / "data")
   tfds.testing.DummyMnist(data_dir=data_dir, file_format="array_record").download_and_prepare()

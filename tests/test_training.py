@@ -60,7 +60,8 @@ def test_eval_counts_every_example_once(tmp_path):
 def test_overfits_a_small_batch(tmp_path):
   data = random_split(64, seed=5)
   data = Split(data.images, np.random.RandomState(0).randint(0, 10, 64).astype(np.int32), 10)
-  cfg = tiny_config(num_epochs=60, batch_size=64, eval_batch_size=64, log_every_steps=60)
+  cfg = tiny_config(num_epochs=60, batch_size=64, eval_batch_size=64, log_every_steps=60,
+                    eval_every_epochs=60)  # validation once, at the end
   cfg.model_kwargs.dropout_rate = 0.0
   r = trainer.train_and_evaluate(cfg, str(tmp_path), data, data)
   assert r["validation"]["accuracy"] == 1.0  # random labels memorised

@@ -190,6 +190,36 @@ def test_eval_step_and_flip_by_hand():
   assert float(got["count"]) == 3.0
 
 
+def test_top1_top5_and_defaults_by_hand():
+  """Seven classes, so top-1 / top-2 and top-4 / top-5 / top-6 all differ on this batch:
+  the train step's accuracy and top-5 accuracy and the eval step's counts are checked
+  against a numpy ranking. Without label_smoothing the loss is plain cross entropy;
+  eval_logits without `flip` scores the image alone."""
+  import types
+  logits = np.array([[7, 6, 5, 4, 3, 2, 1],     # label 0: rank 1
+                     [7, 6, 5, 4, 3, 2, 1],     # label 1: rank 2
+                     [1, 2, 3, 4, 5, 7, 6],     # label 2: rank 5
+                     [1, 2, 3, 4, 5, 7, 6],     # label 3: rank 4
+                     [7, 6, 5, 4, 3, 2, 1]],    # label 5: rank 6
+                    np.float32)
+  labels = np.array([0, 1, 2, 3, 5])
+  rank = (np.argsort(-logits, axis=1) == labels[:, None]).argmax(1) + 1
+  assert rank.tolist() == [1, 2, 5, 4, 6]
+  loss, m = steps.classification_loss(jnp.asarray(logits), {"label": jnp.asarray(labels)})
+  assert float(m["accuracy"]) == pytest.approx(0.2)
+  assert float(m["top5_accuracy"]) == pytest.approx(0.8)
+  assert float(loss) == pytest.approx(-_log_softmax(logits)[np.arange(5), labels].mean(),
+                                      rel=1e-6)
+  state = types.SimpleNamespace(apply_fn=lambda v, x, train: x.reshape(x.shape[0], -1),
+                                params={}, batch_stats={})
+  sums = steps.eval_step(state, {"image": jnp.asarray(logits), "label": jnp.asarray(labels)})
+  assert (float(sums["correct"]), float(sums["top5_correct"]), float(sums["count"])) == \
+      (1.0, 4.0, 5.0)
+  np.testing.assert_array_equal(
+      steps.eval_logits(lambda v, x, train: x.reshape(x.shape[0], -1), {},
+                        jnp.asarray(logits)[:, None, :, None]), logits)
+
+
 # ------------------------------------------------------------------- evaluation
 def _stub_setup(task="classification", test_data=None):
   """A Setup stand-in whose eval step sums made-up per-example numbers of the labels, so
