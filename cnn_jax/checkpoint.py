@@ -96,7 +96,7 @@ class Checkpoints:
 
   @staticmethod
   def _args(state: TrainState, meta: dict) -> ocp.args.Composite:
-    return ocp.args.Composite(state=ocp.args.StandardSave(state_to_tree(state)),
+    return ocp.args.Composite(state=ocp.args.StandardSave(parallel.global_view(state_to_tree(state))),
                               meta=ocp.args.JsonSave(meta))
 
   def save(self, state: TrainState, meta: dict, force: bool = False) -> bool:
@@ -167,10 +167,13 @@ def restore(manager: ocp.CheckpointManager, template: TrainState, step: Optional
   step = manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {manager.directory}")
+  tree = state_to_tree(template)
+  shardings = shardings if shardings is not None else parallel.restore_shardings(tree)
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract_tree(template, shardings)),
       meta=ocp.args.JsonRestore()))
-  return tree_to_state(template, restored["state"]), restored["meta"]
+  return (tree_to_state(template, parallel.host_local_view(restored["state"], tree)),
+          restored["meta"])
 
 
 def read_meta(manager: ocp.CheckpointManager, step: int) -> dict:

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 PMAP_AXIS = "batch"
@@ -41,6 +42,46 @@ def make_mesh(devices: Any = None) -> Mesh:
                        devices=devices)
 
 
+def _host_local(x: Any) -> bool:
+  return isinstance(x, jax.Array) and x.is_fully_addressable and jax.process_count() > 1
+
+
+def global_view(tree: Any) -> Any:
+  """`tree` as orbax saves it: arrays over every process's devices. Under pmap on several
+  processes the state is host-local (each process holds the whole, replicated value on its
+  own devices), which orbax refuses to save ("Cannot serialize host local jax.Array"): each
+  such leaf becomes one array replicated over all devices. Global arrays (sharded mode),
+  and everything on a single process, pass unchanged."""
+  if jax.process_count() == 1:
+    return tree
+  mesh = make_mesh()
+  return jax.tree_util.tree_map(
+      lambda x: multihost_utils.host_local_array_to_global_array(x, mesh, P())
+      if _host_local(x) else x, tree)
+
+
+def restore_shardings(tree: Any) -> Optional[Any]:
+  """Where orbax restores `tree`'s leaves: None (their own shardings) unless some are
+  host-local on several processes (pmap), which are restored replicated over all devices
+  and then brought back with `host_local_view`."""
+  if not any(_host_local(x) for x in jax.tree_util.tree_leaves(tree)):
+    return None
+  everywhere = NamedSharding(make_mesh(), P())
+  return jax.tree_util.tree_map(
+      lambda x: everywhere if _host_local(x) else getattr(x, "sharding", None), tree)
+
+
+def host_local_view(restored: Any, like: Any) -> Any:
+  """The leaves of `restored` whose counterpart in `like` is host-local, as host-local
+  arrays again (the inverse of `global_view`)."""
+  if jax.process_count() == 1:
+    return restored
+  mesh = make_mesh()
+  return jax.tree_util.tree_map(
+      lambda r, x: multihost_utils.global_array_to_host_local_array(r, mesh, P())
+      if _host_local(x) else r, restored, like)
+
+
 def agree(value: int, reduce: Callable[[list[int]], int]) -> int:
   """The same integer on every process: `reduce` (min / max) over all processes' values.
 
@@ -49,7 +90,6 @@ def agree(value: int, reduce: Callable[[list[int]], int]) -> int:
   """
   if jax.process_count() == 1:
     return int(value)
-  from jax.experimental import multihost_utils
   return int(reduce(np.asarray(multihost_utils.process_allgather(np.int32(value))).tolist()))
 
 
