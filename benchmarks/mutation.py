@@ -81,6 +81,7 @@ DEFAULT_TESTS: dict[str, list[str]] = {
         "tests/test_detection_mutants.py::test_coco_keeps_the_100_best_detections_per_image_and_class",
         "tests/test_mean_ap.py"],
     "cnn_jax/detection/nms.py": [
+        "tests/test_detection_mutants.py::test_nms_reference_iou_messages_and_edge_outputs",
         "tests/test_detection_mutants.py::test_nms_argument_boundaries",
         "tests/test_detection_mutants.py::test_nms_default_candidates_and_thresholds",
         "tests/test_nms.py"],
@@ -92,6 +93,9 @@ DEFAULT_TESTS: dict[str, list[str]] = {
         "tests/test_training_mutants.py::test_losses_by_hand_on_a_batch",
         "tests/test_training.py::test_cross_entropy_and_topk_by_hand",
         "tests/test_training_mutants.py"],
+    "cnn_jax/training/steps.py": [
+        "tests/test_training_mutants.py", "tests/test_fused_allreduce.py",
+        "tests/test_training.py::test_aux_logits_train_with_weight_0_3"],
     "cnn_jax/training/optim.py": [
         "tests/test_training_mutants.py::test_accumulation_and_nonfinite_defaults_by_hand",
         "tests/test_training_mutants.py::test_schedule_checks_and_keys_by_hand",

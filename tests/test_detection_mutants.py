@@ -291,6 +291,43 @@ def test_nms_default_candidates_and_thresholds():
   np.testing.assert_array_equal(out["scores"][0, 254], scores[255])  # the 256th candidate
 
 
+def test_nms_reference_iou_messages_and_edge_outputs():
+  """The numpy reference's IoU matrix by hand (boxes apart on both axes share nothing; an
+  inverted box has no area; two empty boxes are 0, not NaN); each shape error names the
+  expected shape; no candidates at all still give (B, D, 4) boxes; a score of exactly 0
+  is not above the default threshold."""
+  from cnn_jax.detection.nms import _iou_matrix_numpy, batched_nms, nms_numpy
+  boxes = np.array([[0.0, 0.0, 1.0, 1.0],    # area 1
+                    [1.5, 1.5, 2.0, 2.0],    # 0.5 apart on both axes: IoU 0 (not 0.25)
+                    [0.5, 0.0, 1.5, 1.0],    # half of box 0: IoU 0.5 / 1.5
+                    [1.0, 1.0, 0.5, 0.5],    # inverted: no area, overlaps nothing
+                    [3.0, 3.0, 3.0, 3.0],    # a point
+                    [3.0, 3.0, 3.0, 3.0],    # the same point
+                    [1.5, 0.0, 2.5, 1.0],    # right of box 0, level with it
+                    [0.0, 1.5, 1.0, 2.5]])   # below box 0
+  iou = _iou_matrix_numpy(boxes)
+  assert iou[0, 1] == 0.0 and iou[0, 2] == pytest.approx(1 / 3) and iou[1, 2] == 0.0
+  assert iou[0, 6] == 0.0 and iou[0, 7] == 0.0 and iou[2, 6] == 0.0
+  assert iou[0, 3] == 0.0 and iou[3, 3] == 0.0 and iou[4, 5] == 0.0
+  assert not np.isnan(iou).any()
+  with pytest.raises(ValueError, match=r"^scores must have shape \(3,\), got \(2,\)$"):
+    nms_numpy(np.zeros((3, 4)), np.zeros(2), 0.5)
+  b, c = np.zeros((2, 3, 4)), np.zeros((2, 3), np.int32)
+  with pytest.raises(ValueError, match=r"^scores must have shape \(2, 3\) \(B, N\) to match "
+                     r"boxes, got \(2, 2\)$"):
+    batched_nms(b, np.zeros((2, 2)), c)
+  with pytest.raises(ValueError, match=r"^classes must have shape \(2, 3\) \(B, N\) to match "
+                     r"boxes, got \(3,\)$"):
+    batched_nms(b, np.zeros((2, 3)), np.zeros(3, np.int32))
+  out = batched_nms(np.zeros((2, 0, 4)), np.zeros((2, 0)), np.zeros((2, 0), np.int32),
+                    max_detections=5)
+  assert out["boxes"].shape == (2, 5, 4) and out["scores"].shape == (2, 5)
+  assert not bool(out["valid"].any())
+  out = batched_nms(np.array([[[0, 0, 1, 1], [5, 5, 6, 6]]], np.float32),
+                    np.array([[0.9, 0.0]], np.float32), np.zeros((1, 2), np.int32))
+  assert out["valid"][0].tolist()[:2] == [True, False]
+
+
 # ------------------------------------------------------------------- YOLO v2
 TALL_WIDE = ((0.2, 0.6), (0.6, 0.2))  # (w, h) anchors
 
