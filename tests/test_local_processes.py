@@ -36,6 +36,12 @@ def test_each_process_gets_its_place_in_one_job():
        "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"]
       for i in range(2)]
   assert all(c[1:4] == ["-m", "cnn_jax.cli", "train"] for c in cmds)
+  # pmap unless the arguments choose (one all-reduce per dtype across processes)
+  assert all(c[4:7] == ["--config=x.py", "--workdir=w", "--config.parallel=pmap"] for c in cmds)
+  for chosen in (["--config.parallel=sharded"], ["--config.parallel", "sharded"]):
+    cmds = local_processes.commands(["--config=x.py", *chosen], 2, 1234)
+    assert all(sum("--config.parallel" in a for a in c) == 1 for c in cmds)
+  assert "--config.parallel=pmap" not in local_processes.commands(["--config=x.py"], 1, 1)[0]
 
 
 EXPERIMENT = """
