@@ -382,6 +382,7 @@ def test_train_step_uses_the_mixed_labels_for_the_loss_and_the_true_ones_for_acc
     steps.train_step(state, batch, mix=same, loss_fn=lambda out, b: (0.0, {}))
 
 
+@pytest.mark.slow  # a training (9 s); every op under jit: test_every_op_under_jit_and_eval_skips_them
 def test_training_with_the_augment_string(tmp_path):
   from cnn_jax.training import trainer
   train, test = random_split(512), random_split(200, seed=9)

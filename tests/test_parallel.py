@@ -63,6 +63,10 @@ def assert_close(a, b, model):
   assert abs(float(a["eval_accuracy"]) - float(b["eval_accuracy"])) <= 1 / 64
 
 
+# 33 s with its fixture: the slow run. The default run compares zoo batch-norm models on 1
+# device, 8 sharded and 8 pmap (tests/test_batch_norm_sync.py) and two real processes
+# (tests/test_multiprocess.py).
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", parallel.MODES)
 def test_eight_devices_match_one(mode, single, tmp_path):
   eight = run(mode, 8, tmp_path)

@@ -138,6 +138,7 @@ def test_make_shapes():
   np.testing.assert_array_equal(synthetic.make_shapes(64, 32, seed=3)["image"], d["image"])
 
 
+@pytest.mark.slow  # a training (8 s); freezing itself: test_frozen_params_and_batch_stats_are_bit_identical
 def test_config_freeze_keeps_a_subtree_through_a_run(tmp_path):
   """config.freeze goes through the optimizer and the one train step of every run."""
   from cnn_jax.training import trainer

@@ -304,6 +304,7 @@ def _synthetic(n=8, size=64, seed=0):
   return x, boxes, labels, valid
 
 
+@pytest.mark.slow  # 8 s; detection learning through the loop: tests/test_detection_task.py
 def test_overfit_tiny_backbone():
   x, boxes, labels, valid = _synthetic()
   wh = (boxes[..., 2:] - boxes[..., :2])[valid]
