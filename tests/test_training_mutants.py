@@ -190,6 +190,19 @@ def test_eval_step_and_flip_by_hand():
   assert float(got["count"]) == 3.0
 
 
+def test_topk_correct_over_any_leading_shape():
+  """(2, 3, 4) logits: the classes are the last axis, k is capped at 4 classes, each of the
+  six positions ranked by hand."""
+  logits = np.array([[[4, 3, 2, 1], [1, 2, 3, 4], [2, 4, 1, 3]],
+                     [[1, 4, 3, 2], [3, 1, 4, 2], [4, 1, 2, 3]]], np.float32)
+  labels = np.array([[1, 3, 2], [0, 2, 0]])
+  # ranks of the labels: [[2, 1, 4], [4, 1, 1]]
+  np.testing.assert_array_equal(losses.topk_correct(logits, labels, 1), [[0, 1, 0], [0, 1, 1]])
+  np.testing.assert_array_equal(losses.topk_correct(logits, labels, 2), [[1, 1, 0], [0, 1, 1]])
+  np.testing.assert_array_equal(losses.topk_correct(logits, labels, 3), [[1, 1, 0], [0, 1, 1]])
+  np.testing.assert_array_equal(losses.topk_correct(logits, labels, 5), np.ones((2, 3)))
+
+
 def test_top1_top5_and_defaults_by_hand():
   """Seven classes, so top-1 / top-2 and top-4 / top-5 / top-6 all differ on this batch:
   the train step's accuracy and top-5 accuracy and the eval step's counts are checked

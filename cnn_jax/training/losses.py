@@ -21,7 +21,9 @@ def soft_cross_entropy(logits: jax.Array, probs: jax.Array, label_smoothing: flo
 
 
 def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
-  """1.0 where the label is among the k largest logits (ties resolved as lax.top_k)."""
+  """1.0 where the label is among the k largest logits (ties resolved as lax.top_k).
+  logits (..., num_classes), labels (...): any leading shape (a batch, or a batch of
+  positions)."""
   k = min(k, logits.shape[-1])
   _, top = jax.lax.top_k(logits, k)
-  return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
+  return jnp.any(top == labels[..., None], axis=-1).astype(jnp.float32)
