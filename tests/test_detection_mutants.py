@@ -89,7 +89,7 @@ def _loc_by_hand(logits, boxes, labels, truth):
 
 # Four examples; slot 0 of each target is the object, slot 1 a decoy that differs in every
 # field. Example 2 has no object (its empty predicted and true boxes give a NaN IoU).
-LOGITS = np.array([[2.0, 0.0], [0.0, 1.0], [0.5, 0.2], [0.3, 0.9]], np.float32)
+LOGITS = np.array([[2.0, 0.0], [1.0, 0.0], [0.5, 0.2], [0.9, 0.3]], np.float32)
 PRED = np.array([[0.1, 0.1, 0.5, 0.5], [0.0, 0.0, 0.4, 0.8], [0.0, 0.0, 0.0, 0.0],
                  [0.0, 0.0, 0.5, 0.5]], np.float32)
 TRUTH = np.array([[0.1, 0.1, 0.5, 0.5], [0.0, 0.0, 0.4, 0.4], [0.0, 0.0, 0.0, 0.0],
@@ -136,6 +136,13 @@ def test_localization_loss_fn_means_over_examples_with_an_object():
   assert float(values.mean()) == pytest.approx(glob["loss"], rel=1e-5)
   assert float(ms["mean_iou"].mean()) == pytest.approx(glob["mean_iou"], rel=1e-5)
   assert float(values[0]) == 0.0  # a replica without objects adds nothing, not NaN
+  # A batch without any object: every mean is 0, not NaN (0 / 0).
+  empty = {**_loc_batch(), "valid": jnp.zeros((4, 2))}
+  for f in (fn, lambda o, b: jax.vmap(pm, axis_name="batch")(
+      tuple(split(x) for x in o), {k: split(v) for k, v in b.items()})):
+    value, m = f((jnp.asarray(LOGITS), jnp.asarray(PRED)), empty)
+    assert np.asarray(value).tolist() in (0.0, [0.0, 0.0])
+    assert all(not np.isnan(np.asarray(v)).any() for v in m.values())
   # One object in 4 examples over 2 replicas: the mean count 0.5 divides, not 1.
   one = {k: v for k, v in batch.items()}
   one["valid"] = batch["valid"].at[3, 0].set(0.0)
@@ -166,7 +173,7 @@ def test_localization_eval_step_sums_by_hand():
   loss, _, _, iou = _loc_by_hand(LOGITS, PRED, LABELS, TRUTH)
   assert iou[3] == pytest.approx(0.5)  # on the boundary: not an IoU > 0.5
   scored = np.array([True, False, False, True])  # real and with an object: examples 0 and 3
-  want = {"loss": loss[scored].sum(), "correct": 1.0, "iou": iou[scored].sum(),
+  want = {"loss": loss[scored].sum(), "correct": 2.0, "iou": iou[scored].sum(),
           "iou50": 1.0, "count": 2.0, "no_object": 1.0}
   for k, w in want.items():
     assert float(sums[k]) == pytest.approx(w, rel=1e-5), k
