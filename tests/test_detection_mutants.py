@@ -463,6 +463,47 @@ def test_yolo_v2_head_starts_at_the_objectness_prior():
   np.testing.assert_allclose(jax.nn.sigmoid(out["objectness"]), 0.05, rtol=1e-5)
 
 
+def test_yolo_v2_head_layout_defaults_and_anchor_shapes():
+  """The head's default layout: a 3x3 conv of 256 channels without bias (padding 1: the
+  grid keeps its size), a 1x1 prediction conv of A * (5 + C); the outputs are slices of
+  that prediction (xy through a sigmoid); the objectness prior defaults to 0.01; the
+  backbone runs in the mode of the call (eval unless train=True) unless frozen. Anchor
+  lists need at least one (w, h) pair."""
+  from cnn_jax.detection import yolo_v2
+  anchors = ((0.2, 0.6), (0.6, 0.2))
+  x = jax.random.normal(jax.random.key(0), (1, 4, 4, 8))
+  head = yolo_v2.YOLOv2Head(backbone=_Probe(), anchors=anchors, num_classes=3)
+  variables = head.init(jax.random.key(1), x)
+  params = variables["params"]
+  assert params["conv"]["kernel"].shape == (3, 3, 8, 256) and "bias" not in params["conv"]
+  assert params["pred"]["kernel"].shape == (1, 1, 256, 16)
+  bias = np.asarray(params["pred"]["bias"]).reshape(2, 8)
+  np.testing.assert_allclose(bias[:, 4], np.log(0.01 / 0.99), rtol=1e-6)
+  out, inter = head.apply(variables, x, capture_intermediates=True)
+  raw = np.asarray(inter["intermediates"]["pred"]["__call__"][0]).reshape(1, 4, 4, 2, 8)
+  np.testing.assert_allclose(out["xy"], jax.nn.sigmoid(raw[..., :2]), rtol=1e-6)
+  np.testing.assert_array_equal(out["twh"], raw[..., 2:4])
+  np.testing.assert_array_equal(out["objectness"], raw[..., 4])
+  np.testing.assert_array_equal(out["class_logits"], raw[..., 5:])
+  # The backbone's mode (the probe negates in train mode), without the hidden layer.
+  bare = yolo_v2.YOLOv2Head(backbone=_Probe(), anchors=anchors, num_classes=3, hidden=0)
+  v = bare.init(jax.random.key(1), x)
+  w, b = np.asarray(v["params"]["pred"]["kernel"])[0, 0], np.asarray(v["params"]["pred"]["bias"])
+  for kwargs, sign in (({}, 1.0), ({"train": True}, -1.0)):
+    got = bare.apply(v, x, **kwargs)["objectness"]
+    np.testing.assert_allclose(got, ((sign * np.asarray(x)) @ w + b).reshape(1, 4, 4, 2, 8)[..., 4],
+                               rtol=1e-4, atol=1e-5)
+  frozen = bare.clone(frozen_backbone=True)
+  np.testing.assert_allclose(frozen.apply(v, x, train=True)["objectness"],
+                             bare.apply(v, x)["objectness"], rtol=1e-6)
+  one = {"xy": jnp.full((1, 1, 1, 1, 2), 0.5), "twh": jnp.zeros((1, 1, 1, 1, 2))}
+  np.testing.assert_allclose(yolo_v2.decode_boxes(one, ((0.5, 0.25),))[0, 0, 0, 0],
+                             [0.25, 0.375, 0.75, 0.625], rtol=1e-6)
+  for bad in ((), ((0.1, 0.2, 0.3),), (0.1, 0.2)):
+    with pytest.raises(ValueError, match=r"anchors must be \(A, 2\)"):
+      yolo_v2.decode_boxes(one, bad)
+
+
 def test_yolo_v2_encode_edges_and_decode_clips():
   """A centre on the image's right / bottom edge goes to the last cell; a valid zero-width
   box gets a finite log-scale; decoding clips twh to TWH_CLIP = (-10, 4) and the flattened
