@@ -499,7 +499,7 @@ def test_yolo_v2_head_layout_defaults_and_anchor_shapes():
   one = {"xy": jnp.full((1, 1, 1, 1, 2), 0.5), "twh": jnp.zeros((1, 1, 1, 1, 2))}
   np.testing.assert_allclose(yolo_v2.decode_boxes(one, ((0.5, 0.25),))[0, 0, 0, 0],
                              [0.25, 0.375, 0.75, 0.625], rtol=1e-6)
-  for bad in ((), ((0.1, 0.2, 0.3),), (0.1, 0.2)):
+  for bad in ((), np.zeros((0, 2)), ((0.1, 0.2, 0.3),), (0.1, 0.2)):
     with pytest.raises(ValueError, match=r"anchors must be \(A, 2\)"):
       yolo_v2.decode_boxes(one, bad)
 
