@@ -15,7 +15,6 @@ This is the only module that reads checkpoints: training resumes with
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
 import time
