@@ -7,8 +7,7 @@ A setup is N processes (`--processes N`), with ":pmap" for `--config.parallel=pm
 round runs every (experiment, setup) once, the order reversed every other round, so all
 see the same machine state; each run is an ordinary `cnn-jax train` (its defaults: one
 process keeps a small split on the device, several read with the host reader) on a slice
-of the real data, with
-no validation and no test, and reports results.json's `train_images_per_sec` (every
+of the real data, with no validation and no test, and reports results.json's `train_images_per_sec` (every
 step's images over the wall time of the epochs, compilation excluded). The median round
 is reported with its ratio to one process. Results: benchmarks/results/processes_scaling.json.
 Needs MNIST prepared by tfds (`cnn-jax prepare mnist ...`) and the CIFAR-10 JPEG copy

@@ -95,8 +95,8 @@ class Checkpoints:
 
   @staticmethod
   def _args(state: TrainState, meta: dict) -> ocp.args.Composite:
-    return ocp.args.Composite(state=ocp.args.StandardSave(parallel.global_view(state_to_tree(state))),
-                              meta=ocp.args.JsonSave(meta))
+    tree = parallel.global_view(state_to_tree(state))
+    return ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta))
 
   def save(self, state: TrainState, meta: dict, force: bool = False) -> bool:
     """Save to the latest-K manager (asynchronously unless disabled)."""

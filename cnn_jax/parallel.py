@@ -43,7 +43,8 @@ def make_mesh(devices: Any = None) -> Mesh:
 
 
 def _host_local(x: Any) -> bool:
-  return isinstance(x, jax.Array) and x.is_fully_addressable and jax.process_count() > 1
+  """An array on this process's devices only (on one process, every array is)."""
+  return isinstance(x, jax.Array) and x.is_fully_addressable
 
 
 def global_view(tree: Any) -> Any:
@@ -64,7 +65,7 @@ def restore_shardings(tree: Any) -> Optional[Any]:
   """Where orbax restores `tree`'s leaves: None (their own shardings) unless some are
   host-local on several processes (pmap), which are restored replicated over all devices
   and then brought back with `host_local_view`."""
-  if not any(_host_local(x) for x in jax.tree_util.tree_leaves(tree)):
+  if jax.process_count() == 1 or not any(map(_host_local, jax.tree_util.tree_leaves(tree))):
     return None
   everywhere = NamedSharding(make_mesh(), P())
   return jax.tree_util.tree_map(

@@ -72,7 +72,8 @@ def summarize(run: Run) -> dict[str, Any]:
       "wall_s": run.wall_seconds(time.time() if status == "running" else None),
       "images_per_sec": ips,
       "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(starts[0])) if starts else None,
-      "error": (run.record or {}).get("error") if status in ("failed", "preempted", "pruned") else None}
+      "error": ((run.record or {}).get("error")
+                if status in ("failed", "preempted", "pruned") else None)}
 
 
 # ------------------------------------------------------------------- choosing, sorting

@@ -132,7 +132,8 @@ def fail_dead(study: optuna.Study, storage: optuna.storages.RDBStorage) -> list[
   host, failed = socket.gethostname(), []
   for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
     worker = t.user_attrs.get("worker") or {}
-    if worker.get("host") == host and worker.get("pid") and not workdir_lib.process_alive(int(worker["pid"])):
+    pid = int(worker.get("pid") or 0)
+    if worker.get("host") == host and pid and not workdir_lib.process_alive(pid):
       try:  # FAIL first: of two workers that both see it, only one re-queues it
         if storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
           requeue(study, storage, t._trial_id)
