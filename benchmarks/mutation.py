@@ -105,6 +105,9 @@ DEFAULT_TESTS: dict[str, list[str]] = {
         "tests/test_training.py::test_sgd_weight_decay_is_l2_on_kernels_only",
         "tests/test_training.py::test_accumulation_schedule_counts_updates_not_micro_steps",
         "tests/test_training.py::test_every_optimizer_reduces_a_quadratic"],
+    # In-process checks of save / restore / set aside / load (test_faults.py trains and
+    # kills runs: minutes per mutant).
+    "cnn_jax/checkpoint.py": ["tests/test_checkpoint_mutants.py"],
 }
 
 # One replacement per operator, as mutmut: a + b -> a - b, a < b -> a <= b, n -> n +/- 1,

@@ -244,3 +244,87 @@ def test_cutmix_centres_cover_the_image_and_lam_is_beta(monkeypatch):
   assert set(np.asarray(centres[:, 1]).tolist()) == {0, 1, 2, 3, 4}
   lams = np.asarray(lams)  # Beta(2, 2): mean 1/2, variance 1/20
   assert abs(lams.mean() - 0.5) < 0.05 and abs(lams.var() - 0.05) < 0.015
+
+
+# ------------------------------------------------------- draws, defaults and messages
+def test_noise_adds_the_drawn_normals():
+  """noise(std) is clip(x + std * z) with z = jax.random.normal(rng) of the batch's shape:
+  the documented draw, so a run's augmentation is reproducible from its key (a flipped
+  sign has the same distribution and only shows against the draw itself)."""
+  x = np.full((2, 3, 4, 1), 0.5, np.float32)
+  key = jax.random.key(7)
+  z = np.asarray(jax.random.normal(key, x.shape, jnp.float32))
+  np.testing.assert_allclose(_op("noise(0.1)")(x, key), np.clip(x + 0.1 * z, 0.0, 1.0),
+                             rtol=1e-6, atol=1e-7)
+
+
+def test_color_defaults_leave_images_alone():
+  """Every ColorJitter argument defaults to 0 (off): color() and a contrast-only jitter of
+  a constant image (contrast blends with the image's own mean) change nothing, where a
+  brightness default would scale it."""
+  x = np.full((4, 3, 3, 1), 0.6, np.float32)
+  np.testing.assert_array_equal(_op("color()")(x, jax.random.key(0)), x)
+  np.testing.assert_allclose(_op("color(contrast=0.5)")(x, jax.random.key(0)), x, rtol=1e-6)
+
+
+def test_color_factors_and_order_by_hand():
+  """color(brightness, contrast): keys = split(rng, 3); factor j of image i is
+  uniform(keys[j], n)[i]; image i's order is permutation(split(keys[2], n)[i], 2); the
+  adjustments are applied in that order. Rebuilt here with image_ops' adjustments."""
+  n = 6
+  x = np.asarray(jax.random.uniform(jax.random.key(1), (n, 4, 4, 1)))
+  rng = jax.random.key(3)
+  keys = jax.random.split(rng, 3)
+  fb = np.asarray(jax.random.uniform(keys[0], (n,), jnp.float32, 0.5, 1.5))
+  fc = np.asarray(jax.random.uniform(keys[1], (n,), jnp.float32, 0.2, 1.8))
+  orders = [np.asarray(jax.random.permutation(k, 2)) for k in jax.random.split(keys[2], n)]
+  adjust = [lambda img, i: image_ops.adjust_brightness(img, fb[i]),
+            lambda img, i: image_ops.adjust_contrast(img, fc[i])]
+  want = []
+  for i in range(n):
+    img = x[i]
+    for j in orders[i]:
+      img = adjust[int(j)](img, i)
+    want.append(np.asarray(img))
+  assert {tuple(o) for o in orders} == {(0, 1), (1, 0)}  # both orders occur in this draw
+  got = _op("color(brightness=0.5, contrast=0.8)")(x, rng)
+  np.testing.assert_allclose(got, np.stack(want), rtol=1e-5, atol=1e-6)
+
+
+def test_cutmix_partners_are_a_permutation_of_the_batch():
+  """Each image's pasted box comes from its partner under one permutation of the whole
+  batch (gray images: a permutation drawn over the channel axis would broadcast image 0)."""
+  n = 8
+  x = np.broadcast_to(np.arange(1, n + 1, dtype=np.float32)[:, None, None, None],
+                      (n, 6, 6, 1)).copy()  # image i is the constant i + 1
+  mix = jax.jit(augment.make_mix_fn("cutmix(1.0)", n))
+  moved = 0
+  for seed in range(3):
+    out, probs = map(np.asarray, mix(x, np.arange(n), jax.random.key(seed)))
+    own = np.diag(probs)
+    # The partner: the other label weighted; an image whose box came from itself keeps
+    # all its weight (or the box was empty).
+    partners = np.where(own < 1.0, np.argmax(probs - np.diag(own), 1), np.arange(n))
+    assert sorted(partners.tolist()) == list(range(n)), partners
+    for i in np.nonzero(own < 1.0)[0]:
+      assert set(np.unique(out[i])) == {i + 1, partners[i] + 1}
+    moved += int((own < 1.0).sum())
+  assert moved >= n  # boxes were pasted
+
+
+def test_batch_op_order_error_names_the_batch_ops():
+  """An image op after a batch op: the message names the batch ops it came after, not the
+  image ops before them."""
+  with pytest.raises(ValueError) as e:
+    augment.parse("flip_lr|mixup(0.2)|rotate(5)")
+  msg = str(e.value)
+  assert "'rotate(5)' comes after a batch op (mixup(0.2))" in msg
+  assert "(flip_lr" not in msg and "put them last" in msg
+
+
+def test_parsed_ops_are_immutable():
+  """Ops are shared by every preprocess function built from one parse: they are frozen."""
+  import dataclasses
+  op = augment.parse("flip_lr")[0]
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    op.name = "flip_ud"

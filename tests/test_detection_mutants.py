@@ -543,6 +543,73 @@ def test_yolo_v2_encode_edges_and_decode_clips():
       yolo_v2.decode_boxes(pred, bad)
 
 
+def test_yolo_v2_hidden_layer_is_leaky_relu_of_its_batch_norm():
+  """The hidden layer: 3x3 conv, batch norm, leaky ReLU of slope 0.1 (darknet's), then the
+  1x1 prediction conv; checked from the batch norm's output, so the slope shows on the
+  negative half."""
+  from cnn_jax.detection import yolo_v2
+  x = jax.random.normal(jax.random.key(0), (1, 3, 3, 4))
+  head = yolo_v2.YOLOv2Head(backbone=_Probe(), anchors=((0.3, 0.3),), num_classes=2, hidden=8)
+  variables = head.init(jax.random.key(1), x)
+  _, inter = head.apply(variables, x, capture_intermediates=True)
+  bn = np.asarray(inter["intermediates"]["bn"]["__call__"][0])
+  assert (bn < -0.1).sum() > 10
+  raw = np.asarray(inter["intermediates"]["pred"]["__call__"][0])
+  pred = variables["params"]["pred"]
+  want = np.where(bn > 0, bn, 0.1 * bn) @ np.asarray(pred["kernel"])[0, 0] + np.asarray(pred["bias"])
+  np.testing.assert_allclose(raw, want, rtol=1e-4, atol=1e-5)
+
+
+def test_yolo_v2_off_image_centres_and_zero_height_boxes():
+  """A box whose centre lies left of (above) the image goes to column (row) 0, not to the
+  last one, its offset measured from that cell (negative); a valid zero-height box gets the
+  finite log-scale log(1e-9 / anchor_h)."""
+  boxes = jnp.array([[[-0.3, 0.2, 0.1, 0.4], [0.6, -0.3, 0.8, 0.1], [0.2, 0.7, 0.4, 0.7]]])
+  t = _yolo("encode_yolo_v2_targets", "anchors", "grid_shape")(
+      boxes, jnp.array([[0, 1, 2]], jnp.int32), jnp.ones((1, 3), bool), anchors=((0.3, 0.3),),
+      grid_shape=(4, 4))
+  has = np.asarray(t["has_obj"])[0, ..., 0]
+  want = np.zeros((4, 4))
+  want[1, 0] = want[0, 2] = want[2, 1] = 1  # centres (-0.1, 0.3), (0.7, -0.1), (0.3, 0.7)
+  np.testing.assert_array_equal(has, want)
+  np.testing.assert_allclose(t["xy"][0, 1, 0, 0], [-0.4, 0.2], atol=1e-6)
+  np.testing.assert_allclose(t["xy"][0, 0, 2, 0], [0.8, -0.4], atol=1e-6)
+  np.testing.assert_allclose(t["twh"][0, 2, 1, 0], [np.log(0.2 / 0.3), np.log(1e-9 / 0.3)],
+                             rtol=1e-5)
+
+
+def test_yolo_v2_no_object_term_ignores_only_overlaps_above_the_threshold():
+  """ignore_iou is a strict bound: with ignore_iou = 0 an anchor whose box overlaps no
+  ground truth (IoU exactly 0) still pays softplus(objectness) as a no-object."""
+  gt = jnp.array([[[0.0, 0.0, 0.2, 0.2]]])          # centre (0.1, 0.1): cell 0 of a 1x2 grid
+  t = _yolo("encode_yolo_v2_targets", "anchors", "grid_shape")(
+      gt, jnp.zeros((1, 1), jnp.int32), jnp.ones((1, 1), bool), anchors=((0.1, 0.1),),
+      grid_shape=(1, 2))
+  obj = jnp.array([[[[0.3], [1.2]]]])
+  pred = {"xy": jnp.full((1, 1, 2, 1, 2), 0.5), "twh": jnp.zeros((1, 1, 2, 1, 2)),
+          "objectness": obj, "class_logits": jnp.zeros((1, 1, 2, 1, 2))}
+  # Cell 1's box [0.7, 0.45, 0.8, 0.55] does not touch the ground truth.
+  _, m = _yolo("yolo_v2_loss", "anchors")(pred, t, gt, jnp.ones((1, 1), bool),
+                                          anchors=((0.1, 0.1),), ignore_iou=0.0)
+  assert float(m["noobj_loss"]) == pytest.approx(_softplus(1.2), rel=1e-5)
+
+
+def test_yolo_v2_decode_keeps_the_batch_axis():
+  """Two images, one anchor, a 1x3 grid: (2, 3) detections, image 1's in row 1."""
+  xy = jnp.full((2, 1, 3, 1, 2), 0.5)
+  twh = jnp.zeros((2, 1, 3, 1, 2)).at[1].set(-1.0)
+  pred = {"xy": xy, "twh": twh, "objectness": jnp.zeros((2, 1, 3, 1)).at[1].set(2.0),
+          "class_logits": jnp.zeros((2, 1, 3, 1, 2))}
+  det = _yolo("decode_yolo_v2", "anchors")(pred, anchors=((0.3, 0.3),))
+  assert det["boxes"].shape == (2, 3, 4) and det["scores"].shape == (2, 3)
+  assert det["classes"].shape == (2, 3)
+  w = 0.3 * np.exp(-1.0)
+  np.testing.assert_allclose(det["boxes"][1, 2], [5 / 6 - w / 2, 0.5 - w / 2, 5 / 6 + w / 2,
+                                                  0.5 + w / 2], rtol=1e-5)
+  np.testing.assert_allclose(det["scores"][1], 0.5 / (1 + np.exp(-2.0)), rtol=1e-5)
+  np.testing.assert_allclose(det["scores"][0], 0.25, rtol=1e-5)
+
+
 # ------------------------------------------------------------------- mean AP
 def _det(boxes, scores, classes):
   return {"boxes": np.asarray(boxes, float).reshape(-1, 4), "scores": np.asarray(scores, float),

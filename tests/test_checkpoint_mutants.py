@@ -1,0 +1,292 @@
+"""checkpoint.py in one process, without training: save, keep, best, restore bit for bit,
+setting broken steps aside, loading for inference, each checked on a tiny batch-norm state.
+
+tests/test_faults.py and tests/test_resume_policy.py train and kill runs to show the same
+behaviour end to end; these take seconds, so that `benchmarks/mutation_fast.py
+cnn_jax/checkpoint.py` can test every mutant of the module with them.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from ml_collections import ConfigDict
+
+from cnn_jax import checkpoint, library_noise
+from cnn_jax.training.train_state import create_train_state
+from state_compare import assert_same_arrays, state_arrays
+
+
+class _BNNet(nn.Module):
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.Dense(3)(x)
+    x = nn.BatchNorm(use_running_average=not train)(x)
+    return nn.Dense(2)(x)
+
+
+def _state(seed: int = 0, step: int = 0, tx=None):
+  """A TrainState whose every part (params, batch_stats, opt_state, rng, step) depends on
+  the seed and the step, so two steps' checkpoints cannot be mistaken for each other."""
+  s = create_train_state(_BNNet(), tx or optax.adam(1e-3), jax.random.key(seed), (4,))
+  bump = lambda t: jax.tree_util.tree_map(lambda a: a + 0.5 * step + seed, t)  # noqa: E731
+  opt = jax.tree_util.tree_map(lambda a: a + step if a.dtype == jnp.float32 else a, s.opt_state)
+  return s.replace(step=jnp.asarray(step, jnp.int32), params=bump(s.params),
+                   batch_stats=bump(s.batch_stats), opt_state=opt,
+                   rng=jax.random.fold_in(s.rng, step))
+
+
+def _config(model: str = "tiny") -> ConfigDict:
+  return ConfigDict({"model": model, "num_epochs": 2, "optimizer": {"name": "adam"}})
+
+
+def _meta(step: int, model: str = "tiny") -> dict:
+  return {"config": _config(model).to_dict(), "epoch": step, "metrics": {"step": step}}
+
+
+def _assert_loaded(tree, state) -> None:
+  """A tree loaded for inference (orbax gives the optimizer's namedtuples back as dicts)
+  holds the state's arrays, leaf for leaf in the same (sorted) order, bit for bit."""
+  got = jax.tree_util.tree_leaves(tree)
+  want = jax.tree_util.tree_leaves(checkpoint.state_to_tree(state))
+  assert len(got) == len(want)
+  for a, b in zip(got, want):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _save_steps(workdir, steps, keep=3, **kw):
+  ckpts = checkpoint.Checkpoints(workdir, keep=keep, async_save=False, **kw)
+  for step in steps:
+    ckpts.save(_state(step=step), _meta(step))
+  ckpts.wait()
+  return ckpts
+
+
+def _damage(step_dir: str) -> None:
+  for f in glob.glob(f"{step_dir}/state/**/*", recursive=True):
+    if os.path.isfile(f) and os.path.getsize(f) > 0:
+      open(f, "wb").close()
+
+
+def test_state_tree_round_trip_keeps_every_part():
+  s = _state(seed=3, step=5)
+  tree = checkpoint.state_to_tree(s)
+  assert list(tree) == ["step", "params", "batch_stats", "opt_state", "rng"]
+  assert tree["rng"].dtype == jnp.uint32  # raw key data: orbax saves no typed keys
+  back = checkpoint.tree_to_state(_state(), tree)
+  assert_same_arrays(state_arrays(back), state_arrays(s))
+
+
+def test_save_keep_and_restore_bit_for_bit(tmp_path):
+  ckpts = _save_steps(tmp_path, [1, 2, 3], keep=2)
+  try:
+    assert ckpts.latest_step() == 3 and list(ckpts.latest.all_steps()) == [2, 3]
+    assert ckpts.step_path(3) == str(tmp_path / "checkpoints" / "3")
+    assert ckpts.step_path(None) == "none"
+    for step in (None, 2):
+      state, meta = checkpoint.restore(ckpts.latest, _state(), step)
+      want = 3 if step is None else step
+      assert_same_arrays(state_arrays(state), state_arrays(_state(step=want)))
+      assert meta == _meta(want)
+    assert checkpoint.read_meta(ckpts.latest, 2) == _meta(2)
+  finally:
+    ckpts.close()
+
+
+def test_an_asynchronous_save_is_complete_after_wait(tmp_path):
+  ckpts = checkpoint.Checkpoints(tmp_path)
+  try:
+    assert ckpts.save(_state(step=4), _meta(4))
+    assert ckpts.wait() is None
+    assert_same_arrays(state_arrays(checkpoint.restore(ckpts.latest, _state())[0]),
+                       state_arrays(_state(step=4)))
+  finally:
+    ckpts.close()
+
+
+def test_restore_of_an_empty_directory_names_it(tmp_path):
+  ckpts = checkpoint.Checkpoints(tmp_path, async_save=False)
+  try:
+    with pytest.raises(FileNotFoundError, match=f"no checkpoint in .*{tmp_path.name}"):
+      checkpoint.restore(ckpts.latest, _state())
+    assert checkpoint.restore_latest_good(ckpts, _state(), _config()) is None
+  finally:
+    ckpts.close()
+
+
+@pytest.mark.parametrize("mode,metric,values,best", [
+    ("max", "accuracy", (0.5, 0.7, 0.6), 2), ("min", "loss", (0.5, 0.3, 0.4), 2),
+    ("max", "accuracy", (0.9, 0.7, 0.6), 1), ("min", "loss", (0.2, 0.3, 0.1), 3)])
+def test_best_keeps_the_best_step_by_its_mode(tmp_path, mode, metric, values, best):
+  ckpts = checkpoint.Checkpoints(tmp_path, best_metric=metric, best_mode=mode,
+                                 async_save=False)
+  try:
+    for step, v in enumerate(values, start=1):
+      assert ckpts.save_best(_state(step=step), _meta(step), {metric: v})
+    ckpts.wait()
+    assert list(ckpts.best.all_steps()) == [best]
+    # A resumed run redoing that step does not save it again (nor replace it).
+    assert not ckpts.save_best(_state(step=best, seed=9), _meta(best), {metric: values[best - 1]})
+  finally:
+    ckpts.close()
+  tree, meta, step = checkpoint.load_checkpoint(tmp_path)
+  assert step == best and meta == _meta(best)
+  _assert_loaded(tree, _state(step=best))
+
+
+def test_no_best_metric_means_no_best_checkpoints(tmp_path):
+  ckpts = checkpoint.Checkpoints(tmp_path, best_metric=None, async_save=False)
+  try:
+    assert ckpts.best is None
+    assert ckpts.save_best(_state(step=1), _meta(1), {"accuracy": 1.0}) is False
+    assert ckpts.wait() is None
+  finally:
+    ckpts.close()
+  assert not (tmp_path / "best").exists()
+  with pytest.raises(ValueError, match="best_mode must be 'max' or 'min', got 'up'"):
+    checkpoint.Checkpoints(tmp_path / "x", best_mode="up")
+
+
+def test_close_twice_leaves_no_quiet_scope_open(tmp_path):
+  depth = library_noise._depth
+  ckpts = checkpoint.Checkpoints(tmp_path, async_save=False)
+  assert library_noise._depth == depth + 1
+  ckpts.close()
+  ckpts.close()
+  assert library_noise._depth == depth and ckpts.latest is None and ckpts.best is None
+
+
+def test_wait_removes_unfinished_saves_and_returns_a_failed_ones_error(tmp_path, monkeypatch):
+  ckpts = _save_steps(tmp_path, [1])
+  try:
+    tmp = tmp_path / "checkpoints" / "2.orbax-checkpoint-tmp-1700000000"
+    (tmp / "state").mkdir(parents=True)
+    (tmp_path / "best" / "2.orbax-checkpoint-tmp-1700000001").mkdir(parents=True)
+    error = OSError("No space left on device")
+
+    def fail():
+      raise error
+    monkeypatch.setattr(ckpts.latest, "wait_until_finished", fail)
+    assert ckpts.wait() is error
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]
+    assert os.listdir(tmp_path / "best") == []
+    monkeypatch.undo()
+    assert ckpts.wait() is None
+  finally:
+    ckpts.close()
+
+
+def test_structure_mismatch_names_the_arrays_that_differ(tmp_path):
+  ckpts = _save_steps(tmp_path, [1])
+  try:
+    saved = checkpoint.saved_structure(ckpts, 1)
+    assert checkpoint.structure_mismatch(saved, _state()) == []
+    sgd = _state(tx=optax.sgd(0.1, momentum=0.9))
+    diff = checkpoint.structure_mismatch(saved, sgd)
+    assert diff and all(k.startswith("opt_state/") for k in diff)
+    assert "opt_state/0/mu/Dense_0/kernel" in diff  # adam's first moment
+    assert "opt_state/0/trace/Dense_0/kernel" in diff  # sgd's momentum
+    shapes = checkpoint._leaf_shapes(checkpoint.state_to_tree(_state()))
+    assert shapes["params/Dense_0/kernel"] == (4, 3) and shapes["step"] == ()
+    assert shapes["batch_stats/BatchNorm_0/var"] == (3,)
+  finally:
+    ckpts.close()
+
+
+def test_restore_latest_good_sets_a_broken_step_aside(tmp_path, caplog):
+  ckpts = _save_steps(tmp_path, [1, 2, 3])
+  try:
+    _damage(str(tmp_path / "checkpoints" / "3"))
+    with caplog.at_level(logging.ERROR, logger="cnn_jax"):
+      state = checkpoint.restore_latest_good(ckpts, _state(), _config())
+    assert_same_arrays(state_arrays(state), state_arrays(_state(step=2)))
+    aside = checkpoint.set_aside_steps(tmp_path)
+    assert len(aside) == 1 and aside[0].startswith("corrupt-3-"), aside
+    assert list(ckpts.latest.all_steps()) == [1, 2]
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and f"{tmp_path}/checkpoints/3 is corrupt or incomplete" in errors[0]
+    assert "trying an older one" in errors[0] and "corrupt-3-" in errors[0]
+  finally:
+    ckpts.close()
+  assert checkpoint.set_aside_steps(tmp_path / "nowhere") == []
+
+
+def test_restore_latest_good_refuses_another_model_and_another_structure(tmp_path):
+  ckpts = _save_steps(tmp_path, [1, 2])
+  with pytest.raises(ValueError, match="a different configuration .*model.*restore_from="):
+    checkpoint.restore_latest_good(ckpts, _state(), _config("other"))
+  assert ckpts.latest is None  # closed before raising
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2"]  # nothing set aside
+  ckpts = checkpoint.Checkpoints(tmp_path, async_save=False)
+  try:
+    with pytest.raises(ValueError, match="another structure than this config builds"):
+      checkpoint.restore_latest_good(ckpts, _state(tx=optax.sgd(0.1, momentum=0.9)), _config())
+  finally:
+    ckpts.close()
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2"]
+  assert checkpoint.config_conflicts(_config().to_dict(), _config()) == []
+  assert checkpoint.config_conflicts(_config().to_dict(), _config("other")) == [
+      "model: 'tiny' -> 'other'"]
+
+
+def test_load_checkpoint_latest_step_and_fallbacks(tmp_path, monkeypatch, caplog):
+  _save_steps(tmp_path, [1, 2, 3], best_metric=None).close()
+  # No best/: the latest step, from a relative path too.
+  monkeypatch.chdir(tmp_path.parent)
+  tree, meta, step = checkpoint.load_checkpoint(tmp_path.name)
+  assert step == 3 and meta == _meta(3)
+  tree, _, step = checkpoint.load_checkpoint(tmp_path, "latest", step=1)
+  assert step == 1
+  _assert_loaded(tree, _state(step=1))
+  variables = checkpoint.variables_from_tree(tree)
+  assert set(variables) == {"params", "batch_stats"}
+  assert isinstance(variables["params"]["Dense_0"]["kernel"], np.ndarray)
+  np.testing.assert_array_equal(variables["batch_stats"]["BatchNorm_0"]["mean"], 0.5)  # 0 + step / 2
+  assert set(checkpoint.variables_from_tree({**tree, "batch_stats": {}})) == {"params"}
+  assert set(checkpoint.load_variables(tmp_path, "latest")) == {"params", "batch_stats"}
+  # An unreadable newest step: the next older one, said in one line each.
+  _damage(str(tmp_path / "checkpoints" / "3"))
+  with caplog.at_level(logging.WARNING, logger="cnn_jax"):
+    _, _, step = checkpoint.load_checkpoint(tmp_path)
+  assert step == 2
+  assert "checkpoints/3 cannot be read either" in caplog.text
+  assert "using checkpoints step 2" in caplog.text
+  with pytest.raises(Exception):  # an explicit step is never replaced
+    checkpoint.load_checkpoint(tmp_path, "latest", step=3)
+  for s in (1, 2):
+    _damage(str(tmp_path / "checkpoints" / str(s)))
+  with pytest.raises(FileNotFoundError, match=r"no readable checkpoint .*3 step\(s\), none"):
+    checkpoint.load_checkpoint(tmp_path)
+
+
+def test_an_unreadable_best_falls_back_to_the_newest_readable_latest(tmp_path, caplog):
+  ckpts = _save_steps(tmp_path, [1, 2])
+  ckpts.save_best(_state(step=1), _meta(1), {"accuracy": 0.5})
+  ckpts.close()
+  _damage(str(tmp_path / "best" / "1"))
+  with caplog.at_level(logging.ERROR, logger="cnn_jax"):
+    tree, _, step = checkpoint.load_checkpoint(tmp_path, "best")
+  assert step == 2
+  assert f"{tmp_path}/best cannot be read" in caplog.text
+  _assert_loaded(tree, _state(step=2))
+
+
+def test_load_checkpoint_errors_say_what_to_do(tmp_path):
+  with pytest.raises(FileNotFoundError, match="does not exist: give the --workdir"):
+    checkpoint.load_checkpoint(tmp_path / "nope")
+  with pytest.raises(FileNotFoundError, match="no latest checkpoints in .*train first"):
+    checkpoint.load_checkpoint(tmp_path)
+  with pytest.raises(ValueError, match="which must be 'best' or 'latest', got 'last'"):
+    checkpoint.load_checkpoint(tmp_path, "last")
+  (tmp_path / "checkpoints").mkdir()
+  with pytest.raises(FileNotFoundError, match="checkpoint directory of .* holds no step"):
+    checkpoint.load_checkpoint(tmp_path, "latest")
+  assert checkpoint.workdir_exists(tmp_path) and not checkpoint.workdir_exists(tmp_path / "n")
+  assert checkpoint.workdir_exists("gs://bucket/run")
