@@ -328,3 +328,30 @@ def test_parsed_ops_are_immutable():
   op = augment.parse("flip_lr")[0]
   with pytest.raises(dataclasses.FrozenInstanceError):
     op.name = "flip_ud"
+
+
+def test_centre_crop_of_the_height_alone():
+  """Rows cropped, columns kept (7x6 -> 5x6): top = (7 - 5) // 2 = 1."""
+  r = np.arange(42, dtype=np.float32).reshape(1, 7, 6, 1)
+  y = np.asarray(image_ops.pad_or_crop_to(r, (5, 6)))[0, :, :, 0]
+  np.testing.assert_array_equal(y, r[0, 1:6, :, 0])
+
+
+def test_rgb_only_adjustments_name_the_channel_count():
+  """A 5x6 gray image: the message gives its 1 channel, not a spatial size."""
+  for adjust in (image_ops.adjust_saturation, image_ops.adjust_hue):
+    with pytest.raises(ValueError, match=r"needs RGB images, these have 1 channel\(s\)"):
+      adjust(jnp.zeros((5, 6, 1)), 0.5)
+
+
+def test_random_crop_draws_its_offsets_as_documented():
+  """offsets = randint(rng, (n, 2), 0, 2p + 1) (rows, columns), the draw runs made before
+  the augmentation registry existed, so that they replay; each image is the window of the
+  zero-padded image at its offset."""
+  n, h, w, p = 6, 4, 5, 2
+  x = np.random.default_rng(0).random((n, h, w, 2)).astype(np.float32)
+  key = jax.random.key(11)
+  off = np.asarray(jax.random.randint(key, (n, 2), 0, 2 * p + 1))
+  padded = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+  want = np.stack([padded[i, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(off)])
+  np.testing.assert_array_equal(jax.jit(image_ops.random_crop, static_argnums=2)(key, x, p), want)

@@ -57,12 +57,19 @@ REPRESENTED_BY = {
 # still traces every one of them through build_model's pmap check (bn_cases): every batch
 # norm gets the axis name.
 SLOW = {"googlenet", "resnet18", "resnet50", "vgg11_bn", "resnet20", "darknet19"}
-# 1 device against 8 after one step, unexplained so far, so only reported (printed): the
-# 1-device program differs from both 8-device ones, which agree with each other (4.0e-7,
-# 1.2e-7). Measured on the 2-core CPU (jax 0.10.2, YNNPACK fusions off): googlenet 1.1e-2
-# (inception4a/branch2_1 kernel, 1e4 times the tolerance: more than float32 rounding);
-# resnet50 4.1e-6 (layer1_0/conv3 kernel, 3.3 times it). Both are in SLOW.
-OPEN_ONE_DEVICE = {"googlenet", "resnet50"}
+# 1 device against 8 after one step, held to a bound of their own (the two 8-device runs
+# still agree within the tolerance). The cause: flax's BatchNorm computes the batch variance
+# as E[x^2] - E[x]^2 (`use_fast_variance`, flax's default and so the zoo's), which cancels
+# where a channel's mean is large against its spread: googlenet's deep maps are 2x2 and 1x1
+# at 32x32, so a channel's statistics come from 16-64 numbers. Summed in another order (one
+# device, or eight partial sums) the variance differs far beyond float32 rounding, and batch
+# norm divides by it. Measured on the 2-core CPU (jax 0.10.2, YNNPACK fusions off):
+# googlenet 1.09e-2 (inception4a/branch2_1 kernel; the first batch norm's bias already
+# 1.2e-3); with the two-pass variance E[(x - E[x])^2] instead, 5.2e-5, and pmap vs sharded
+# 3.6e-7 either way (`python benchmarks/bn_variance.py devices`). resnet50
+# 4.1e-6 (layer1_0/conv3 kernel). The two-pass variance costs 4% of resnet20's CPU step
+# and under pmap a second all-reduce per batch norm, so the zoo keeps flax's default.
+OPEN_ONE_DEVICE = {"googlenet": 2e-2, "resnet50": 2e-5}
 # Each run model at its smallest depth and width: the same classes and batch-norm code,
 # compiled in a fraction of the time (compiling dominates: 3 runs x init + step each).
 SHRINK = {
@@ -157,13 +164,17 @@ def run_worker(cases: list[dict], tmp_path) -> list[dict]:
 
 def check(results: list[dict]) -> None:
   """Every pair of runs agrees within bn_sync_worker's tolerance, but 1 device for the
-  models in OPEN_ONE_DEVICE (their 8-device runs are still held to each other)."""
+  models in OPEN_ONE_DEVICE, held to their own bound (their 8-device runs are still held
+  to each other's tolerance)."""
   failed = [r[f"{x}_vs_{y}"]["error"] for r in results for x, y in PAIRS
             if not (r["name"] in OPEN_ONE_DEVICE and "one" in (x, y))]
   assert not any(failed), "\n".join(filter(None, failed))
   for r in results:
     for x, y in PAIRS:
-      assert np.isfinite(r[f"{x}_vs_{y}"]["max_abs_diff"]), (r["name"], x, y)
+      diff = r[f"{x}_vs_{y}"]["max_abs_diff"]
+      assert np.isfinite(diff), (r["name"], x, y)
+      if r["name"] in OPEN_ONE_DEVICE and "one" in (x, y):
+        assert diff <= OPEN_ONE_DEVICE[r["name"]], (r["name"], x, y, diff)
 
 
 def distinct_runs() -> list[dict]:
@@ -188,7 +199,7 @@ def test_eight_devices_sharded_and_pmap_equal_one_for_every_batch_norm_model(tmp
 
 @pytest.mark.slow  # minutes: GoogLeNet (57 convolutions with aux heads) compiled three times
 def test_eight_devices_equal_one_for_the_slow_batch_norm_models(tmp_path):
-  """As above for SLOW; 1 device only reported for OPEN_ONE_DEVICE. Measured (2-core CPU,
+  """As above for SLOW; 1 device held to OPEN_ONE_DEVICE's bounds there. Measured (2-core CPU,
   under load): pmap vs sharded at most 4.0e-7 (googlenet), 1 vs 8 devices at most 9.5e-7
   for darknet19, resnet18, resnet20 and vgg11_bn."""
   run_worker([c for c in distinct_runs() if c["name"] in SLOW], tmp_path)

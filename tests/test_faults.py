@@ -113,6 +113,10 @@ def bn_config(**kw):
   return cfg
 
 
+# 18 s of training: the slow run. The default run sets a damaged newest step aside and
+# restores the one before bit for bit in one process
+# (test_checkpoint_mutants.py::test_restore_latest_good_sets_a_broken_step_aside).
+@pytest.mark.slow
 def test_corrupt_latest_checkpoint_is_reported_and_skipped(tmp_path, caplog):
   train, test = random_split(128), random_split(40, seed=1)
   cfg = bn_config(num_epochs=1, checkpoint_every_steps=1, keep_checkpoints=3)
