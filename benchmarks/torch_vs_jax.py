@@ -13,6 +13,12 @@ The JAX side is the project's own compiled `steps.train_step` on device-resident
 (the loop's speed is benchmarks/loop_overhead.py's business); PyTorch runs eager. Rounds
 alternate JAX / PyTorch so both see the same machine state; the median round is
 reported, compilation / warm-up steps excluded. Results: benchmarks/results/torch_vs_jax.json.
+
+Per core and scaling: `--cores 1 2` runs the comparison once per core count, each in a
+fresh process pinned to that many cores (sched_setaffinity before jax and torch start, so
+XLA's pool and torch's threads both see only those cores), and reports each side's
+images/s per core count and its scaling (images/s on the most cores over one core), in
+benchmarks/results/torch_vs_jax_cores.json.
 """
 from __future__ import annotations
 
@@ -144,9 +150,18 @@ def main():
   p.add_argument("--steps", type=int, default=60, help="steps per round (resnet20: a sixth)")
   p.add_argument("--rounds", type=int, default=3)
   p.add_argument("--threads", type=int, default=os.cpu_count())
-  p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
-                                                "torch_vs_jax.json"))
+  p.add_argument("--cores", type=int, nargs="+",
+                 help="one pinned run per core count, then per-core speed and scaling")
+  p.add_argument("--pin", type=int, help=argparse.SUPPRESS)  # set by --cores' runs
+  p.add_argument("--out", default=None)
   args = p.parse_args()
+  results = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+  if args.cores:
+    by_cores(args, args.out or os.path.join(results, "torch_vs_jax_cores.json"))
+    return
+  args.out = args.out or os.path.join(results, "torch_vs_jax.json")
+  if args.pin:  # before jax / torch start their thread pools
+    os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:args.pin]))
   import jax
   import torch
   out = {"batch": args.batch, "rounds": args.rounds, "cores": os.cpu_count(),
@@ -172,6 +187,38 @@ def main():
   with open(args.out, "w") as f:
     json.dump(out, f, indent=2)
   print(f"wrote {args.out}")
+
+
+def by_cores(args, out_path: str) -> None:
+  """This comparison once per core count, each in its own pinned process."""
+  import subprocess
+  import sys
+  import tempfile
+  runs = {}
+  with tempfile.TemporaryDirectory() as tmp:
+    for n in args.cores:
+      out = os.path.join(tmp, f"{n}.json")
+      subprocess.run([sys.executable, os.path.abspath(__file__), "--models", *args.models,
+                      "--batch", str(args.batch), "--steps", str(args.steps), "--rounds",
+                      str(args.rounds), "--threads", str(n), "--pin", str(n), "--out", out],
+                     check=True)
+      with open(out) as f:
+        runs[n] = json.load(f)
+  lo, hi = min(args.cores), max(args.cores)
+  summary = {}
+  for model in args.models:
+    ips = {n: runs[n]["models"][model]["images_per_sec"] for n in args.cores}
+    summary[model] = {
+        "images_per_sec": {f"{n}_cores": ips[n] for n in args.cores},
+        "jax_over_torch": {f"{n}_cores": runs[n]["models"][model]["jax_over_torch"]
+                           for n in args.cores},
+        f"scaling_{lo}_to_{hi}_cores": {k: round(ips[hi][k] / ips[lo][k], 3) for k in ("jax", "torch")}}
+    print(model, json.dumps(summary[model]), flush=True)
+  with open(out_path, "w") as f:
+    json.dump({"cores": args.cores, "batch": args.batch, "rounds": args.rounds,
+               "jax": runs[lo]["jax"], "torch": runs[lo]["torch"], "cpu": runs[lo]["cpu"],
+               "models": summary}, f, indent=2)
+  print(f"wrote {out_path}")
 
 
 if __name__ == "__main__":
