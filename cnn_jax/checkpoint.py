@@ -63,11 +63,12 @@ class Checkpoints:
   """Latest-K and best-1 checkpoint managers for one work directory.
 
   best_mode 'max' keeps the step with the largest `best_metric` (accuracy), 'min' the
-  smallest (loss); see `config.best_mode`.
+  smallest (loss); see `config.best_mode`. No defaults for the rest: the config's
+  keep_checkpoints, best_metric and async_checkpointing are the one place they are set.
   """
 
-  def __init__(self, workdir: PathLike, keep: int = 3, best_metric: Optional[str] = "accuracy",
-               best_mode: str = "max", async_save: bool = True):
+  def __init__(self, workdir: PathLike, *, keep: int, best_metric: Optional[str],
+               async_save: bool, best_mode: str = "max"):
     if best_mode not in ("max", "min"):
       raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
     self.workdir = epath.Path(workdir)
@@ -160,14 +161,14 @@ class Checkpoints:
       library_noise.leave()
 
 
-def restore(manager: ocp.CheckpointManager, template: TrainState, step: Optional[int] = None,
-            shardings: Any = None) -> tuple[TrainState, dict]:
+def restore(manager: ocp.CheckpointManager, template: TrainState, step: Optional[int] = None
+            ) -> tuple[TrainState, dict]:
   """Restore step (default: latest) into the structure, dtypes and shardings of `template`."""
   step = manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {manager.directory}")
   tree = state_to_tree(template)
-  shardings = shardings if shardings is not None else parallel.restore_shardings(tree)
+  shardings = parallel.restore_shardings(tree)
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract_tree(template, shardings)),
       meta=ocp.args.JsonRestore()))
@@ -304,9 +305,7 @@ def _read_only_manager(workdir: PathLike, which: str) -> ocp.CheckpointManager:
 def _read_step(workdir: PathLike, which: str, step: Optional[int]
                ) -> tuple[dict[str, Any], dict[str, Any], int]:
   mngr = _read_only_manager(workdir, which)
-  try:
-    if which == "best" and step is None:
-      step = mngr.best_step() or mngr.latest_step()
+  try:  # best/ keeps one step (max_to_keep=1): its latest is its best
     step = mngr.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"the {which} checkpoint directory of {workdir} holds no step")

@@ -62,6 +62,7 @@ def _assert_loaded(tree, state) -> None:
 
 
 def _save_steps(workdir, steps, keep=3, **kw):
+  kw.setdefault("best_metric", "accuracy")
   ckpts = checkpoint.Checkpoints(workdir, keep=keep, async_save=False, **kw)
   for step in steps:
     ckpts.save(_state(step=step), _meta(step))
@@ -101,7 +102,7 @@ def test_save_keep_and_restore_bit_for_bit(tmp_path):
 
 
 def test_an_asynchronous_save_is_complete_after_wait(tmp_path):
-  ckpts = checkpoint.Checkpoints(tmp_path)
+  ckpts = checkpoint.Checkpoints(tmp_path, keep=3, best_metric=None, async_save=True)
   try:
     assert ckpts.save(_state(step=4), _meta(4))
     assert ckpts.wait() is None
@@ -112,7 +113,7 @@ def test_an_asynchronous_save_is_complete_after_wait(tmp_path):
 
 
 def test_restore_of_an_empty_directory_names_it(tmp_path):
-  ckpts = checkpoint.Checkpoints(tmp_path, async_save=False)
+  ckpts = checkpoint.Checkpoints(tmp_path, keep=3, best_metric=None, async_save=False)
   try:
     with pytest.raises(FileNotFoundError, match=f"no checkpoint in .*{tmp_path.name}"):
       checkpoint.restore(ckpts.latest, _state())
@@ -125,7 +126,7 @@ def test_restore_of_an_empty_directory_names_it(tmp_path):
     ("max", "accuracy", (0.5, 0.7, 0.6), 2), ("min", "loss", (0.5, 0.3, 0.4), 2),
     ("max", "accuracy", (0.9, 0.7, 0.6), 1), ("min", "loss", (0.2, 0.3, 0.1), 3)])
 def test_best_keeps_the_best_step_by_its_mode(tmp_path, mode, metric, values, best):
-  ckpts = checkpoint.Checkpoints(tmp_path, best_metric=metric, best_mode=mode,
+  ckpts = checkpoint.Checkpoints(tmp_path, keep=3, best_metric=metric, best_mode=mode,
                                  async_save=False)
   try:
     for step, v in enumerate(values, start=1):
@@ -142,7 +143,7 @@ def test_best_keeps_the_best_step_by_its_mode(tmp_path, mode, metric, values, be
 
 
 def test_no_best_metric_means_no_best_checkpoints(tmp_path):
-  ckpts = checkpoint.Checkpoints(tmp_path, best_metric=None, async_save=False)
+  ckpts = checkpoint.Checkpoints(tmp_path, keep=3, best_metric=None, async_save=False)
   try:
     assert ckpts.best is None
     assert ckpts.save_best(_state(step=1), _meta(1), {"accuracy": 1.0}) is False
@@ -151,12 +152,13 @@ def test_no_best_metric_means_no_best_checkpoints(tmp_path):
     ckpts.close()
   assert not (tmp_path / "best").exists()
   with pytest.raises(ValueError, match="best_mode must be 'max' or 'min', got 'up'"):
-    checkpoint.Checkpoints(tmp_path / "x", best_mode="up")
+    checkpoint.Checkpoints(tmp_path / "x", keep=3, best_metric="loss", async_save=False,
+                           best_mode="up")
 
 
 def test_close_twice_leaves_no_quiet_scope_open(tmp_path):
   depth = library_noise._depth
-  ckpts = checkpoint.Checkpoints(tmp_path, async_save=False)
+  ckpts = checkpoint.Checkpoints(tmp_path, keep=3, best_metric="accuracy", async_save=False)
   assert library_noise._depth == depth + 1
   ckpts.close()
   ckpts.close()
@@ -224,7 +226,7 @@ def test_restore_latest_good_refuses_another_model_and_another_structure(tmp_pat
     checkpoint.restore_latest_good(ckpts, _state(), _config("other"))
   assert ckpts.latest is None  # closed before raising
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2"]  # nothing set aside
-  ckpts = checkpoint.Checkpoints(tmp_path, async_save=False)
+  ckpts = checkpoint.Checkpoints(tmp_path, keep=3, best_metric=None, async_save=False)
   try:
     with pytest.raises(ValueError, match="another structure than this config builds"):
       checkpoint.restore_latest_good(ckpts, _state(tx=optax.sgd(0.1, momentum=0.9)), _config())
@@ -290,3 +292,154 @@ def test_load_checkpoint_errors_say_what_to_do(tmp_path):
     checkpoint.load_checkpoint(tmp_path, "latest")
   assert checkpoint.workdir_exists(tmp_path) and not checkpoint.workdir_exists(tmp_path / "n")
   assert checkpoint.workdir_exists("gs://bucket/run")
+
+
+# --------------------------------------------------------- what the first tests left open
+def test_both_directories_exist_once_opened(tmp_path):
+  """The managers create checkpoints/ and best/ at once, before any save (inference then
+  finds an empty best/ of a run still in its first epoch, and falls back)."""
+  ckpts = checkpoint.Checkpoints(tmp_path / "run", keep=2, best_metric="accuracy",
+                                 async_save=False)
+  try:
+    assert (tmp_path / "run" / "checkpoints").is_dir() and (tmp_path / "run" / "best").is_dir()
+  finally:
+    ckpts.close()
+
+
+def test_saving_a_step_twice_is_declined_not_an_error(tmp_path):
+  ckpts = _save_steps(tmp_path, [1])
+  try:
+    assert ckpts.save(_state(step=1, seed=5), _meta(1)) is False
+    ckpts.wait()
+    assert_same_arrays(state_arrays(checkpoint.restore(ckpts.latest, _state())[0]),
+                       state_arrays(_state(step=1)))
+  finally:
+    ckpts.close()
+
+
+def test_best_considers_a_redone_step_below_its_newest(tmp_path):
+  """A resumed run redoes steps below the newest one best/ has seen (their saves were
+  deleted as not the best, or never made): each is still a candidate."""
+  ckpts = checkpoint.Checkpoints(tmp_path, keep=3, best_metric="accuracy", async_save=False)
+  try:
+    assert ckpts.save_best(_state(step=6), _meta(6), {"accuracy": 0.5})
+    assert ckpts.save_best(_state(step=5), _meta(5), {"accuracy": 0.9})
+    ckpts.wait()
+    assert list(ckpts.best.all_steps()) == [5]
+  finally:
+    ckpts.close()
+
+
+def test_close_closes_both_managers_and_survives_their_errors(tmp_path, monkeypatch, caplog):
+  """A failed save's error re-raised by a manager's close was reported by wait(): close
+  logs it at debug level, closes the other manager, and leaves the quiet scope."""
+  depth = library_noise._depth
+  ckpts = checkpoint.Checkpoints(tmp_path, keep=3, best_metric="accuracy", async_save=False)
+  closed = []
+  latest, best = ckpts.latest, ckpts.best
+
+  def failing_close():
+    closed.append("latest")
+    raise OSError("No space left on device")
+  monkeypatch.setattr(latest, "close", failing_close)
+  real_best_close = best.close
+  monkeypatch.setattr(best, "close", lambda: (closed.append("best"), real_best_close()))
+  with caplog.at_level(logging.DEBUG, logger="cnn_jax"):
+    ckpts.close()
+  assert closed == ["latest", "best"] and library_noise._depth == depth
+  assert "No space left on device" in caplog.text
+
+
+def test_wait_logs_the_unfinished_saves_it_removed_once(tmp_path, caplog):
+  ckpts = _save_steps(tmp_path, [1])
+  try:
+    with caplog.at_level(logging.DEBUG, logger="cnn_jax"):
+      ckpts.wait()
+    assert "unfinished" not in caplog.text  # nothing removed: nothing said
+    for i in range(4):
+      (tmp_path / "checkpoints" / f"{i + 2}.orbax-checkpoint-tmp-{i}").mkdir()
+    with caplog.at_level(logging.DEBUG, logger="cnn_jax"):
+      ckpts.wait()
+    lines = [r.getMessage() for r in caplog.records if "unfinished" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("removed 4 unfinished save(s): ")
+    assert lines[0].count("orbax-checkpoint-tmp") == 3  # the first three named
+  finally:
+    ckpts.close()
+
+
+def test_a_step_without_its_meta_is_set_aside(tmp_path):
+  import shutil
+  ckpts = _save_steps(tmp_path, [1, 2])
+  try:
+    shutil.rmtree(tmp_path / "checkpoints" / "2" / "meta")
+    state = checkpoint.restore_latest_good(ckpts, _state(), _config())
+    assert_same_arrays(state_arrays(state), state_arrays(_state(step=1)))
+    assert [a.split("-")[1] for a in checkpoint.set_aside_steps(tmp_path)] == ["2"]
+  finally:
+    ckpts.close()
+
+
+def test_set_aside_meets_the_other_processes_and_only_process_0_renames(tmp_path, monkeypatch,
+                                                                       caplog):
+  """_set_aside's two barriers run on every process of a multi-process job (none on one);
+  only process 0 renames. Its message: the error's type and first line (at most 200
+  characters), or that another process could not read the step."""
+  from jax.experimental import multihost_utils
+  met = []
+  monkeypatch.setattr(multihost_utils, "sync_global_devices", met.append)
+  ckpts = _save_steps(tmp_path, [1, 2, 3])
+  try:
+    long = ValueError("x" * 300 + "\nsecond line")
+    with caplog.at_level(logging.ERROR, logger="cnn_jax"):
+      checkpoint._set_aside(ckpts, 3, long)  # one process: no barrier
+    assert met == [] and checkpoint.set_aside_steps(tmp_path)
+    assert f"(ValueError: {'x' * 200}); moved to" in caplog.text
+    monkeypatch.setattr(checkpoint.jax, "process_count", lambda: 2)
+    monkeypatch.setattr(checkpoint.jax, "process_index", lambda: 1)
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="cnn_jax"):
+      checkpoint._set_aside(ckpts, 2, None)  # process 1 waits, does not rename
+    assert met == ["cnn_jax set aside 2 (1)", "cnn_jax set aside 2 (2)"]
+    assert (tmp_path / "checkpoints" / "2").is_dir()
+    assert "(another process could not read it)" in caplog.text
+    monkeypatch.setattr(checkpoint.jax, "process_index", lambda: 0)
+    checkpoint._set_aside(ckpts, 7, OSError(""))  # nothing there: nothing to rename
+    assert "cnn_jax set aside 7 (2)" in met
+  finally:
+    ckpts.close()
+
+
+def test_an_empty_best_directory_falls_back_to_the_latest(tmp_path):
+  _save_steps(tmp_path, [1, 2], best_metric=None).close()
+  (tmp_path / "best").mkdir()
+  _, _, step = checkpoint.load_checkpoint(tmp_path)
+  assert step == 2
+
+
+def test_the_fallback_message_is_the_errors_first_line(tmp_path, monkeypatch, caplog):
+  """An unreadable best/: one line with the error's type and first line (<= 200
+  characters), then the newest readable latest step."""
+  _save_steps(tmp_path, [1, 2]).close()
+  (tmp_path / "best").mkdir(exist_ok=True)
+  read = checkpoint._read_step
+  for error, shown in ((RuntimeError("y" * 300 + "\nmore"), "RuntimeError: " + "y" * 200),
+                       (RuntimeError(""), "RuntimeError: ")):
+    def failing(workdir, which, step, error=error):
+      if which == "best":
+        raise error
+      return read(workdir, which, step)
+    monkeypatch.setattr(checkpoint, "_read_step", failing)
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="cnn_jax"):
+      assert checkpoint.load_checkpoint(tmp_path)[2] == 2
+    assert f"best cannot be read ({shown}); using the newest readable" in caplog.text
+
+
+def test_inference_loading_leaves_a_running_saves_folder_alone(tmp_path):
+  """The reader is read-only: the temporary folder of a save still being written by a
+  training run of the same directory is not touched."""
+  _save_steps(tmp_path, [1], best_metric=None).close()
+  tmp = tmp_path / "checkpoints" / "2.orbax-checkpoint-tmp-99"
+  (tmp / "state").mkdir(parents=True)
+  assert checkpoint.load_checkpoint(tmp_path, "latest")[2] == 1
+  assert (tmp / "state").is_dir()
