@@ -156,13 +156,18 @@ def test_no_best_metric_means_no_best_checkpoints(tmp_path):
                            best_mode="up")
 
 
-def test_close_twice_leaves_no_quiet_scope_open(tmp_path):
-  depth = library_noise._depth
-  ckpts = checkpoint.Checkpoints(tmp_path, keep=3, best_metric="accuracy", async_save=False)
-  assert library_noise._depth == depth + 1
-  ckpts.close()
-  ckpts.close()
-  assert library_noise._depth == depth and ckpts.latest is None and ckpts.best is None
+def test_close_twice_leaves_the_quiet_scope_once(tmp_path):
+  """Inside a caller's own quiet scope: a second close must not end that one too."""
+  library_noise.enter()
+  try:
+    depth = library_noise._depth
+    ckpts = checkpoint.Checkpoints(tmp_path, keep=3, best_metric="accuracy", async_save=False)
+    assert library_noise._depth == depth + 1
+    ckpts.close()
+    ckpts.close()
+    assert library_noise._depth == depth and ckpts.latest is None and ckpts.best is None
+  finally:
+    library_noise.leave()
 
 
 def test_wait_removes_unfinished_saves_and_returns_a_failed_ones_error(tmp_path, monkeypatch):
