@@ -19,6 +19,13 @@ import jax  # noqa: E402,F401  (after XLA_FLAGS: the backend reads them when it 
 
 
 import pytest  # noqa: E402
+# Imported now, while this process has one thread: the hypothesis plugin imports it at the
+# terminal summary otherwise, and CPython 3.11.7's parser shares its recursion counter
+# between threads (gh-106905, fixed in 3.11.8), so that import failed ("AST constructor
+# recursion depth mismatch", exit code 1 after every test passed) when a checkpoint
+# library's thread parsed code at the same time (tests/test_settings.py's full-disk test
+# run alone, 6 of 20 runs).
+import hypothesis.internal.observability  # noqa: E402,F401
 
 
 @pytest.fixture(autouse=True)
