@@ -6,7 +6,8 @@ pmap). Where a channel's mean is large against its spread this cancels, and the 
 statistics summed in another order (1 device, or 8 partial sums) differ far beyond float32
 rounding. This script measures both sides:
 
-    python benchmarks/bn_variance.py devices    # googlenet, one SGD step, 1 vs 8 devices
+    python benchmarks/bn_variance.py devices [MODEL]  # googlenet (or resnet50), one SGD
+                                                      # step, 1 vs 8 devices
     python benchmarks/bn_variance.py speed      # resnet20 train step time, fast vs two-pass
 
 `devices` runs tests/bn_sync_worker.py's comparison (1 device, 8 sharded, 8 pmap,
@@ -38,14 +39,18 @@ def use_variance(fast: bool) -> None:
   layers.batch_norm = norm.batch_norm = batch_norm
 
 
-def devices(formula: str) -> dict:
+# tests/test_batch_norm_sync.py's cases of the models whose 1-device runs it bounds apart.
+CASES = {"googlenet": {"name": "googlenet", "kwargs": {"aux_logits": True}, "shape": [32, 32, 3]},
+         "resnet50": {"name": "resnet50", "kwargs": {"stage_sizes": [1]}, "shape": [32, 32, 3]}}
+
+
+def devices(formula: str, model: str) -> dict:
   """One formula's 1 / 8 sharded / 8 pmap comparison (run in a fresh process: the worker
   sets XLA_FLAGS for 8 devices before jax starts)."""
   sys.path.insert(0, str(REPO / "tests"))
   import bn_sync_worker  # noqa: E402 - sets the 8-device XLA flags first
   use_variance(formula == "fast")
-  case = {"name": "googlenet", "kwargs": {"aux_logits": True}, "shape": [32, 32, 3]}
-  return {"formula": formula, **bn_sync_worker.compare(case)}
+  return {"formula": formula, **bn_sync_worker.compare(CASES[model])}
 
 
 def speed(name: str = "resnet20", batch: int = 128, size: int = 32, rounds: int = 7) -> dict:
@@ -92,12 +97,13 @@ def speed(name: str = "resnet20", batch: int = 128, size: int = 32, rounds: int 
 def main() -> None:
   what = sys.argv[1] if len(sys.argv) > 1 else "devices"
   if what == "devices-one":
-    print("RESULT " + json.dumps(devices(sys.argv[2])), flush=True)
+    print("RESULT " + json.dumps(devices(sys.argv[2], sys.argv[3])), flush=True)
     return
   if what == "devices":
+    model = sys.argv[2] if len(sys.argv) > 2 else "googlenet"
     results = []
     for formula in ("fast", "two_pass"):
-      p = subprocess.run([sys.executable, __file__, "devices-one", formula], text=True,
+      p = subprocess.run([sys.executable, __file__, "devices-one", formula, model], text=True,
                          capture_output=True, cwd=REPO / "tests")
       line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
       if p.returncode or not line:
@@ -112,7 +118,7 @@ def main() -> None:
     record = {"speed": speed(*(sys.argv[2:3] or ["resnet20"]))}
     print(json.dumps(record))
   else:
-    sys.exit("usage: bn_variance.py devices | speed [MODEL]")
+    sys.exit("usage: bn_variance.py devices [googlenet|resnet50] | speed [MODEL]")
   record.update(date=time.strftime("%Y-%m-%d %H:%M"), machine=f"{os.cpu_count()}-core CPU")
   history = json.loads(OUT.read_text()) if OUT.exists() else []
   OUT.write_text(json.dumps(history + [record], indent=1) + "\n")

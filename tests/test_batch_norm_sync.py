@@ -67,7 +67,7 @@ SLOW = {"googlenet", "resnet18", "resnet50", "vgg11_bn", "resnet20", "darknet19"
 # googlenet 1.09e-2 (inception4a/branch2_1 kernel; the first batch norm's bias already
 # 1.2e-3); with the two-pass variance E[(x - E[x])^2] instead, 5.2e-5, and pmap vs sharded
 # 3.6e-7 either way (`python benchmarks/bn_variance.py devices`). resnet50
-# 4.1e-6 (layer1_0/conv3 kernel). The two-pass variance costs 4% of resnet20's CPU step
+# 4.1e-6 (layer1_0/conv3 kernel), two-pass 2.4e-7 (`... devices resnet50`). The two-pass variance costs 4% of resnet20's CPU step
 # and under pmap a second all-reduce per batch norm, so the zoo keeps flax's default.
 OPEN_ONE_DEVICE = {"googlenet": 2e-2, "resnet50": 2e-5}
 # Each run model at its smallest depth and width: the same classes and batch-norm code,
