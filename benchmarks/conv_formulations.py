@@ -32,12 +32,15 @@ def conv_sum(x,w):  # sum over taps of small matmuls
       acc=acc+jnp.einsum("nhwc,co->nhwo",x[:,i:i+Ho,j:j+Wo,:],w[i,j])
   return acc
 conv=lambda x,w: lax.conv_general_dilated(x,w,(1,1),"VALID",dimension_numbers=("NHWC","HWIO","NHWC"))
-for (N,H,C,O,K) in [(128,28,1,16,5),(128,12,16,24,5)]:
-  x=jnp.asarray(rng.randn(N,H,H,C).astype(np.float32)); w=jnp.asarray(rng.randn(K,K,C,O).astype(np.float32))
-  y=conv(x,w); g=jnp.asarray(rng.randn(*y.shape).astype(np.float32))
-  for name,f in [("lax",conv),("slice-im2col",conv_mm),("tap-sum",conv_sum)]:
-    fwd=jax.jit(f)
-    both=jax.jit(lambda x,w,g,f=f: jax.vjp(f,x,w)[1](g))
-    wonly=jax.jit(lambda x,w,g,f=f: jax.vjp(lambda w: f(x,w),w)[1](g))
-    err=float(jnp.max(jnp.abs(fwd(x,w)-y)))
-    print((N,H,C,O,K),name,"fwd %.2f  bwd(x,w) %.2f  bwd(w) %.2f  err %.1e"%(bench(fwd,x,w),bench(both,x,w,g),bench(wonly,x,w,g),err))
+def main():
+  for (N,H,C,O,K) in [(128,28,1,16,5),(128,12,16,24,5)]:
+    x=jnp.asarray(rng.randn(N,H,H,C).astype(np.float32)); w=jnp.asarray(rng.randn(K,K,C,O).astype(np.float32))
+    y=conv(x,w); g=jnp.asarray(rng.randn(*y.shape).astype(np.float32))
+    for name,f in [("lax",conv),("slice-im2col",conv_mm),("tap-sum",conv_sum)]:
+      fwd=jax.jit(f)
+      both=jax.jit(lambda x,w,g,f=f: jax.vjp(f,x,w)[1](g))
+      wonly=jax.jit(lambda x,w,g,f=f: jax.vjp(lambda w: f(x,w),w)[1](g))
+      err=float(jnp.max(jnp.abs(fwd(x,w)-y)))
+      print((N,H,C,O,K),name,"fwd %.2f  bwd(x,w) %.2f  bwd(w) %.2f  err %.1e"%(bench(fwd,x,w),bench(both,x,w,g),bench(wonly,x,w,g),err))
+if __name__ == "__main__":
+  main()

@@ -20,6 +20,9 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import conv_formulations  # noqa: E402  (its im2col: conv_mm)
+
 STAGES = ((32, 16), (16, 32), (8, 64))  # (spatial size, channels) of resnet20's stages
 
 
@@ -34,11 +37,7 @@ def measure(batch: int, reps: int = 20, rounds: int = 5) -> dict:
     return jnp.sum(y * y)
 
   def im2col_loss(x, k):  # the same convolution as one matmul over 3x3 patches
-    kh, kw, ci, co = k.shape
-    n, h, w, _ = x.shape
-    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    cols = jnp.concatenate([xp[:, i:i + h, j:j + w] for i in range(kh) for j in range(kw)], -1)
-    y = (cols.reshape(-1, kh * kw * ci) @ k.reshape(kh * kw * ci, co)).reshape(n, h, w, co)
+    y = conv_formulations.conv_mm(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), k)
     return jnp.sum(y * y)
 
   def split_loss(x, k):  # the batch's two halves as two independent convolutions

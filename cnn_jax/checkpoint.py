@@ -284,13 +284,7 @@ def _barrier(name: str) -> None:
 
 
 # ------------------------------------------------------------------- inference
-def _check_which(which: str) -> None:
-  if which not in SUBDIRS:
-    raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
-
-
 def _read_only_manager(workdir: PathLike, which: str) -> ocp.CheckpointManager:
-  _check_which(which)
   text = os.fspath(workdir)  # orbax reads only absolute paths: `--workdir runs/a` is common
   path = epath.Path(text if "://" in text else os.path.abspath(text)) / SUBDIRS[which]
   if not path.is_dir():
@@ -336,7 +330,8 @@ def load_checkpoint(workdir: PathLike, which: str = "best", step: Optional[int] 
   newest readable one is used instead (best/ -> the latest steps, newest first); only a
   run with nothing readable is an error. A `step` asked for explicitly is never replaced.
   """
-  _check_which(which)  # before the fallbacks, which would take it for an unreadable step
+  if which not in SUBDIRS:  # checked first: the fallbacks would take it for an unreadable step
+    raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
   if not workdir_exists(workdir):
     raise FileNotFoundError(f"{workdir} does not exist: give the --workdir of a trained run")
   with library_noise.quiet():  # the libraries' tracebacks for an unreadable step: ours is one line

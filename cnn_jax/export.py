@@ -13,8 +13,9 @@ the file.
 
 The run is read by `cnn_jax.load`, whose predictor (eval preprocessing, flip, class names)
 is the one `cnn-jax predict` uses (`_load` is the one place this module depends on it).
-Host-side eval ops (`dataset.pp_eval`, e.g. a resize and centre crop of full-size photos) run before the model in cnn_jax too and are not in the
-file; they are named in its metadata.
+Host-side eval ops (`dataset.pp_eval`, e.g. a resize and centre crop of full-size photos)
+run before the model in cnn_jax too and are not in the file; they are named in its
+metadata.
 
 Class names and the input description go in the ONNX file's metadata_props; a StableHLO
 file (serialized `jax.export.Exported`, which has no free-form metadata) gets them in a

@@ -1,4 +1,7 @@
 """Small in-memory data sets and configs shared by the tests."""
+import glob
+import os
+
 import numpy as np
 
 from cnn_jax.config import base_config, smoke_variant
@@ -30,3 +33,11 @@ def tiny_config(model: str = "mnist_cnn", **overrides):
       target = target[p]
     target[last] = v
   return c
+
+
+def empty_array_files(step_dirs: str) -> None:
+  """Damage checkpoints: every non-empty file under the state/ of the step directories
+  matching the glob `step_dirs` is cut to 0 bytes (the meta item is left readable)."""
+  for f in glob.glob(f"{step_dirs}/state/**/*", recursive=True):
+    if os.path.isfile(f) and os.path.getsize(f) > 0:
+      open(f, "wb").close()

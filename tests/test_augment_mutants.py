@@ -4,6 +4,8 @@ through: every argument bound at its edge, the defaults, the reachable parameter
 Expected values are worked out by hand or with numpy; tiny images, no torch, so that
 `benchmarks/mutation.py` can run this file first for data/augment.py and data/image_ops.py.
 """
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -324,7 +326,6 @@ def test_batch_op_order_error_names_the_batch_ops():
 
 def test_parsed_ops_are_immutable():
   """Ops are shared by every preprocess function built from one parse: they are frozen."""
-  import dataclasses
   op = augment.parse("flip_lr")[0]
   with pytest.raises(dataclasses.FrozenInstanceError):
     op.name = "flip_ud"

@@ -7,9 +7,9 @@ cnn_jax/checkpoint.py` can test every mutant of the module with them.
 """
 from __future__ import annotations
 
-import glob
 import logging
 import os
+import shutil
 
 import flax.linen as nn
 import jax
@@ -19,8 +19,11 @@ import optax
 import pytest
 from ml_collections import ConfigDict
 
+from jax.experimental import multihost_utils
+
 from cnn_jax import checkpoint, library_noise
 from cnn_jax.training.train_state import create_train_state
+from helpers import empty_array_files
 from state_compare import assert_same_arrays, state_arrays
 
 
@@ -68,12 +71,6 @@ def _save_steps(workdir, steps, keep=3, **kw):
     ckpts.save(_state(step=step), _meta(step))
   ckpts.wait()
   return ckpts
-
-
-def _damage(step_dir: str) -> None:
-  for f in glob.glob(f"{step_dir}/state/**/*", recursive=True):
-    if os.path.isfile(f) and os.path.getsize(f) > 0:
-      open(f, "wb").close()
 
 
 def test_state_tree_round_trip_keeps_every_part():
@@ -210,7 +207,7 @@ def test_structure_mismatch_names_the_arrays_that_differ(tmp_path):
 def test_restore_latest_good_sets_a_broken_step_aside(tmp_path, caplog):
   ckpts = _save_steps(tmp_path, [1, 2, 3])
   try:
-    _damage(str(tmp_path / "checkpoints" / "3"))
+    empty_array_files(str(tmp_path / "checkpoints" / "3"))
     with caplog.at_level(logging.ERROR, logger="cnn_jax"):
       state = checkpoint.restore_latest_good(ckpts, _state(), _config())
     assert_same_arrays(state_arrays(state), state_arrays(_state(step=2)))
@@ -259,7 +256,7 @@ def test_load_checkpoint_latest_step_and_fallbacks(tmp_path, monkeypatch, caplog
   assert set(checkpoint.variables_from_tree({**tree, "batch_stats": {}})) == {"params"}
   assert set(checkpoint.load_variables(tmp_path, "latest")) == {"params", "batch_stats"}
   # An unreadable newest step: the next older one, said in one line each.
-  _damage(str(tmp_path / "checkpoints" / "3"))
+  empty_array_files(str(tmp_path / "checkpoints" / "3"))
   with caplog.at_level(logging.WARNING, logger="cnn_jax"):
     _, _, step = checkpoint.load_checkpoint(tmp_path)
   assert step == 2
@@ -268,7 +265,7 @@ def test_load_checkpoint_latest_step_and_fallbacks(tmp_path, monkeypatch, caplog
   with pytest.raises(Exception):  # an explicit step is never replaced
     checkpoint.load_checkpoint(tmp_path, "latest", step=3)
   for s in (1, 2):
-    _damage(str(tmp_path / "checkpoints" / str(s)))
+    empty_array_files(str(tmp_path / "checkpoints" / str(s)))
   with pytest.raises(FileNotFoundError, match=r"no readable checkpoint .*3 step\(s\), none"):
     checkpoint.load_checkpoint(tmp_path)
 
@@ -277,7 +274,7 @@ def test_an_unreadable_best_falls_back_to_the_newest_readable_latest(tmp_path, c
   ckpts = _save_steps(tmp_path, [1, 2])
   ckpts.save_best(_state(step=1), _meta(1), {"accuracy": 0.5})
   ckpts.close()
-  _damage(str(tmp_path / "best" / "1"))
+  empty_array_files(str(tmp_path / "best" / "1"))
   with caplog.at_level(logging.ERROR, logger="cnn_jax"):
     tree, _, step = checkpoint.load_checkpoint(tmp_path, "best")
   assert step == 2
@@ -373,7 +370,6 @@ def test_wait_logs_the_unfinished_saves_it_removed_once(tmp_path, caplog):
 
 
 def test_a_step_without_its_meta_is_set_aside(tmp_path):
-  import shutil
   ckpts = _save_steps(tmp_path, [1, 2])
   try:
     shutil.rmtree(tmp_path / "checkpoints" / "2" / "meta")
@@ -389,7 +385,6 @@ def test_set_aside_meets_the_other_processes_and_only_process_0_renames(tmp_path
   """_set_aside's two barriers run on every process of a multi-process job (none on one);
   only process 0 renames. Its message: the error's type and first line (at most 200
   characters), or that another process could not read the step."""
-  from jax.experimental import multihost_utils
   met = []
   monkeypatch.setattr(multihost_utils, "sync_global_devices", met.append)
   ckpts = _save_steps(tmp_path, [1, 2, 3])

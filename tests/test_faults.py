@@ -19,7 +19,7 @@ from cnn_jax import cli, config as config_lib, inference, parallel
 from cnn_jax.data.split import Split
 from cnn_jax.training import guards, setup, trainer
 from cnn_jax.training import workdir as workdir_lib
-from helpers import random_split, tiny_config
+from helpers import empty_array_files, random_split, tiny_config
 from state_compare import assert_same_arrays, assert_same_state
 
 WORKER = os.path.join(os.path.dirname(__file__), "resume_worker.py")
@@ -123,9 +123,7 @@ def test_corrupt_latest_checkpoint_is_reported_and_skipped(tmp_path, caplog):
   trainer.train_and_evaluate(cfg, str(tmp_path), train, test)
   ckdir = tmp_path / "checkpoints"
   assert sorted(os.listdir(ckdir)) == ["2", "3", "4"]
-  for f in glob.glob(f"{ckdir}/4/state/**/*", recursive=True):  # damage step 4's arrays
-    if os.path.isfile(f) and os.path.getsize(f) > 0:
-      open(f, "wb").close()
+  empty_array_files(f"{ckdir}/4")  # damage step 4's arrays
   cfg.num_epochs = 2
   with caplog.at_level(logging.ERROR):
     r = trainer.train_and_evaluate(cfg, str(tmp_path), train, test)

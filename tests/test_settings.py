@@ -149,16 +149,13 @@ def test_one_run_per_work_directory(tmp_path, caplog):
 def test_all_checkpoints_corrupt_is_refused_not_restarted(tmp_path, caplog):
   """Every step unreadable used to mean a silent restart from step 0 over the set-aside history."""
   import glob
-  import os
   import shutil
   from cnn_jax.training import trainer
-  from helpers import random_split
+  from helpers import empty_array_files, random_split
   train = random_split(96)
   cfg = tiny_config("mlp", num_epochs=1, checkpoint_every_steps=1, keep_checkpoints=2)
   trainer.train_and_evaluate(cfg, str(tmp_path), train, train)
-  for f in glob.glob(f"{tmp_path}/checkpoints/*/state/**/*", recursive=True):
-    if os.path.isfile(f) and os.path.getsize(f) > 0:
-      open(f, "wb").close()
+  empty_array_files(f"{tmp_path}/checkpoints/*")
   cfg.num_epochs = 2
   for _ in range(2):  # and again: the set-aside steps still say what happened
     with pytest.raises(RuntimeError, match="every checkpoint in .*checkpoints is corrupt.*move"):
@@ -195,17 +192,13 @@ def test_metrics_after_a_resume_hold_each_step_once(tmp_path):
 
 def test_eval_with_a_corrupt_best_falls_back_to_the_latest(tmp_path, caplog):
   """`cnn-jax eval` on a damaged best/ printed a 416-line traceback with no path."""
-  import glob
   import logging
-  import os
   from cnn_jax.training import trainer
-  from helpers import random_split
+  from helpers import empty_array_files, random_split
   train = random_split(96)
   cfg = tiny_config("mlp", num_epochs=2)
   r = trainer.train_and_evaluate(cfg, str(tmp_path), train, train)
-  for f in glob.glob(f"{tmp_path}/best/*/state/**/*", recursive=True):
-    if os.path.isfile(f) and os.path.getsize(f) > 0:
-      open(f, "wb").close()
+  empty_array_files(f"{tmp_path}/best/*")
   from cnn_jax import checkpoint as ckpt_lib
   with caplog.at_level(logging.WARNING, logger="cnn_jax"):
     tree, meta, step = ckpt_lib.load_checkpoint(str(tmp_path))
