@@ -1,6 +1,6 @@
 """Training images/s of `cnn-jax train --processes N` against one process, side by side.
 
-  python benchmarks/processes_scaling.py [--runs mnist_cnn resnet20] [--setups 1 2 2:pmap]
+  python benchmarks/processes_scaling.py [--runs mnist_cnn resnet20 airbench_full] [--setups 1 2 2:pmap]
       [--rounds 3] [--epochs 1]
 
 A setup is N processes (`--processes N`), with ":pmap" for `--config.parallel=pmap`. Each
@@ -29,6 +29,8 @@ RUNS = {  # name: (experiment, flags)
     "mnist_cnn": ("experiments/mnist_cnn.py", ["--config.dataset.train_split=train[:50%]"]),
     "resnet20": ("experiments/cifar10_resnet20.py:cpu",
                  ["--config.dataset.train_split=train[:10%]"]),
+    "airbench_full": ("experiments/cifar10_fast.py:full",
+                      ["--config.dataset.train_split=train[:5%]"]),
 }
 COMMON = ["--config.dataset.val_split=", "--config.dataset.test_split=",
           "--config.progress_bar=False", "--config.seed=0"]
@@ -53,7 +55,7 @@ def one_run(name: str, setup: str, epochs: int, root: str) -> dict:
 
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
+  p.add_argument("--runs", nargs="+", default=["mnist_cnn", "resnet20"], choices=list(RUNS))
   p.add_argument("--setups", nargs="+", default=["1", "2", "2:pmap"])
   p.add_argument("--rounds", type=int, default=3)
   p.add_argument("--epochs", type=int, default=1)

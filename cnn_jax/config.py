@@ -124,7 +124,7 @@ def base_config() -> ConfigDict:
   c.optimizer = ConfigDict()
   c.optimizer.name = "adam"              # sgd | momentum | nesterov | adam | adamw | rmsprop
   c.optimizer.learning_rate = 1e-3
-  c.optimizer.schedule = "constant"      # constant | cosine | warmup_cosine | piecewise | onecycle | exponential
+  c.optimizer.schedule = "constant"      # constant | cosine | warmup_cosine | piecewise | onecycle | exponential | triangular
   c.optimizer.warmup_epochs = 0.0
   c.optimizer.end_learning_rate = 0.0
   # piecewise: the rate is multiplied by decay_factors[i] from epoch decay_epochs[i] on
@@ -139,6 +139,7 @@ def base_config() -> ConfigDict:
   c.optimizer.decay = 0.9                # rmsprop
   c.optimizer.weight_decay = 0.0
   c.optimizer.grad_clip_norm = 0.0
+  c.optimizer.norm_bias_lr_scale = 1.0   # learning-rate factor for norm layers' biases (airbench: 64)
   c.optimizer.accumulate_steps = 1       # gradient accumulation (optax.MultiSteps)
 
   c.parallel = "sharded"                 # sharded (jit over a Mesh) | pmap

@@ -67,7 +67,7 @@ def test_piecewise_errors(kw, message):
      "optimizer.warmup_epochs=1.0 is not used by the 'piecewise' schedule"),
     (dict(schedule="onecycle", warmup_epochs=1.0), "is not used by the 'onecycle' schedule"),
     (dict(schedule="exponential", end_learning_rate=0.01),
-     "optimizer.end_learning_rate=0.01 is used only by the cosine schedules, not 'exponential'"),
+     "optimizer.end_learning_rate=0.01 is used only by the cosine, warmup_cosine, triangular schedules, not 'exponential'"),
     (dict(schedule="constant", warmup_epochs=8.0), "warmup_epochs=8.0 leaves no steps"),
     (dict(schedule="cosine", warmup_epochs=-1.0), "warmup_epochs must be >= 0"),
     (dict(schedule="exponential", decay_rate=0.0), "decay_rate must be > 0"),
@@ -130,3 +130,14 @@ def test_exponential_decays_by_the_rate_per_epoch_with_fractional_epochs():
   cfg = optimizer(schedule="exponential", decay_rate=0.5)
   assert rates(cfg, (0, 5, 10), spe=2.5) == pytest.approx([0.1, 0.025, 0.00625], rel=1e-6)
   assert rates(cfg, (3, 6), spe=1.5) == pytest.approx([0.025, 0.00625], rel=1e-6)
+
+
+def test_triangular_rises_from_a_fifth_then_falls_to_the_end_value_by_hand():
+  # 8 epochs of 10 steps = 80: airbench's triangle rises over a fifth (16 steps) from
+  # 0.2 * 0.1 to 0.1, then falls linearly to 0 at step 80.
+  got = rates(optimizer(schedule="triangular"), (0, 8, 16, 48, 80))
+  assert got == pytest.approx([0.02, 0.06, 0.1, 0.05, 0.0])
+  # warmup_epochs sets the rise (2 epochs = 20 steps); end_learning_rate the floor.
+  got = rates(optimizer(schedule="triangular", warmup_epochs=2.0, end_learning_rate=0.01),
+              (0, 10, 20, 50, 80))
+  assert got == pytest.approx([0.02, 0.06, 0.1, 0.055, 0.01])

@@ -5,15 +5,18 @@ from typing import Any, Callable, Sequence
 
 import jax
 import optax
+from flax import traverse_util
 from ml_collections import ConfigDict
 
 from cnn_jax import transfer
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
-SCHEDULES = ("constant", "cosine", "warmup_cosine", "piecewise", "onecycle", "exponential")
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "piecewise", "onecycle", "exponential",
+             "triangular")
 
 
-WARMUP_SCHEDULES = ("constant", "cosine", "warmup_cosine")  # the ones warmup_epochs applies to
+WARMUP_SCHEDULES = ("constant", "cosine", "warmup_cosine", "triangular")
+END_SCHEDULES = ("cosine", "warmup_cosine", "triangular")  # the ones end_learning_rate applies to  # the ones warmup_epochs applies to
 
 
 def piecewise_decays(cfg: ConfigDict, num_epochs: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -54,9 +57,9 @@ def check_schedule(cfg: ConfigDict, steps_per_epoch: float, num_epochs: int) -> 
   if warmup_epochs and name not in WARMUP_SCHEDULES:
     raise ValueError(f"optimizer.warmup_epochs={warmup_epochs} is not used by the {name!r} "
                      f"schedule (only by {', '.join(WARMUP_SCHEDULES)}); set it to 0")
-  if cfg.get("end_learning_rate", 0.0) and name not in ("cosine", "warmup_cosine"):
+  if cfg.get("end_learning_rate", 0.0) and name not in END_SCHEDULES:
     raise ValueError(f"optimizer.end_learning_rate={cfg.end_learning_rate} is used only by the "
-                     f"cosine schedules, not {name!r}; set it to 0")
+                     f"{', '.join(END_SCHEDULES)} schedules, not {name!r}; set it to 0")
   total = max(1, int(steps_per_epoch * num_epochs))
   warmup = int(warmup_epochs * steps_per_epoch)
   if warmup and warmup >= total:
@@ -97,6 +100,11 @@ def make_schedule(cfg: ConfigDict, steps_per_epoch: float, num_epochs: int) -> o
     return optax.piecewise_constant_schedule(lr, boundaries)
   if name == "onecycle":
     return optax.cosine_onecycle_schedule(total, lr)
+  if name == "triangular":  # airbench's: 0.2 lr up to lr (warmup_epochs, else a fifth of
+    rise = warmup or max(1, int(0.2 * total))  # the run), then straight down to the end
+    return optax.join_schedules(
+        [optax.linear_schedule(0.2 * lr, lr, rise),
+         optax.linear_schedule(lr, cfg.get("end_learning_rate", 0.0), total - rise)], [rise])
   # decay_rate per epoch, even of a fractional number of updates (gradient accumulation)
   return optax.exponential_decay(lr, steps_per_epoch, cfg.get("decay_rate", 0.95))
 
@@ -106,7 +114,7 @@ def make_schedule(cfg: ConfigDict, steps_per_epoch: float, num_epochs: int) -> o
 # the run never read is no change to it.
 _OPTIMIZER_ONLY = {"momentum": ("momentum", "nesterov", "rmsprop"), "b1": ("adam", "adamw"),
                    "b2": ("adam", "adamw"), "decay": ("rmsprop",)}
-_SCHEDULE_ONLY = {"warmup_epochs": WARMUP_SCHEDULES, "end_learning_rate": ("cosine", "warmup_cosine"),
+_SCHEDULE_ONLY = {"warmup_epochs": WARMUP_SCHEDULES, "end_learning_rate": END_SCHEDULES,
                   "decay_epochs": ("piecewise",), "decay_factors": ("piecewise",),
                   "decay_rate": ("exponential",)}
 
@@ -121,6 +129,13 @@ def unused_keys(cfg: Any) -> set[str]:
 def _decay_mask(params: Any) -> Any:
   """Weight decay on kernels only, not on biases or batch-norm scales (ndim > 1)."""
   return jax.tree_util.tree_map(lambda p: p.ndim > 1, params)
+
+
+def norm_bias_mask(params: Any) -> Any:
+  """True on the biases of layers without a kernel: batch / layer norms' shifts."""
+  flat = traverse_util.flatten_dict(params)
+  return traverse_util.unflatten_dict(
+      {path: path[-1] == "bias" and path[:-1] + ("kernel",) not in flat for path in flat})
 
 
 def make_optimizer(cfg: ConfigDict, steps_per_epoch: int, num_epochs: int, *,
@@ -160,6 +175,10 @@ def make_optimizer(cfg: ConfigDict, steps_per_epoch: int, num_epochs: int, *,
       raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
     # Classic L2 weight decay: added to the gradient before the update rule.
     tx = optax.chain(optax.add_decayed_weights(wd, _decay_mask), base) if wd else base
+  # airbench's 64x learning rate for batch-norm biases (a scale-free shift learns slowly).
+  bias_scale = cfg.get("norm_bias_lr_scale", 1.0)
+  if bias_scale != 1.0:
+    tx = optax.chain(tx, optax.masked(optax.scale(bias_scale), norm_bias_mask))
   if cfg.get("grad_clip_norm"):
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
   if frozen:

@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from ml_collections import ConfigDict
 
 from cnn_jax import config as config_lib
@@ -244,6 +245,25 @@ def load_splits(config: ConfigDict, for_training: bool = True) -> dict[str, Any]
   }
 
 
+DATA_INIT_EXAMPLES = 5000  # what airbench's whitening reads
+
+
+def params_from_data(model: nn.Module, train_data: Any, preprocess: Callable
+                     ) -> Optional[dict[tuple[str, ...], Any]]:
+  """The parameters `model.data_init` computes from the train split's first 5,000 images,
+  preprocessed as for evaluation (e.g. airbench's whitened stem); None for other models.
+
+  Every process holds the whole train split in the same order, so every process
+  computes the same values, and they are computed again (the same) on a resume.
+  """
+  data_init = getattr(model, "data_init", None)
+  if data_init is None or train_data is None:
+    return None
+  n = min(DATA_INIT_EXAMPLES, len(train_data))
+  images = np.stack([train_data[i][0] for i in range(n)])
+  return data_init(np.asarray(preprocess(jnp.asarray(images), None, False))) or None
+
+
 def setup(config: ConfigDict, train_data: Optional[Any] = None, val_data: Optional[Any] = None,
           test_data: Optional[Any] = None, *, for_training: bool = True) -> Setup:
   """Validate the config, load data, build model / optimizer and compile the steps.
@@ -289,7 +309,8 @@ def setup(config: ConfigDict, train_data: Optional[Any] = None, val_data: Option
   tx, learning_rate = optim.make_optimizer(config.optimizer, spe, config.num_epochs,
                                            skip_nonfinite=config.skip_nonfinite_steps,
                                            frozen=frozen, params=params)
-  init_fn = lambda rng: create_train_state(model, tx, rng, input_shape)
+  from_data = params_from_data(model, train_data, preprocess) if for_training else None
+  init_fn = lambda rng: create_train_state(model, tx, rng, input_shape, from_data)
   train_fn = functools.partial(steps.train_step, preprocess=preprocess,
                                mix=augment.mix_from_config(config, num_classes),
                                loss_fn=(task_module(config).loss_fn(config)
