@@ -84,6 +84,7 @@ def test_no_validation_split_means_no_best_and_eval_uses_latest(tmp_path):
   assert ckpt_lib.load_checkpoint(str(tmp_path), "best")[2] == r["final_step"]
 
 
+@pytest.mark.slow  # 10 s through the CLI; the tests above make the same choice in-process
 def test_cli_train_then_eval_on_the_test_split(tmp_path, capsys):
   data_dir = str(tmp_path / "data")
   tfds.testing.DummyMnist(data_dir=data_dir, file_format="array_record").download_and_prepare()

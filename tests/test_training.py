@@ -189,6 +189,7 @@ def test_eval_batches_can_pad_to_an_agreed_count():
   assert all(b["image"].shape == (4, 28, 28, 1) for b in batches)
 
 
+@pytest.mark.slow  # 10 s of training: in the slow run to keep the default under 8 min
 def test_accumulation_schedule_counts_updates_not_micro_steps():
   """Cosine over 2 epochs of 40 micro-steps with k=4: 20 updates, from the peak down to 0.
 

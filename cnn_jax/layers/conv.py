@@ -92,7 +92,10 @@ def _check_spatial(name: str, x_shape: Sequence[int], kernel: Sequence[int],
 # independent convolutions (the batch's halves) run side by side on two threads: on 2
 # cores 1.2-1.4x faster at resnet20's 16x16x32 and 8x8x64, no slower on one core; at
 # 32x32x16 the kernel itself scales and the split costs 5-10% (benchmarks/conv_scaling.py).
+# Whole train steps, 2 cores (benchmarks/conv_batch_split.py, 9 rounds): resnet20 1.11x;
+# mnist_cnn, whose 12x12 map has 16 channels, 0.95x: thin inputs stay one convolution.
 SPLIT_BATCH_MAX_PIXELS = 16 * 16
+SPLIT_BATCH_MIN_CHANNELS = 32
 
 
 def split_batch_wanted(x_shape: Sequence[int], batch_split: Optional[bool] = None) -> bool:
@@ -100,16 +103,20 @@ def split_batch_wanted(x_shape: Sequence[int], batch_split: Optional[bool] = Non
 
   batch_split None decides by the measured rule: the CPU backend, one local device (with
   several, the batch axis is the one sharded over them and halving it would move data
-  between devices), an even batch and a map of at most SPLIT_BATCH_MAX_PIXELS pixels;
+  between devices), an even batch, a map of at most SPLIT_BATCH_MAX_PIXELS pixels and at
+  least SPLIT_BATCH_MIN_CHANNELS input channels;
   CNN_JAX_CONV_SPLIT=0 in the environment turns that rule off. True splits any even
   batch, False never. The outputs are the same convolution's to float32 rounding.
   """
-  n, h, w = x_shape[0], x_shape[1], x_shape[2]
+  n, h, w, c = x_shape
+  if not isinstance(n, int):  # a symbolic batch (export with a polymorphic batch): one op
+    return False
   if batch_split is not None:
     return bool(batch_split) and n >= 2 and n % 2 == 0
   return (os.environ.get("CNN_JAX_CONV_SPLIT", "1") != "0"
           and jax.default_backend() == "cpu" and jax.local_device_count() == 1
-          and n >= 2 and n % 2 == 0 and h * w <= SPLIT_BATCH_MAX_PIXELS)
+          and n >= 2 and n % 2 == 0 and h * w <= SPLIT_BATCH_MAX_PIXELS
+          and c >= SPLIT_BATCH_MIN_CHANNELS)
 
 
 def conv_nhwc(x: Array, k: Array, batch_split: bool, **conv_kwargs: Any) -> Array:
