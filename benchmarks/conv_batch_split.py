@@ -4,8 +4,9 @@
 
 benchmarks/conv_scaling.py shows XLA:CPU's convolution kernel using one core for
 resnet20's 16x16 and 8x8 maps, while two independent convolutions of the batch's halves
-run side by side. Conv2D computes maps of at most 16x16 that way on one CPU device
-(layers/conv.py, split_batch_wanted); CNN_JAX_CONV_SPLIT=0 turns it off. This times
+run side by side. Conv2D computes maps of at most 16x16 with at least 32 input channels
+that way on one CPU device (layers/conv.py, split_batch_wanted); CNN_JAX_CONV_SPLIT=0
+turns it off. This times
 torch_vs_jax.py's step of the model (Adam, synthetic data) compiled each way, in
 alternating rounds. Results: benchmarks/results/conv_batch_split.json.
 """

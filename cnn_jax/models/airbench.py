@@ -19,8 +19,8 @@ scaled by 1/9. Its initialisation is half of what makes it fast (Jordan's ablati
   1 - momentum). airbench94's BatchNorm(momentum=0.6) passes 1 - 0.6 to torch, i.e. a
   decay of 0.6; its ablations without lookahead use 0.9.
 
-All default off (0.6 decay on), so `airbench` alone is the plain trained network;
-experiments/cifar10_fast.py turns them on. `widths` trades accuracy for speed.
+The switches default off and the decay to airbench94's 0.6, so `airbench` alone is the
+plain trained network; experiments/cifar10_fast.py turns them on. `widths` trades accuracy for speed.
 """
 from __future__ import annotations
 

@@ -15,8 +15,8 @@ SCHEDULES = ("constant", "cosine", "warmup_cosine", "piecewise", "onecycle", "ex
              "triangular")
 
 
-WARMUP_SCHEDULES = ("constant", "cosine", "warmup_cosine", "triangular")
-END_SCHEDULES = ("cosine", "warmup_cosine", "triangular")  # the ones end_learning_rate applies to  # the ones warmup_epochs applies to
+WARMUP_SCHEDULES = ("constant", "cosine", "warmup_cosine", "triangular")  # the ones warmup_epochs applies to
+END_SCHEDULES = ("cosine", "warmup_cosine", "triangular")  # the ones end_learning_rate applies to
 
 
 def piecewise_decays(cfg: ConfigDict, num_epochs: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
